@@ -1,0 +1,1 @@
+//! Billing: tariffs, rating, accounts and invoices, pure and exact (see ARCHITECTURE.md).
