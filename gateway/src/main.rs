@@ -1,1 +1,110 @@
-fn main() {}
+//! The `ledgerline` binary: parses the command line and runs one role or one task.
+//!
+//! This is the only place (with the store) that reads the clock; everything it decides
+//! is delegated to `commands`, `projections` and `billing`.
+
+mod bench_store;
+mod cli_directory;
+mod cli_events;
+mod roles;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ledgerline",
+    version,
+    about = "Ledgerline: a multi-tenant cloud PBX whose every state change is an event and whose billing is exact.",
+    long_about = "Ledgerline: a multi-tenant cloud PBX whose every state change is an event and whose billing is exact.\n\n\
+                  Uses DATABASE_URL when set; otherwise starts a private Postgres cluster under --data-dir."
+)]
+pub struct Cli {
+    /// Where the embedded Postgres cluster (and later recordings) live when DATABASE_URL is unset.
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGERLINE_DATA_DIR",
+        default_value = "./ledgerline-data"
+    )]
+    data_dir: PathBuf,
+    /// Log filter (tracing's syntax), e.g. `info` or `ledgerline=debug`.
+    #[arg(long, global = true, env = "LEDGERLINE_LOG", default_value = "info,sqlx=warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Migrate, then run every role in one process until Ctrl-C.
+    Up(roles::UpArgs),
+    /// Run the projector role alone (follows the log and builds the read models).
+    Projector(roles::ProjectorArgs),
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Create, list and change tenants.
+    #[command(subcommand)]
+    Tenant(cli_directory::TenantCommand),
+    /// Provision, list and change extensions.
+    #[command(subcommand)]
+    Extension(cli_directory::ExtensionCommand),
+    /// Read the event log.
+    #[command(subcommand)]
+    Events(cli_events::EventsCommand),
+    /// Check the log's integrity.
+    #[command(subcommand)]
+    Audit(cli_events::AuditCommand),
+    /// Measure Ledgerline against a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Event store append and catch-up read rates against plain SQL on the same database.
+    Store(bench_store::BenchStoreArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ledgerline: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ledgerline: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let data_dir = cli.data_dir;
+    match cli.command {
+        Command::Up(args) => roles::up(&data_dir, args).await,
+        Command::Projector(args) => roles::projector(&data_dir, args).await,
+        Command::Migrate => {
+            let db = roles::open(&data_dir).await?;
+            println!("migrations applied to {}", roles::redacted(&db.url));
+            db.close().await;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Tenant(cmd) => cli_directory::tenant(&data_dir, cmd).await,
+        Command::Extension(cmd) => cli_directory::extension(&data_dir, cmd).await,
+        Command::Events(cmd) => cli_events::events(&data_dir, cmd).await,
+        Command::Audit(cmd) => cli_events::audit(&data_dir, cmd).await,
+        Command::Bench(BenchCommand::Store(args)) => bench_store::run(&data_dir, args).await,
+    }
+}

@@ -1,1 +1,9 @@
-//! projections
+//! Projections: the runner that follows the log and the read models it builds.
+//!
+//! A projection never writes to `events`; its checkpoint moves in the same transaction
+//! as the read-model rows of the batch it covers, so its effect is exactly once.
+
+pub mod directory;
+pub mod runner;
+
+pub use runner::{Projection, ProjectionError, Runner};

@@ -1,0 +1,114 @@
+//! Opening the database: `DATABASE_URL` when set, else the embedded cluster; migrations.
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::embedded::{EmbeddedError, EmbeddedPostgres};
+
+/// The migrations of `schemas/migrations`, compiled in.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../schemas/migrations");
+
+pub const DEFAULT_DATABASE: &str = "ledgerline";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error("invalid DATABASE_URL: {0}")]
+    BadUrl(String),
+    #[error("cannot reach Postgres: {0}")]
+    Connect(sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// An open database, with the embedded cluster kept alive as long as this value lives.
+pub struct Database {
+    pub pool: PgPool,
+    pub url: String,
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// `DATABASE_URL` if set, else a private cluster under `data_dir/postgres`.
+    pub async fn open(data_dir: &Path, max_connections: u32) -> Result<Database, DbError> {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            if !url.trim().is_empty() {
+                let pool = connect(&url, max_connections).await?;
+                return Ok(Database {
+                    pool,
+                    url,
+                    embedded: None,
+                });
+            }
+        }
+        let cluster_dir = data_dir.join("postgres");
+        let embedded = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&cluster_dir))
+            .await
+            .map_err(|e| DbError::BadUrl(e.to_string()))??;
+        ensure_database(&embedded.url("postgres"), DEFAULT_DATABASE).await?;
+        let url = embedded.url(DEFAULT_DATABASE);
+        let pool = connect(&url, max_connections).await?;
+        Ok(Database {
+            pool,
+            url,
+            embedded: Some(embedded),
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Close the pool, then stop the embedded cluster if this process started it.
+    pub async fn close(mut self) {
+        self.pool.close().await;
+        if let Some(mut pg) = self.embedded.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(pg.stop())).await;
+        }
+    }
+}
+
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
+    // A forgotten open transaction would hold every subscriber behind the xmin fence.
+    Ok(options.options([("idle_in_transaction_session_timeout", "60s")]))
+}
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(connect_options(url)?)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// Create `database` on the server at `admin_url` unless it exists.
+pub async fn ensure_database(admin_url: &str, database: &str) -> Result<(), DbError> {
+    let mut conn = PgConnection::connect_with(&connect_options(admin_url)?)
+        .await
+        .map_err(DbError::Connect)?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(database)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", database.replace('"', ""));
+        if let Err(e) = sqlx::query(&sql).execute(&mut conn).await {
+            // Another process may have created it at the same moment.
+            let raced = matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P04"));
+            if !raced {
+                return Err(e.into());
+            }
+        }
+    }
+    conn.close().await.ok();
+    Ok(())
+}

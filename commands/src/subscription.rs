@@ -1,0 +1,134 @@
+//! Following the global log: wake on NOTIFY, poll as a backstop, never skip a late commit.
+
+use sqlx::postgres::PgListener;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::store::{Cursor, EventStore, RecordedEvent, StoreError, NOTIFY_CHANNEL};
+
+/// Waits for the next append: a NOTIFY on the events channel, or the poll interval.
+pub struct LogWaker {
+    listener: Option<PgListener>,
+    poll_interval: Duration,
+}
+
+impl LogWaker {
+    /// LISTEN before the first read, so that no notification falls between the two.
+    pub async fn connect(store: &EventStore, poll_interval: Duration) -> Result<Self, StoreError> {
+        let mut listener = PgListener::connect_with(store.pool()).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        Ok(LogWaker {
+            listener: Some(listener),
+            poll_interval,
+        })
+    }
+
+    /// Returns `true` when woken by a notification, `false` on the poll timeout.
+    pub async fn wait(&mut self) -> bool {
+        let Some(listener) = self.listener.as_mut() else {
+            tokio::time::sleep(self.poll_interval).await;
+            return false;
+        };
+        match tokio::time::timeout(self.poll_interval, listener.recv()).await {
+            Ok(Ok(_)) => {
+                // Drain notifications already queued: one read covers them all.
+                while let Ok(Some(_)) = listener.try_recv().await {}
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "LISTEN connection lost; polling until it is back");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscriptionOptions {
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub tenant: Option<Uuid>,
+    /// Events buffered ahead of the consumer.
+    pub buffer: usize,
+}
+
+impl Default for SubscriptionOptions {
+    fn default() -> Self {
+        SubscriptionOptions {
+            batch_size: 1000,
+            poll_interval: Duration::from_millis(500),
+            tenant: None,
+            buffer: 4096,
+        }
+    }
+}
+
+/// A live feed of the global log from a cursor, in `(tx_id, global_position)` order.
+pub struct Subscription {
+    rx: mpsc::Receiver<Result<RecordedEvent, StoreError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscription {
+    pub async fn start(store: EventStore, from: Cursor, options: SubscriptionOptions) -> Result<Self, StoreError> {
+        let mut waker = LogWaker::connect(&store, options.poll_interval).await?;
+        let (tx, rx) = mpsc::channel(options.buffer.max(1));
+        let task = tokio::spawn(async move {
+            let mut cursor = from;
+            let mut idle_polls = 0u32;
+            loop {
+                let batch = match store.read_all(cursor, options.batch_size, options.tenant).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        if tx.send(Err(e)).await.is_err() {
+                            return;
+                        }
+                        waker.wait().await;
+                        continue;
+                    }
+                };
+                let full = batch.len() as i64 == options.batch_size;
+                for event in batch {
+                    cursor = event.cursor();
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                if waker.wait().await {
+                    idle_polls = 0;
+                } else {
+                    idle_polls += 1;
+                    // After ~10 quiet polls, say who holds the fence if events wait behind it.
+                    if idle_polls.is_multiple_of(10) {
+                        if let Ok(Some(holder)) = store.fence_holder().await {
+                            tracing::warn!(
+                                pid = holder.pid,
+                                state = ?holder.state,
+                                since = ?holder.xact_start,
+                                query = ?holder.query,
+                                waiting = holder.events_waiting,
+                                "an open transaction holds subscribers back"
+                            );
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Subscription { rx, task })
+    }
+
+    pub async fn next(&mut self) -> Option<Result<RecordedEvent, StoreError>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

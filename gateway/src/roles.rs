@@ -1,0 +1,105 @@
+//! The long-running roles (`up`, `projector`) and the shared way to open the database.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use commands::db::Database;
+use commands::EventStore;
+use projections::directory::Directory;
+use projections::Runner;
+use tokio::sync::watch;
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Identifies this node in event metadata.
+    #[arg(long, env = "LEDGERLINE_NODE_ID", default_value = "node-1")]
+    pub node_id: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProjectorArgs {
+    /// Events per projection transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: i64,
+    /// Catch up once and exit instead of following the log.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Open `DATABASE_URL` or the embedded cluster, and migrate.
+pub async fn open(data_dir: &Path) -> anyhow::Result<Database> {
+    let db = Database::open(data_dir, 16).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+/// A URL without its password, for printing.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Bring every projection up to date (used before a CLI read).
+pub async fn catch_up(store: &EventStore) -> anyhow::Result<()> {
+    Runner::new(store.clone(), Directory).catch_up().await?;
+    Ok(())
+}
+
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let db = open(data_dir).await?;
+    let store = EventStore::new(db.pool.clone());
+    let shutdown = shutdown_signal();
+    println!("ledgerline up: node {}", args.node_id);
+    match &db.embedded {
+        Some(pg) => println!(
+            "  database: embedded Postgres on 127.0.0.1:{} (cluster {})",
+            pg.port(),
+            pg.cluster_dir().display()
+        ),
+        None => println!("  database: {}", redacted(&db.url)),
+    }
+    println!("  projector: following the log (read model: directory)");
+    println!("  stop with Ctrl-C");
+    let mut runner = Runner::new(store, Directory);
+    let result = runner.run(shutdown).await;
+    println!("ledgerline: stopping");
+    db.close().await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn projector(data_dir: &Path, args: ProjectorArgs) -> anyhow::Result<ExitCode> {
+    let db = open(data_dir).await?;
+    let store = EventStore::new(db.pool.clone());
+    let mut runner = Runner::new(store, Directory).batch_size(args.batch_size);
+    let result = if args.once {
+        runner
+            .catch_up()
+            .await
+            .map(|n| println!("projector: applied {n} events"))
+    } else {
+        runner.run(shutdown_signal()).await
+    };
+    db.close().await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,143 @@
+//! Read model `directory`: tenants and their extensions, as the CLI and the SIP
+//! registrar look them up.
+
+use commands::store::RecordedEvent;
+use domain::extension::ExtensionEvent;
+use domain::tenant::TenantEvent;
+use domain::DomainEvent;
+use sqlx::PgConnection;
+
+use crate::runner::{Projection, ProjectionError};
+
+pub struct Directory;
+
+impl Projection for Directory {
+    fn name(&self) -> &'static str {
+        "directory"
+    }
+
+    fn version(&self) -> i32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_tenants", "rm_extensions"]
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        for event in events {
+            if TenantEvent::event_types().contains(&event.event_type.as_str()) {
+                let decoded: TenantEvent = event
+                    .decode()
+                    .map_err(|e| ProjectionError::Decode(event.event_id, e.to_string()))?;
+                apply_tenant(conn, event, &decoded).await?;
+            } else if ExtensionEvent::event_types().contains(&event.event_type.as_str()) {
+                let decoded: ExtensionEvent = event
+                    .decode()
+                    .map_err(|e| ProjectionError::Decode(event.event_id, e.to_string()))?;
+                apply_extension(conn, event, &decoded).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn apply_tenant(conn: &mut PgConnection, meta: &RecordedEvent, event: &TenantEvent) -> Result<(), sqlx::Error> {
+    let query = match event {
+        TenantEvent::TenantCreated(e) => sqlx::query(
+            "INSERT INTO rm_tenants (tenant_id, name, sip_domain, max_extensions, max_concurrent_calls, created_at, last_position) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(e.tenant_id)
+        .bind(&e.name)
+        .bind(&e.sip_domain)
+        .bind(e.max_extensions as i32)
+        .bind(e.max_concurrent_calls as i32)
+        .bind(meta.occurred_at)
+        .bind(meta.global_position),
+        TenantEvent::TenantRenamed(e) => {
+            sqlx::query("UPDATE rm_tenants SET name = $2, last_position = $3 WHERE tenant_id = $1")
+                .bind(meta.tenant_id)
+                .bind(&e.name)
+                .bind(meta.global_position)
+        }
+        TenantEvent::TenantSuspended(_) => {
+            sqlx::query("UPDATE rm_tenants SET suspended = true, last_position = $2 WHERE tenant_id = $1")
+                .bind(meta.tenant_id)
+                .bind(meta.global_position)
+        }
+        TenantEvent::TenantResumed(_) => {
+            sqlx::query("UPDATE rm_tenants SET suspended = false, last_position = $2 WHERE tenant_id = $1")
+                .bind(meta.tenant_id)
+                .bind(meta.global_position)
+        }
+        TenantEvent::ExtensionNumberClaimed(_) => sqlx::query(
+            "UPDATE rm_tenants SET extension_count = extension_count + 1, last_position = $2 WHERE tenant_id = $1",
+        )
+        .bind(meta.tenant_id)
+        .bind(meta.global_position),
+    };
+    query.execute(conn).await.map(drop)
+}
+
+async fn apply_extension(
+    conn: &mut PgConnection,
+    meta: &RecordedEvent,
+    event: &ExtensionEvent,
+) -> Result<(), sqlx::Error> {
+    let extension_id = meta
+        .stream_id
+        .strip_prefix("extension-")
+        .and_then(|id| id.parse::<uuid::Uuid>().ok())
+        .unwrap_or_default();
+    let query = match event {
+        ExtensionEvent::ExtensionProvisioned(e) => sqlx::query(
+            "INSERT INTO rm_extensions (tenant_id, extension_id, number, display_name, realm, ha1_md5, ha1_sha256, created_at, last_position) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(e.tenant_id)
+        .bind(e.extension_id)
+        .bind(&e.number)
+        .bind(&e.display_name)
+        .bind(&e.realm)
+        .bind(&e.ha1_md5)
+        .bind(&e.ha1_sha256)
+        .bind(meta.occurred_at)
+        .bind(meta.global_position),
+        ExtensionEvent::ExtensionPasswordChanged(e) => sqlx::query(
+            "UPDATE rm_extensions SET ha1_md5 = $3, ha1_sha256 = $4, last_position = $5 WHERE tenant_id = $1 AND extension_id = $2",
+        )
+        .bind(meta.tenant_id)
+        .bind(extension_id)
+        .bind(&e.ha1_md5)
+        .bind(&e.ha1_sha256)
+        .bind(meta.global_position),
+        ExtensionEvent::ExtensionDisabled(_) => sqlx::query(
+            "UPDATE rm_extensions SET enabled = false, last_position = $3 WHERE tenant_id = $1 AND extension_id = $2",
+        )
+        .bind(meta.tenant_id)
+        .bind(extension_id)
+        .bind(meta.global_position),
+        ExtensionEvent::ExtensionEnabled(_) => sqlx::query(
+            "UPDATE rm_extensions SET enabled = true, last_position = $3 WHERE tenant_id = $1 AND extension_id = $2",
+        )
+        .bind(meta.tenant_id)
+        .bind(extension_id)
+        .bind(meta.global_position),
+    };
+    query.execute(conn).await.map(drop)
+}
+
+/// Every row of the directory in a fixed order, as text: for comparing a live read
+/// model with a rebuild.
+pub async fn dump(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let mut rows: Vec<String> = sqlx::query_scalar("SELECT t::text FROM rm_tenants t ORDER BY tenant_id")
+        .fetch_all(pool)
+        .await?;
+    rows.extend(
+        sqlx::query_scalar::<_, String>("SELECT e::text FROM rm_extensions e ORDER BY tenant_id, extension_id")
+            .fetch_all(pool)
+            .await?,
+    );
+    Ok(rows)
+}

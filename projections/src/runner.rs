@@ -1,0 +1,199 @@
+//! The projection runner: fenced batches from the log, applied with their checkpoint in
+//! one transaction; resumes where the last committed batch ended.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use commands::store::{Cursor, EventStore, RecordedEvent, StoreError};
+use commands::subscription::LogWaker;
+use sqlx::{PgConnection, Row};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("stream {stream_id} jumped from version {last} to {got}: the log was read out of order")]
+    Gap { stream_id: String, last: i64, got: i64 },
+    #[error("event {0} cannot be read: {1}")]
+    Decode(Uuid, String),
+}
+
+/// A read model built from the log.
+pub trait Projection: Send + Sync {
+    /// Stable name, the checkpoint's key.
+    fn name(&self) -> &'static str;
+    /// Bumped when the read model's shape or rules change: a new version rebuilds from zero.
+    fn version(&self) -> i32;
+    /// The tables this projection owns, emptied on a rebuild.
+    fn tables(&self) -> &'static [&'static str];
+    /// Apply a batch inside the runner's transaction.
+    fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+}
+
+pub struct Runner<P: Projection> {
+    store: EventStore,
+    projection: P,
+    batch_size: i64,
+    poll_interval: Duration,
+    /// Last version seen per stream since this runner started, to assert contiguity.
+    seen: HashMap<(Uuid, String), i64>,
+}
+
+/// Above this many tracked streams, the contiguity map starts over (memory stays bounded).
+const MAX_TRACKED_STREAMS: usize = 200_000;
+
+impl<P: Projection> Runner<P> {
+    pub fn new(store: EventStore, projection: P) -> Self {
+        Runner {
+            store,
+            projection,
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            seen: HashMap::new(),
+        }
+    }
+
+    pub fn batch_size(mut self, batch_size: i64) -> Self {
+        self.batch_size = batch_size.clamp(1, 10_000);
+        self
+    }
+
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// The committed checkpoint, after making sure it belongs to this projection version
+    /// (an older version's read model is emptied and rebuilt from zero).
+    pub async fn checkpoint(&self) -> Result<Cursor, ProjectionError> {
+        let row = sqlx::query(
+            "SELECT version, tx_id::text::bigint AS tx_id, position FROM projection_checkpoints WHERE projection = $1",
+        )
+        .bind(self.projection.name())
+        .fetch_optional(self.store.pool())
+        .await?;
+        match row {
+            Some(row) if row.get::<i32, _>("version") == self.projection.version() => Ok(Cursor {
+                tx_id: row.get("tx_id"),
+                position: row.get("position"),
+            }),
+            _ => {
+                self.reset().await?;
+                Ok(Cursor::START)
+            }
+        }
+    }
+
+    /// Empty the read model and start it over from position zero.
+    pub async fn reset(&self) -> Result<(), ProjectionError> {
+        let mut tx = self.store.pool().begin().await?;
+        for table in self.projection.tables() {
+            sqlx::query(&format!("TRUNCATE {table}")).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, version, tx_id, position, events_seen) \
+             VALUES ($1, $2, '0'::xid8, 0, 0) \
+             ON CONFLICT (projection) DO UPDATE SET version = $2, tx_id = '0'::xid8, position = 0, events_seen = 0, updated_at = now()",
+        )
+        .bind(self.projection.name())
+        .bind(self.projection.version())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Apply one batch; returns how many events it held (0 when caught up).
+    pub async fn step(&mut self) -> Result<usize, ProjectionError> {
+        let cursor = self.checkpoint().await?;
+        let batch = self.store.read_all(cursor, self.batch_size, None).await?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        for event in &batch {
+            let key = (event.tenant_id, event.stream_id.clone());
+            if let Some(&last) = self.seen.get(&key) {
+                if event.stream_version != last + 1 {
+                    return Err(ProjectionError::Gap {
+                        stream_id: event.stream_id.clone(),
+                        last,
+                        got: event.stream_version,
+                    });
+                }
+            }
+            if self.seen.len() >= MAX_TRACKED_STREAMS {
+                self.seen.clear();
+            }
+            self.seen.insert(key, event.stream_version);
+        }
+        let mut tx = self.store.pool().begin().await?;
+        // Lock the checkpoint: if another runner moved it since we read, drop this batch.
+        let current = sqlx::query(
+            "SELECT tx_id::text::bigint AS tx_id, position FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+        )
+        .bind(self.projection.name())
+        .fetch_one(&mut *tx)
+        .await?;
+        let current = Cursor {
+            tx_id: current.get("tx_id"),
+            position: current.get("position"),
+        };
+        if current != cursor {
+            self.seen.clear();
+            return Ok(0);
+        }
+        self.projection.apply(&mut tx, &batch).await?;
+        // The batch is non-empty: its last event is where the checkpoint moves.
+        let last = batch.last().expect("batch is not empty").cursor();
+        sqlx::query(
+            "UPDATE projection_checkpoints SET tx_id = $2::bigint::text::xid8, position = $3, \
+             events_seen = events_seen + $4, updated_at = now() WHERE projection = $1",
+        )
+        .bind(self.projection.name())
+        .bind(last.tx_id)
+        .bind(last.position)
+        .bind(batch.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(batch.len())
+    }
+
+    /// Apply batches until the log (behind the fence) is exhausted; returns events applied.
+    pub async fn catch_up(&mut self) -> Result<u64, ProjectionError> {
+        let mut total = 0u64;
+        loop {
+            let n = self.step().await?;
+            total += n as u64;
+            if n == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Follow the log until `shutdown` turns true.
+    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ProjectionError> {
+        let mut waker = LogWaker::connect(&self.store, self.poll_interval).await?;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let n = self.step().await?;
+            if n as i64 >= self.batch_size {
+                continue;
+            }
+            tokio::select! {
+                _ = waker.wait() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
