@@ -33,7 +33,7 @@ impl LogWaker {
         match tokio::time::timeout(self.poll_interval, listener.recv()).await {
             Ok(Ok(_)) => {
                 // Drain notifications already queued: one read covers them all.
-                while let Ok(Some(_)) = listener.try_recv().await {}
+                while listener.next_buffered().is_some() {}
                 true
             }
             Ok(Err(e)) => {

@@ -1,0 +1,159 @@
+//! Append semantics: expected versions, idempotent retries, validation, atomic batches.
+
+use commands::testing::TestDb;
+use commands::{EventStore, Expected, StoreError, StreamWrite};
+use ledgerline_tests::rename_event;
+use serde_json::json;
+use uuid::Uuid;
+
+fn write(tenant: Uuid, stream: &str, expected: Expected, labels: &[&str]) -> StreamWrite {
+    StreamWrite {
+        tenant_id: tenant,
+        stream_id: stream.into(),
+        expected,
+        events: labels.iter().map(|l| rename_event(l)).collect(),
+    }
+}
+
+async fn count(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&db.pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_appends_at_the_same_expected_version_one_wins() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let tenant = Uuid::new_v4();
+    store.append(&[write(tenant, "s", Expected::NoStream, &["a"])]).await.unwrap();
+
+    for round in 0..20 {
+        let version = 1 + round as u64;
+        let a = [write(tenant, "s", Expected::Exact(version), &["x"])];
+        let b = [write(tenant, "s", Expected::Exact(version), &["y"])];
+        let (ra, rb) = tokio::join!(store.append(&a), store.append(&b));
+        let wins = [ra.is_ok(), rb.is_ok()].iter().filter(|ok| **ok).count();
+        assert_eq!(wins, 1, "round {round}: exactly one append wins");
+        let loser = if ra.is_ok() { rb } else { ra };
+        assert!(matches!(loser, Err(StoreError::Conflict { .. })), "the other gets Conflict: {loser:?}");
+    }
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT stream_version FROM events WHERE stream_id = 's' ORDER BY 1")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(versions, (1..=21).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn a_new_stream_is_created_once() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let tenant = Uuid::new_v4();
+    store.append(&[write(tenant, "n", Expected::NoStream, &["a"])]).await.unwrap();
+    let again = store.append(&[write(tenant, "n", Expected::NoStream, &["b"])]).await;
+    assert!(matches!(again, Err(StoreError::Conflict { .. })));
+    let stale = store.append(&[write(tenant, "n", Expected::Exact(5), &["c"])]).await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })));
+    // The same stream name in another tenant is another stream.
+    store.append(&[write(Uuid::new_v4(), "n", Expected::NoStream, &["d"])]).await.unwrap();
+    assert_eq!(count(&db).await, 2);
+}
+
+#[tokio::test]
+async fn a_retried_append_writes_nothing_new_and_returns_the_original_positions() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let tenant = Uuid::new_v4();
+    let batch = vec![
+        write(tenant, "a", Expected::NoStream, &["1", "2"]),
+        write(tenant, "b", Expected::Any, &["3"]),
+    ];
+    let first = store.append(&batch).await.unwrap();
+    assert!(!first.already_stored);
+    assert_eq!(first.positions.len(), 3);
+    let retry = store.append(&batch).await.unwrap();
+    assert!(retry.already_stored);
+    assert_eq!(retry.positions, first.positions);
+    assert_eq!(count(&db).await, 3);
+
+    // Reusing one id with another event is refused, and nothing is written.
+    let mut mixed = write(tenant, "b", Expected::Any, &["4", "5"]);
+    mixed.events[0].event_id = batch[0].events[0].event_id;
+    let refused = store.append(&[mixed]).await;
+    assert!(matches!(refused, Err(StoreError::IdempotencyMismatch(_))), "{refused:?}");
+    assert_eq!(count(&db).await, 3);
+}
+
+#[tokio::test]
+async fn invalid_events_are_rejected_with_a_clear_error_and_nothing_is_written() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let tenant = Uuid::new_v4();
+
+    let mut unknown = write(tenant, "s", Expected::Any, &["ok", "bad"]);
+    unknown.events[1].event_type = "TenantTeleported".into();
+    let err = store.append(&[unknown]).await.unwrap_err();
+    assert!(err.to_string().contains("unknown event type `TenantTeleported`"), "{err}");
+
+    let mut malformed = write(tenant, "s", Expected::Any, &["ok"]);
+    malformed.events[0].payload = json!({"name": 42});
+    let err = store.append(&[malformed]).await.unwrap_err();
+    assert!(err.to_string().contains("does not match its schema"), "{err}");
+
+    let mut extra = write(tenant, "s", Expected::Any, &["ok"]);
+    extra.events[0].payload = json!({"name": "x", "admin": true});
+    assert!(matches!(store.append(&[extra]).await, Err(StoreError::InvalidEvent { .. })));
+
+    let mut version = write(tenant, "s", Expected::Any, &["ok"]);
+    version.events[0].schema_version = 9;
+    let err = store.append(&[version]).await.unwrap_err();
+    assert!(err.to_string().contains("no schema version 9"), "{err}");
+
+    let mut nul = write(tenant, "s", Expected::Any, &["ok"]);
+    nul.events[0].payload = json!({"name": "a\u{0}b"});
+    assert!(matches!(store.append(&[nul]).await, Err(StoreError::InvalidEvent { .. })));
+
+    let bad_stream = write(tenant, "has space", Expected::Any, &["ok"]);
+    assert!(matches!(store.append(&[bad_stream]).await, Err(StoreError::InvalidAppend(_))));
+
+    // A good stream beside a bad one: the whole append is refused.
+    let good = write(tenant, "good", Expected::NoStream, &["fine"]);
+    let mut bad = write(tenant, "bad", Expected::NoStream, &["x"]);
+    bad.events[0].event_type = "Nope".into();
+    assert!(store.append(&[good, bad]).await.is_err());
+
+    assert_eq!(count(&db).await, 0);
+    let streams: i64 = sqlx::query_scalar("SELECT count(*) FROM streams").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(streams, 0);
+}
+
+#[tokio::test]
+async fn a_multi_stream_append_is_all_or_nothing() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let tenant = Uuid::new_v4();
+    store.append(&[write(tenant, "x", Expected::NoStream, &["1"])]).await.unwrap();
+    // "y" is new, but "x" is not at version 7: neither is written.
+    let result = store
+        .append(&[
+            write(tenant, "y", Expected::NoStream, &["a"]),
+            write(tenant, "x", Expected::Exact(7), &["b"]),
+        ])
+        .await;
+    assert!(matches!(result, Err(StoreError::Conflict { ref stream_id, .. }) if stream_id == "x"));
+    assert_eq!(count(&db).await, 1);
+    assert!(store.read_stream(tenant, "y").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn events_cannot_be_updated_or_deleted_through_sql() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    store
+        .append(&[write(Uuid::new_v4(), "s", Expected::NoStream, &["a"])])
+        .await
+        .unwrap();
+    let update = sqlx::query("UPDATE events SET payload = '{}'").execute(&db.pool).await;
+    assert!(update.unwrap_err().to_string().contains("append-only"));
+    let delete = sqlx::query("DELETE FROM events").execute(&db.pool).await;
+    assert!(delete.unwrap_err().to_string().contains("append-only"));
+}
