@@ -14,7 +14,7 @@ use std::process::Command;
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
     #[error(
-        "PostgreSQL binaries (initdb, pg_ctl) were not found on PATH or under /usr/lib/postgresql/*/bin: \
+        "PostgreSQL binaries (initdb, pg_ctl) were not found (LEDGERLINE_PG_BIN, PATH, /usr/lib/postgresql/*/bin): \
          install the `postgresql` package (apt-get install postgresql) or set DATABASE_URL"
     )]
     NoBinaries,
@@ -229,8 +229,13 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
-/// `initdb` and `pg_ctl` on PATH, else the newest `/usr/lib/postgresql/*/bin`.
+/// `LEDGERLINE_PG_BIN` when set (and nothing else), else `initdb` and `pg_ctl` on PATH,
+/// else the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("LEDGERLINE_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        return (dir.join("initdb").is_file() && dir.join("pg_ctl").is_file()).then_some(dir);
+    }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {

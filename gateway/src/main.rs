@@ -3,6 +3,14 @@
 //! This is the only place (with the store) that reads the clock; everything it decides
 //! is delegated to `commands`, `projections` and `billing`.
 
+/// Print a status line; a closed stdout (a detached daemon) is not an error worth dying for.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench_store;
 mod cli_directory;
 mod cli_events;

@@ -68,20 +68,20 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let db = open(data_dir).await?;
     let store = EventStore::new(db.pool.clone());
     let shutdown = shutdown_signal();
-    println!("ledgerline up: node {}", args.node_id);
+    say!("ledgerline up: node {}", args.node_id);
     match &db.embedded {
-        Some(pg) => println!(
+        Some(pg) => say!(
             "  database: embedded Postgres on 127.0.0.1:{} (cluster {})",
             pg.port(),
             pg.cluster_dir().display()
         ),
-        None => println!("  database: {}", redacted(&db.url)),
+        None => say!("  database: {}", redacted(&db.url)),
     }
-    println!("  projector: following the log (read model: directory)");
-    println!("  stop with Ctrl-C");
+    say!("  projector: following the log (read model: directory)");
+    say!("  stop with Ctrl-C");
     let mut runner = Runner::new(store, Directory);
     let result = runner.run(shutdown).await;
-    println!("ledgerline: stopping");
+    say!("ledgerline: stopping");
     db.close().await;
     result?;
     Ok(ExitCode::SUCCESS)
@@ -92,10 +92,7 @@ pub async fn projector(data_dir: &Path, args: ProjectorArgs) -> anyhow::Result<E
     let store = EventStore::new(db.pool.clone());
     let mut runner = Runner::new(store, Directory).batch_size(args.batch_size);
     let result = if args.once {
-        runner
-            .catch_up()
-            .await
-            .map(|n| println!("projector: applied {n} events"))
+        runner.catch_up().await.map(|n| say!("projector: applied {n} events"))
     } else {
         runner.run(shutdown_signal()).await
     };

@@ -73,7 +73,7 @@ impl<P: Projection> Runner<P> {
 
     /// The committed checkpoint, after making sure it belongs to this projection version
     /// (an older version's read model is emptied and rebuilt from zero).
-    pub async fn checkpoint(&self) -> Result<Cursor, ProjectionError> {
+    pub async fn checkpoint(&mut self) -> Result<Cursor, ProjectionError> {
         let row = sqlx::query(
             "SELECT version, tx_id::text::bigint AS tx_id, position FROM projection_checkpoints WHERE projection = $1",
         )
@@ -93,7 +93,8 @@ impl<P: Projection> Runner<P> {
     }
 
     /// Empty the read model and start it over from position zero.
-    pub async fn reset(&self) -> Result<(), ProjectionError> {
+    pub async fn reset(&mut self) -> Result<(), ProjectionError> {
+        self.seen.clear();
         let mut tx = self.store.pool().begin().await?;
         for table in self.projection.tables() {
             sqlx::query(&format!("TRUNCATE {table}")).execute(&mut *tx).await?;

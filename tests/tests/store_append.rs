@@ -16,7 +16,10 @@ fn write(tenant: Uuid, stream: &str, expected: Expected, labels: &[&str]) -> Str
 }
 
 async fn count(db: &TestDb) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&db.pool).await.unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +27,10 @@ async fn two_appends_at_the_same_expected_version_one_wins() {
     let db = TestDb::new().await.unwrap();
     let store = EventStore::new(db.pool.clone());
     let tenant = Uuid::new_v4();
-    store.append(&[write(tenant, "s", Expected::NoStream, &["a"])]).await.unwrap();
+    store
+        .append(&[write(tenant, "s", Expected::NoStream, &["a"])])
+        .await
+        .unwrap();
 
     for round in 0..20 {
         let version = 1 + round as u64;
@@ -34,7 +40,10 @@ async fn two_appends_at_the_same_expected_version_one_wins() {
         let wins = [ra.is_ok(), rb.is_ok()].iter().filter(|ok| **ok).count();
         assert_eq!(wins, 1, "round {round}: exactly one append wins");
         let loser = if ra.is_ok() { rb } else { ra };
-        assert!(matches!(loser, Err(StoreError::Conflict { .. })), "the other gets Conflict: {loser:?}");
+        assert!(
+            matches!(loser, Err(StoreError::Conflict { .. })),
+            "the other gets Conflict: {loser:?}"
+        );
     }
     let versions: Vec<i64> = sqlx::query_scalar("SELECT stream_version FROM events WHERE stream_id = 's' ORDER BY 1")
         .fetch_all(&db.pool)
@@ -48,13 +57,19 @@ async fn a_new_stream_is_created_once() {
     let db = TestDb::new().await.unwrap();
     let store = EventStore::new(db.pool.clone());
     let tenant = Uuid::new_v4();
-    store.append(&[write(tenant, "n", Expected::NoStream, &["a"])]).await.unwrap();
+    store
+        .append(&[write(tenant, "n", Expected::NoStream, &["a"])])
+        .await
+        .unwrap();
     let again = store.append(&[write(tenant, "n", Expected::NoStream, &["b"])]).await;
     assert!(matches!(again, Err(StoreError::Conflict { .. })));
     let stale = store.append(&[write(tenant, "n", Expected::Exact(5), &["c"])]).await;
     assert!(matches!(stale, Err(StoreError::Conflict { .. })));
     // The same stream name in another tenant is another stream.
-    store.append(&[write(Uuid::new_v4(), "n", Expected::NoStream, &["d"])]).await.unwrap();
+    store
+        .append(&[write(Uuid::new_v4(), "n", Expected::NoStream, &["d"])])
+        .await
+        .unwrap();
     assert_eq!(count(&db).await, 2);
 }
 
@@ -79,7 +94,10 @@ async fn a_retried_append_writes_nothing_new_and_returns_the_original_positions(
     let mut mixed = write(tenant, "b", Expected::Any, &["4", "5"]);
     mixed.events[0].event_id = batch[0].events[0].event_id;
     let refused = store.append(&[mixed]).await;
-    assert!(matches!(refused, Err(StoreError::IdempotencyMismatch(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StoreError::IdempotencyMismatch(_))),
+        "{refused:?}"
+    );
     assert_eq!(count(&db).await, 3);
 }
 
@@ -92,7 +110,10 @@ async fn invalid_events_are_rejected_with_a_clear_error_and_nothing_is_written()
     let mut unknown = write(tenant, "s", Expected::Any, &["ok", "bad"]);
     unknown.events[1].event_type = "TenantTeleported".into();
     let err = store.append(&[unknown]).await.unwrap_err();
-    assert!(err.to_string().contains("unknown event type `TenantTeleported`"), "{err}");
+    assert!(
+        err.to_string().contains("unknown event type `TenantTeleported`"),
+        "{err}"
+    );
 
     let mut malformed = write(tenant, "s", Expected::Any, &["ok"]);
     malformed.events[0].payload = json!({"name": 42});
@@ -101,7 +122,10 @@ async fn invalid_events_are_rejected_with_a_clear_error_and_nothing_is_written()
 
     let mut extra = write(tenant, "s", Expected::Any, &["ok"]);
     extra.events[0].payload = json!({"name": "x", "admin": true});
-    assert!(matches!(store.append(&[extra]).await, Err(StoreError::InvalidEvent { .. })));
+    assert!(matches!(
+        store.append(&[extra]).await,
+        Err(StoreError::InvalidEvent { .. })
+    ));
 
     let mut version = write(tenant, "s", Expected::Any, &["ok"]);
     version.events[0].schema_version = 9;
@@ -110,10 +134,16 @@ async fn invalid_events_are_rejected_with_a_clear_error_and_nothing_is_written()
 
     let mut nul = write(tenant, "s", Expected::Any, &["ok"]);
     nul.events[0].payload = json!({"name": "a\u{0}b"});
-    assert!(matches!(store.append(&[nul]).await, Err(StoreError::InvalidEvent { .. })));
+    assert!(matches!(
+        store.append(&[nul]).await,
+        Err(StoreError::InvalidEvent { .. })
+    ));
 
     let bad_stream = write(tenant, "has space", Expected::Any, &["ok"]);
-    assert!(matches!(store.append(&[bad_stream]).await, Err(StoreError::InvalidAppend(_))));
+    assert!(matches!(
+        store.append(&[bad_stream]).await,
+        Err(StoreError::InvalidAppend(_))
+    ));
 
     // A good stream beside a bad one: the whole append is refused.
     let good = write(tenant, "good", Expected::NoStream, &["fine"]);
@@ -122,7 +152,10 @@ async fn invalid_events_are_rejected_with_a_clear_error_and_nothing_is_written()
     assert!(store.append(&[good, bad]).await.is_err());
 
     assert_eq!(count(&db).await, 0);
-    let streams: i64 = sqlx::query_scalar("SELECT count(*) FROM streams").fetch_one(&db.pool).await.unwrap();
+    let streams: i64 = sqlx::query_scalar("SELECT count(*) FROM streams")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(streams, 0);
 }
 
@@ -131,7 +164,10 @@ async fn a_multi_stream_append_is_all_or_nothing() {
     let db = TestDb::new().await.unwrap();
     let store = EventStore::new(db.pool.clone());
     let tenant = Uuid::new_v4();
-    store.append(&[write(tenant, "x", Expected::NoStream, &["1"])]).await.unwrap();
+    store
+        .append(&[write(tenant, "x", Expected::NoStream, &["1"])])
+        .await
+        .unwrap();
     // "y" is new, but "x" is not at version 7: neither is written.
     let result = store
         .append(&[

@@ -118,9 +118,13 @@ async fn subscription_gets_every_event_once_in_stream_order_despite_a_late_commi
     // The scenario: the transaction stays open for a second…
     tokio::time::sleep(Duration::from_secs(1)).await;
     // …and until the naive reader has passed its position (it will, writers keep committing).
-    within(60, "the naive reader to pass the late position", naive_rx.wait_for(|p| *p > late_position))
-        .await
-        .expect("naive reader alive");
+    within(
+        60,
+        "the naive reader to pass the late position",
+        naive_rx.wait_for(|p| *p > late_position),
+    )
+    .await
+    .expect("naive reader alive");
     tx.commit().await.expect("late commit");
 
     let mut expected_ids: HashSet<Uuid> = HashSet::new();
@@ -149,7 +153,11 @@ async fn subscription_gets_every_event_once_in_stream_order_despite_a_late_commi
     let mut versions: HashMap<String, i64> = HashMap::new();
     within(120, "the subscription to deliver the sentinel", async {
         loop {
-            let event = subscription.next().await.expect("subscription open").expect("subscription read");
+            let event = subscription
+                .next()
+                .await
+                .expect("subscription open")
+                .expect("subscription read");
             let last = versions.entry(event.stream_id.clone()).or_insert(0);
             assert_eq!(
                 event.stream_version,
@@ -173,7 +181,9 @@ async fn subscription_gets_every_event_once_in_stream_order_despite_a_late_commi
     assert_eq!(unique, expected_ids, "the subscription lost or invented events");
     assert!(unique.contains(&late_id), "the late commit was skipped");
 
-    let naive_seen = within(60, "the naive reader to finish", naive).await.expect("naive task");
+    let naive_seen = within(60, "the naive reader to finish", naive)
+        .await
+        .expect("naive task");
     assert!(
         !naive_seen.contains(&late_id),
         "the naive reader was expected to skip the late commit (this proves the test can fail)"

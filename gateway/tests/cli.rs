@@ -1,0 +1,442 @@
+//! The `ledgerline` binary as a user runs it: real processes, a real Postgres.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use commands::testing::TestDb;
+use commands::{EventStore, Expected, Metadata, NewEvent, StreamWrite};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ledgerline");
+
+fn ledgerline(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("LEDGERLINE_LOG", "warn")
+        .output()
+        .expect("run ledgerline")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Poll the database until `sql` returns true, or fail after `seconds`.
+async fn until(pool: &PgPool, seconds: u64, sql: &str) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let done: bool = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(false);
+        if done {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {sql}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn tenants_and_extensions_through_the_cli() {
+    let db = TestDb::new().await.unwrap();
+    let created = ledgerline(
+        &db,
+        &[
+            "tenant",
+            "create",
+            "--name",
+            "Acme",
+            "--domain",
+            "acme.test",
+            "--max-extensions",
+            "2",
+        ],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let tenant = stdout(&created).trim().to_string();
+    Uuid::parse_str(&tenant).expect("tenant create prints the tenant id");
+
+    let ext = ledgerline(
+        &db,
+        &[
+            "extension",
+            "add",
+            "--tenant",
+            &tenant,
+            "--number",
+            "1001",
+            "--name",
+            "Alice",
+            "--password",
+            "secret-pass",
+        ],
+    );
+    assert!(ext.status.success(), "{}", stderr(&ext));
+    let dup = ledgerline(
+        &db,
+        &[
+            "extension",
+            "add",
+            "--tenant",
+            &tenant,
+            "--number",
+            "1001",
+            "--name",
+            "Bob",
+            "--password",
+            "secret-pass",
+        ],
+    );
+    assert_eq!(dup.status.code(), Some(2));
+    assert!(
+        stderr(&dup).contains("number 1001 is already taken"),
+        "{}",
+        stderr(&dup)
+    );
+    ledgerline(
+        &db,
+        &[
+            "extension",
+            "add",
+            "--tenant",
+            &tenant,
+            "--number",
+            "1002",
+            "--password",
+            "secret-pass",
+        ],
+    );
+    let limit = ledgerline(
+        &db,
+        &[
+            "extension",
+            "add",
+            "--tenant",
+            &tenant,
+            "--number",
+            "1003",
+            "--password",
+            "secret-pass",
+        ],
+    );
+    assert!(stderr(&limit).contains("limit of 2 extensions"), "{}", stderr(&limit));
+
+    let list = ledgerline(&db, &["tenant", "list"]);
+    assert!(
+        stdout(&list).contains(&tenant) && stdout(&list).contains("2/2"),
+        "{}",
+        stdout(&list)
+    );
+    let exts = ledgerline(&db, &["extension", "list", "--tenant", &tenant]);
+    assert!(
+        stdout(&exts).contains("1001") && stdout(&exts).contains("Alice"),
+        "{}",
+        stdout(&exts)
+    );
+    // Another tenant's listing shows none of these.
+    let other = ledgerline(&db, &["extension", "list", "--tenant", &Uuid::new_v4().to_string()]);
+    assert!(!stdout(&other).contains("1001"));
+
+    let bad = ledgerline(&db, &["tenant", "create", "--name", "X", "--domain", "not a domain"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("invalid SIP domain"), "{}", stderr(&bad));
+}
+
+#[tokio::test]
+async fn export_and_audit_verify_then_tampering_is_named() {
+    let db = TestDb::new().await.unwrap();
+    let tenant = stdout(&ledgerline(
+        &db,
+        &["tenant", "create", "--name", "Acme", "--domain", "audit.test"],
+    ))
+    .trim()
+    .to_string();
+    ledgerline(&db, &["tenant", "rename", "--tenant", &tenant, "--name", "Acme 2"]);
+    ledgerline(
+        &db,
+        &[
+            "extension",
+            "add",
+            "--tenant",
+            &tenant,
+            "--number",
+            "1001",
+            "--password",
+            "secret-pass",
+        ],
+    );
+
+    let export = ledgerline(&db, &["events", "export", "--tenant", &tenant]);
+    assert!(export.status.success());
+    let lines: Vec<serde_json::Value> = stdout(&export)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "the tenant's 4 events; the system domain claim is not the tenant's"
+    );
+    for field in [
+        "cursor",
+        "global_position",
+        "tx_id",
+        "event_id",
+        "tenant_id",
+        "stream_id",
+        "stream_version",
+        "event_type",
+        "schema_version",
+        "payload",
+        "metadata",
+        "occurred_at",
+        "recorded_at",
+        "hash",
+    ] {
+        assert!(lines[0].get(field).is_some(), "export has {field}");
+    }
+    // Resuming from the first line's cursor gives the rest.
+    let cursor = lines[0]["cursor"].as_str().unwrap().to_string();
+    let rest = ledgerline(&db, &["events", "export", "--tenant", &tenant, "--from", &cursor]);
+    assert_eq!(stdout(&rest).lines().count(), 3);
+
+    let ok = ledgerline(&db, &["audit", "verify"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(stdout(&ok).contains("every hash chain holds"));
+
+    let victim = lines[1]["event_id"].as_str().unwrap().to_string();
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE events SET payload = jsonb_set(payload, '{name}', '\"Evil\"') WHERE event_id = $1::uuid")
+        .bind(&victim)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let failed = ledgerline(&db, &["audit", "verify"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        stderr(&failed).contains(&victim),
+        "names the event: {}",
+        stderr(&failed)
+    );
+}
+
+#[tokio::test]
+async fn a_projector_killed_mid_run_resumes_to_the_same_read_model_as_a_rebuild() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    // 40 tenants, each renamed 150 times: 6,040 events for the directory.
+    for t in 0..40 {
+        let tenant = Uuid::new_v4();
+        let created = NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: "TenantCreated".into(),
+            schema_version: 1,
+            payload: serde_json::json!({
+                "tenant_id": tenant, "name": format!("T{t}"), "sip_domain": format!("t{t}.test"),
+                "max_extensions": 10, "max_concurrent_calls": 2
+            }),
+            metadata: Metadata::default(),
+            occurred_at: chrono::Utc::now(),
+        };
+        let mut events = vec![created];
+        for r in 0..150 {
+            let mut e = ledgerline_rename(&format!("T{t} r{r}"));
+            e.occurred_at = chrono::Utc::now();
+            events.push(e);
+        }
+        store
+            .append(&[StreamWrite {
+                tenant_id: tenant,
+                stream_id: format!("tenant-{tenant}"),
+                expected: Expected::NoStream,
+                events,
+            }])
+            .await
+            .unwrap();
+    }
+    let total = 40 * 151;
+
+    for round in 0..3 {
+        let mut child = Command::new(BIN)
+            .args(["projector", "--batch-size", "25"])
+            .env("DATABASE_URL", &db.url)
+            .env("LEDGERLINE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill it once it has made progress, wherever it is.
+        let target = 500 * (round + 1);
+        until(
+            &db.pool,
+            120,
+            &format!("SELECT coalesce((SELECT events_seen >= {target} FROM projection_checkpoints WHERE projection = 'directory'), false)"),
+        )
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let seen: i64 = sqlx::query_scalar("SELECT events_seen FROM projection_checkpoints WHERE projection = 'directory'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(seen < total, "killed before the end ({seen} of {total})");
+
+    let finish = ledgerline(&db, &["projector", "--once"]);
+    assert!(finish.status.success(), "{}", stderr(&finish));
+    let seen: i64 = sqlx::query_scalar("SELECT events_seen FROM projection_checkpoints WHERE projection = 'directory'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, total, "every event applied exactly once across the kills");
+    let resumed = projections::directory::dump(&db.pool).await.unwrap();
+
+    let mut runner = projections::Runner::new(store, projections::directory::Directory);
+    runner.reset().await.unwrap();
+    runner.catch_up().await.unwrap();
+    assert_eq!(projections::directory::dump(&db.pool).await.unwrap(), resumed);
+    assert!(
+        resumed.iter().any(|row| row.contains("T7 r149")),
+        "the last rename of each tenant wins"
+    );
+}
+
+fn ledgerline_rename(name: &str) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: "TenantRenamed".into(),
+        schema_version: 1,
+        payload: serde_json::json!({ "name": name }),
+        metadata: Metadata::default(),
+        occurred_at: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn up_runs_the_projector_live_and_stops_cleanly_on_ctrl_c() {
+    let db = TestDb::new().await.unwrap();
+    let mut up = Command::new(BIN)
+        .args(["up"])
+        .env("DATABASE_URL", &db.url)
+        .env("LEDGERLINE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let banner = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("stop with Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let banner = banner.join().unwrap();
+    assert!(banner.iter().any(|l| l.contains("database:")), "{banner:?}");
+
+    let tenant = stdout_of(ledgerline(
+        &db,
+        &["tenant", "create", "--name", "Live", "--domain", "live.test"],
+    ));
+    // The running node's projector picks it up without any CLI catch-up.
+    until(
+        &db.pool,
+        30,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM rm_tenants WHERE tenant_id = '{}')",
+            tenant.trim()
+        ),
+    )
+    .await;
+
+    unsafe { libc::kill(up.id() as i32, libc::SIGINT) };
+    let status = up.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+fn stdout_of(o: Output) -> String {
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn the_embedded_default_starts_a_private_cluster_and_stops_it() {
+    let dir = std::env::temp_dir().join(format!("ledgerline-embedded-{}", Uuid::new_v4()));
+    let out = Command::new(BIN)
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .env_remove("DATABASE_URL")
+        .env("LEDGERLINE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("migrations applied to postgres://postgres@127.0.0.1:"),
+        "{}",
+        stdout(&out)
+    );
+    let cluster = dir.join("postgres");
+    assert!(
+        cluster.join("PG_VERSION").exists(),
+        "the cluster lives under --data-dir"
+    );
+    assert!(
+        !cluster.join("postmaster.pid").exists(),
+        "the cluster is stopped on exit"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn without_postgres_binaries_it_says_what_to_do_in_one_line() {
+    let dir = std::env::temp_dir().join(format!("ledgerline-nobin-{}", Uuid::new_v4()));
+    let out = Command::new(BIN)
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .env_remove("DATABASE_URL")
+        .env("LEDGERLINE_PG_BIN", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("install the `postgresql` package") && err.contains("DATABASE_URL"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["up", "--help"],
+        vec!["projector", "--help"],
+        vec!["migrate", "--help"],
+        vec!["tenant", "create", "--help"],
+        vec!["tenant", "list", "--help"],
+        vec!["extension", "add", "--help"],
+        vec!["extension", "list", "--help"],
+        vec!["events", "export", "--help"],
+        vec!["audit", "verify", "--help"],
+        vec!["bench", "store", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(stdout(&out).contains("Usage:"), "{args:?}");
+    }
+}
