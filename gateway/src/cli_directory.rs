@@ -100,6 +100,7 @@ pub enum ExtensionCommand {
     },
 }
 
+#[allow(clippy::disallowed_methods)] // The binary is where the clock is read.
 fn context(command_id: Option<Uuid>) -> CommandContext {
     let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     CommandContext::new(

@@ -1,5 +1,8 @@
 //! The `ledgerline` binary as a user runs it: real processes, a real Postgres.
 
+// Tests stand in for the binary: they may read the clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,8 @@
 //! Shared helpers for the end-to-end tests in `tests/tests/`.
 
+// Tests stand in for the binary: they may read the clock.
+#![allow(clippy::disallowed_methods)]
+
 use chrono::Utc;
 use commands::{Metadata, NewEvent};
 use serde_json::json;
