@@ -15,7 +15,9 @@
 //! - [`bench_support`]: deterministic decks and legs for `ledgerline bench rating`.
 
 pub mod account;
+pub mod bench_support;
 pub mod conference;
+pub mod csv;
 pub mod events;
 pub mod money;
 pub mod peak;

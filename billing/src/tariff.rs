@@ -180,21 +180,27 @@ impl Rate {
     }
 
     /// Checks the limits that keep rating exact and panic-free.
-    pub fn validate(&self) -> Result<(), String> {
-        for (name, value) in [
+    pub fn validate(&self) -> Result<(), RateProblem> {
+        for (field, value) in [
             ("first_interval_s", self.first_interval_s),
             ("next_interval_s", self.next_interval_s),
         ] {
             if value == 0 || value > MAX_INTERVAL_S {
-                return Err(format!("{name} must be between 1 and {MAX_INTERVAL_S}"));
+                return Err(RateProblem::new(
+                    field,
+                    format!("must be between 1 and {MAX_INTERVAL_S}"),
+                ));
             }
         }
-        for (name, value) in [
+        for (field, value) in [
             ("free_seconds", self.free_seconds),
             ("grace_period_s", self.grace_period_s),
         ] {
             if value > MAX_INTERVAL_S {
-                return Err(format!("{name} must be at most {MAX_INTERVAL_S}"));
+                return Err(RateProblem::new(
+                    field,
+                    format!("must be at most {MAX_INTERVAL_S}"),
+                ));
             }
         }
         let mut prices = vec![
@@ -206,8 +212,8 @@ impl Rate {
             prices.push(("offpeak_price_per_min", offpeak.first_price_per_minute));
             prices.push(("offpeak_next_price_per_min", offpeak.next_price_per_minute));
         }
-        for (name, value) in prices {
-            check_amount(name, value, MAX_PRICE)?;
+        for (field, value) in prices {
+            check_amount(field, value, MAX_PRICE)?;
         }
         check_amount(
             "post_call_surcharge_pct",
@@ -217,16 +223,31 @@ impl Rate {
     }
 }
 
-fn check_amount(name: &str, value: Decimal, max: Decimal) -> Result<(), String> {
+/// What is wrong with a rate, and in which field (named as in a deck file's header).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{field} {message}")]
+pub struct RateProblem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl RateProblem {
+    fn new(field: &'static str, message: String) -> RateProblem {
+        RateProblem { field, message }
+    }
+}
+
+fn check_amount(field: &'static str, value: Decimal, max: Decimal) -> Result<(), RateProblem> {
     if value.is_sign_negative() && !value.is_zero() {
-        return Err(format!("{name} must not be negative"));
+        return Err(RateProblem::new(field, "must not be negative".to_string()));
     }
     if value > max {
-        return Err(format!("{name} must be at most {max}"));
+        return Err(RateProblem::new(field, format!("must be at most {max}")));
     }
     if value.scale() > MAX_PRICE_SCALE_DP {
-        return Err(format!(
-            "{name} must have at most {MAX_PRICE_SCALE_DP} decimal places"
+        return Err(RateProblem::new(
+            field,
+            format!("must have at most {MAX_PRICE_SCALE_DP} decimal places"),
         ));
     }
     Ok(())
@@ -299,9 +320,9 @@ impl TariffVersion {
         let mut index = PrefixIndex::default();
         for (position, rate) in self.rates.iter().enumerate() {
             rate.validate()
-                .map_err(|reason| TariffRejection::InvalidRate {
+                .map_err(|problem| TariffRejection::InvalidRate {
                     prefix: rate.prefix,
-                    reason,
+                    reason: problem.to_string(),
                 })?;
             // Positions are bounded by MAX_RATES_PER_VERSION, far below u32::MAX.
             if index.insert(rate.prefix, position as u32).is_some() {
