@@ -19,6 +19,7 @@ pub mod bench_support;
 pub mod conference;
 pub mod csv;
 pub mod events;
+pub mod invoice;
 pub mod money;
 pub mod peak;
 pub mod rating;
