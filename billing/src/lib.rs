@@ -25,8 +25,9 @@ pub mod peak;
 pub mod rating;
 pub mod tariff;
 
+pub use chrono_tz::Tz;
 pub use money::{post, Posting, RoundingMode};
-pub use peak::{OffPeakWindow, Period};
+pub use peak::{parse_timezone, OffPeakWindow, Period};
 pub use rating::{
     max_duration, price, rate_leg, Charge, Explanation, Leg, MaxDuration, RatingError,
 };

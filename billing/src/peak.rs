@@ -200,6 +200,12 @@ impl<'de> Deserialize<'de> for OffPeakWindow {
     }
 }
 
+/// Parses an IANA time zone name such as `Europe/Berlin`.
+pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>()
+        .map_err(|_| format!("'{name}' is not an IANA time zone name"))
+}
+
 /// Serde for a `chrono_tz::Tz` as its IANA name, for events that carry a billing time zone.
 pub mod tz_name {
     use std::str::FromStr;
