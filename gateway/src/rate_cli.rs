@@ -138,8 +138,9 @@ fn print_max_duration(
     let balance = deck_csv::parse_decimal(balance_text).map_err(|m| anyhow!("--balance: {m}"))?;
     let answered_at: DateTime<Utc> = match &args.answered_at {
         Some(text) => deck_csv::parse_time(text).map_err(|m| anyhow!("--answered-at: {m}"))?,
-        // The binary is where the clock may be read.
-        None => Utc::now(),
+        // The binary is where the clock may be read. Through `SystemTime` rather than
+        // `Utc::now`, which needs chrono's `clock` feature that the workspace leaves off.
+        None => DateTime::<Utc>::from(std::time::SystemTime::now()),
     };
     let rate = rating::lookup(tariff, destination).map_err(|e| anyhow!("--destination: {e}"))?;
     let context = PricingContext::new(&tariff.version, rate, billing_tz);
