@@ -189,10 +189,7 @@ pub enum AccountRejection {
     #[error("the account is in {account} but this is in {other}")]
     CurrencyMismatch { account: String, other: String },
     #[error("available funds {available} do not cover the first interval ({first_charge})")]
-    InsufficientFunds {
-        available: Decimal,
-        first_charge: Decimal,
-    },
+    InsufficientFunds { available: Decimal, first_charge: Decimal },
     #[error("{MAX_OPEN_RESERVATIONS} calls are already authorized on this account")]
     TooManyReservations,
     #[error("reservation {reservation_id} is not open")]
@@ -247,10 +244,7 @@ pub fn stream_id(account_id: Uuid) -> String {
     format!("account-{account_id}")
 }
 
-pub fn decide(
-    command: &AccountCommand,
-    state: &AccountState,
-) -> Result<Vec<AccountEvent>, AccountRejection> {
+pub fn decide(command: &AccountCommand, state: &AccountState) -> Result<Vec<AccountEvent>, AccountRejection> {
     if let AccountCommand::Open {
         account_id,
         tenant_id,
@@ -264,11 +258,7 @@ pub fn decide(
         }
         check_currency(currency)?;
         if let AccountKind::Postpaid { credit_limit } = kind {
-            check_amount(
-                *credit_limit,
-                "a credit limit must be zero or positive",
-                true,
-            )?;
+            check_amount(*credit_limit, "a credit limit must be zero or positive", true)?;
         }
         return Ok(vec![AccountEvent::Opened(AccountOpened {
             account_id: *account_id,
@@ -338,20 +328,19 @@ pub fn decide(
                 .map_err(|_| AccountRejection::Rating(RatingError::Overflow))?;
             let limit_s = duration_cap_s.unwrap_or(rating::MAX_CALL_DURATION_S);
             let context = rate_card.context(info.billing_tz);
-            let max_duration =
-                match rating::max_duration(&context, *now, state.available(), limit_s) {
-                    Ok(max_duration) => max_duration,
-                    Err(AuthorizationError::InsufficientFunds {
+            let max_duration = match rating::max_duration(&context, *now, state.available(), limit_s) {
+                Ok(max_duration) => max_duration,
+                Err(AuthorizationError::InsufficientFunds {
+                    available,
+                    first_charge,
+                }) => {
+                    return Err(AccountRejection::InsufficientFunds {
                         available,
                         first_charge,
-                    }) => {
-                        return Err(AccountRejection::InsufficientFunds {
-                            available,
-                            first_charge,
-                        })
-                    }
-                    Err(AuthorizationError::Rating(error)) => return Err(error.into()),
-                };
+                    })
+                }
+                Err(AuthorizationError::Rating(error)) => return Err(error.into()),
+            };
             Ok(vec![AccountEvent::Reserved(FundsReserved {
                 reservation_id: *reservation_id,
                 call_id: *call_id,
@@ -396,11 +385,7 @@ pub fn decide(
                 None => Decimal::ZERO,
                 Some(id) => match state.reservations.get(id) {
                     Some(reservation) => reservation.amount,
-                    None => {
-                        return Err(AccountRejection::UnknownReservation {
-                            reservation_id: *id,
-                        })
-                    }
+                    None => return Err(AccountRejection::UnknownReservation { reservation_id: *id }),
                 },
             };
             let exceeded_reservation_by = if reservation_id.is_some() && *amount > released {
@@ -478,11 +463,7 @@ fn check_currency(currency: &str) -> Result<(), AccountRejection> {
     }
 }
 
-fn check_amount(
-    amount: Decimal,
-    why: &'static str,
-    zero_allowed: bool,
-) -> Result<(), AccountRejection> {
+fn check_amount(amount: Decimal, why: &'static str, zero_allowed: bool) -> Result<(), AccountRejection> {
     let too_small = if zero_allowed {
         amount.is_sign_negative() && !amount.is_zero()
     } else {
@@ -686,20 +667,14 @@ mod tests {
                         amount: d("5.00000"),
                     }),
                 ],
-                when: AccountCommand::Release {
-                    reservation_id: id(20),
-                },
+                when: AccountCommand::Release { reservation_id: id(20) },
                 then: Ok(vec![]),
             },
             Case {
                 name: "releasing an unknown reservation is rejected",
                 given: vec![opened(AccountKind::Prepaid)],
-                when: AccountCommand::Release {
-                    reservation_id: id(77),
-                },
-                then: Err(AccountRejection::UnknownReservation {
-                    reservation_id: id(77),
-                }),
+                when: AccountCommand::Release { reservation_id: id(77) },
+                then: Err(AccountRejection::UnknownReservation { reservation_id: id(77) }),
             },
             Case {
                 name: "a charge in another currency is rejected",
@@ -734,9 +709,8 @@ mod tests {
         ];
         for event in events {
             let payload = event.to_payload().expect("events encode");
-            let back =
-                AccountEvent::from_payload(event.event_type(), event.schema_version(), payload)
-                    .expect("payload decodes");
+            let back = AccountEvent::from_payload(event.event_type(), event.schema_version(), payload)
+                .expect("payload decodes");
             assert_eq!(back, event);
         }
         let payload = topped_up(10, "5.00").to_payload().expect("events encode");

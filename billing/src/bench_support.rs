@@ -241,20 +241,11 @@ pub fn rate_with_index(tariff: &CompiledTariff, legs: &[BenchLeg], tz: Tz) -> Ba
 }
 
 /// Rates legs with the naive scan, and otherwise the same pricing.
-pub fn rate_with_scan(
-    version: &TariffVersion,
-    scan: &NaiveScan<'_>,
-    legs: &[BenchLeg],
-    tz: Tz,
-) -> BatchSummary {
+pub fn rate_with_scan(version: &TariffVersion, scan: &NaiveScan<'_>, legs: &[BenchLeg], tz: Tz) -> BatchSummary {
     let mut summary = BatchSummary::default();
     for leg in legs {
         let outcome = match scan.lookup(&leg.destination) {
-            Some(rate) => rating::price(
-                &PricingContext::new(version, rate, tz),
-                leg.answered_at,
-                leg.duration_s,
-            ),
+            Some(rate) => rating::price(&PricingContext::new(version, rate, tz), leg.answered_at, leg.duration_s),
             None => Err(rating::RatingError::NoRate {
                 destination: leg.destination.clone(),
             }),

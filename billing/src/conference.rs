@@ -78,9 +78,7 @@ pub fn conference_charges(
     }
     for stay in &session.stays {
         if stay.left_at < stay.joined_at {
-            return Err(ConferenceError::LeftBeforeJoining {
-                leg_id: stay.leg_id,
-            });
+            return Err(ConferenceError::LeftBeforeJoining { leg_id: stay.leg_id });
         }
     }
     let Some((room_open, room_close)) = billable_span(session) else {
@@ -200,10 +198,7 @@ mod tests {
             moderated: true,
             stays: vec![stay(10, Role::Participant, 0, 20)],
         };
-        assert_eq!(
-            conference_charges(&session, &card(), chrono_tz::UTC),
-            Ok(vec![])
-        );
+        assert_eq!(conference_charges(&session, &card(), chrono_tz::UTC), Ok(vec![]));
     }
 
     #[test]

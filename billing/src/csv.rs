@@ -183,10 +183,7 @@ fn check_header(records: &[Record], expected: &[&str]) -> Result<(), CsvError> {
                 return Err(error(
                     header.line,
                     index + 1,
-                    format!(
-                        "header column {} is '{found}', expected '{name}'",
-                        index + 1
-                    ),
+                    format!("header column {} is '{found}', expected '{name}'", index + 1),
                 ))
             }
             None => {
@@ -241,8 +238,7 @@ impl Fields<'_> {
 
     fn u32(&self, column: usize) -> Result<u32, CsvError> {
         let text = self.text(column);
-        u32::from_str(text)
-            .map_err(|_| self.fail(column, format!("'{text}' is not a whole number of seconds")))
+        u32::from_str(text).map_err(|_| self.fail(column, format!("'{text}' is not a whole number of seconds")))
     }
 
     fn optional_u32(&self, column: usize) -> Result<u32, CsvError> {
@@ -269,10 +265,7 @@ impl Fields<'_> {
 
 /// Parses a plain decimal (`0.012`, `-3`, no exponent, no thousands separators).
 pub fn parse_decimal(text: &str) -> Result<Decimal, String> {
-    let plain = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    let plain = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
     match Decimal::from_str(text) {
         Ok(value) if plain => Ok(value),
         _ => Err(format!("'{text}' is not a decimal number")),
@@ -345,11 +338,7 @@ pub fn parse_deck(text: &str, options: &DeckOptions) -> Result<TariffVersion, Cs
         }
         // Bounded by MAX_RECORDS, far below u32::MAX.
         if index.insert(prefix, rates.len() as u32).is_some() {
-            return Err(error(
-                record.line,
-                1,
-                format!("prefix: {prefix} appears twice"),
-            ));
+            return Err(error(record.line, 1, format!("prefix: {prefix} appears twice")));
         }
         rates.push(rate);
     }
@@ -404,10 +393,7 @@ pub fn parse_calls(text: &str) -> Result<Vec<CallRow>, CsvError> {
         let answered_at = parse_time(fields.text(3)).map_err(|m| fields.fail(3, m))?;
         let duration_s = fields.u32(4)?;
         if duration_s > MAX_CALL_DURATION_S {
-            return Err(fields.fail(
-                4,
-                format!("{duration_s} exceeds the limit of {MAX_CALL_DURATION_S} s"),
-            ));
+            return Err(fields.fail(4, format!("{duration_s} exceeds the limit of {MAX_CALL_DURATION_S} s")));
         }
         calls.push(CallRow {
             line: record.line,
@@ -518,8 +504,7 @@ mod tests {
 
     #[test]
     fn records_handle_quotes_crlf_and_blank_lines() {
-        let records = parse_records("a,\"b,c\",\"say \"\"hi\"\"\"\r\n\r\nx,\"multi\nline\",z\n")
-            .expect("valid csv");
+        let records = parse_records("a,\"b,c\",\"say \"\"hi\"\"\"\r\n\r\nx,\"multi\nline\",z\n").expect("valid csv");
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].fields, vec!["a", "b,c", "say \"hi\""]);
         assert_eq!(records[1].line, 3);
@@ -563,7 +548,8 @@ mod tests {
         let problem = parse_deck(&negative, &DeckOptions::default()).expect_err("negative");
         assert_eq!((problem.line, problem.column), (3, 6));
 
-        let calls = "call_id,destination,answered_at,duration_s\nc1,4930,2024-05-06T10:00:00Z,60\nc2,4930,yesterday,60\n";
+        let calls =
+            "call_id,destination,answered_at,duration_s\nc1,4930,2024-05-06T10:00:00Z,60\nc2,4930,yesterday,60\n";
         let problem = parse_calls(calls).expect_err("bad time");
         assert_eq!((problem.line, problem.column), (3, 3));
     }
@@ -591,10 +577,7 @@ mod tests {
         )
         .expect("calls");
         let rows = rate_calls(&tariff, &calls, chrono_tz::UTC);
-        assert_eq!(
-            rows[0].amount,
-            Some(Decimal::from_str("0.012").expect("valid"))
-        );
+        assert_eq!(rows[0].amount, Some(Decimal::from_str("0.012").expect("valid")));
         assert_eq!(rows[0].billed_s, 36);
         assert_eq!(unrated_count(&rows), 1);
     }

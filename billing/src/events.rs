@@ -34,8 +34,7 @@ macro_rules! impl_event_payload {
 
             /// The payload alone, as the store keeps it next to `event_type`.
             pub fn to_payload(&self) -> Result<serde_json::Value, $crate::events::PayloadError> {
-                let tagged =
-                    serde_json::to_value(self).map_err(|_| $crate::events::PayloadError::Encode)?;
+                let tagged = serde_json::to_value(self).map_err(|_| $crate::events::PayloadError::Encode)?;
                 match tagged {
                     serde_json::Value::Object(mut fields) => fields
                         .remove("payload")

@@ -143,8 +143,7 @@ impl TaxPolicy {
             }
             TaxMode::Inclusive => {
                 let total = minor.post(charges_sum);
-                let tax =
-                    minor.post(total * self.rate_pct / (Decimal::ONE_HUNDRED + self.rate_pct));
+                let tax = minor.post(total * self.rate_pct / (Decimal::ONE_HUNDRED + self.rate_pct));
                 InvoiceTotals {
                     net: total - tax,
                     tax,
@@ -337,9 +336,7 @@ pub struct InvoiceState {
 
 impl InvoiceState {
     pub fn is_closed(&self, period: BillingPeriod) -> bool {
-        self.periods
-            .get(&period)
-            .is_some_and(|book| book.closed.is_some())
+        self.periods.get(&period).is_some_and(|book| book.closed.is_some())
     }
 
     /// The first period from `period` onwards that is not closed.
@@ -353,9 +350,7 @@ impl InvoiceState {
     }
 
     fn entry_count(&self, period: BillingPeriod) -> usize {
-        self.periods
-            .get(&period)
-            .map_or(0, |book| book.entries.len())
+        self.periods.get(&period).map_or(0, |book| book.entries.len())
     }
 }
 
@@ -364,10 +359,7 @@ pub fn stream_id(account_id: Uuid) -> String {
     format!("invoice-{account_id}")
 }
 
-pub fn decide(
-    command: &InvoiceCommand,
-    state: &InvoiceState,
-) -> Result<Vec<InvoiceEvent>, InvoiceRejection> {
+pub fn decide(command: &InvoiceCommand, state: &InvoiceState) -> Result<Vec<InvoiceEvent>, InvoiceRejection> {
     if let InvoiceCommand::Open {
         account_id,
         tenant_id,
@@ -443,9 +435,7 @@ pub fn decide(
                 return Ok(vec![]);
             }
             let Some(charge) = state.charges.get(charge_id) else {
-                return Err(InvoiceRejection::UnknownCharge {
-                    charge_id: *charge_id,
-                });
+                return Err(InvoiceRejection::UnknownCharge { charge_id: *charge_id });
             };
             if corrected_amount.is_sign_negative() && !corrected_amount.is_zero() {
                 return Err(InvoiceRejection::InvalidAmount {
@@ -469,9 +459,7 @@ pub fn decide(
                 service: charge.service,
                 destination: charge.destination.clone(),
                 amount: delta,
-                reason: AdjustmentReason::Correction {
-                    reason: reason.clone(),
-                },
+                reason: AdjustmentReason::Correction { reason: reason.clone() },
             })])
         }
         InvoiceCommand::ClosePeriod { period, now, tax } => {
@@ -479,9 +467,7 @@ pub fn decide(
                 return Err(InvoiceRejection::AlreadyClosed { period: *period });
             }
             if tax.rate_pct.is_sign_negative() || tax.rate_pct > MAX_TAX_RATE_PCT {
-                return Err(InvoiceRejection::InvalidTaxRate {
-                    rate_pct: tax.rate_pct,
-                });
+                return Err(InvoiceRejection::InvalidTaxRate { rate_pct: tax.rate_pct });
             }
             match period.ends_at(info.billing_tz) {
                 Some(end) if end <= *now => {}
@@ -508,18 +494,13 @@ pub fn evolve(mut state: InvoiceState, event: &InvoiceEvent) -> InvoiceState {
             });
         }
         InvoiceEvent::ChargeInvoiced(charge) => {
-            state
-                .periods
-                .entry(charge.period)
-                .or_default()
-                .entries
-                .push(Entry {
-                    id: charge.charge_id,
-                    kind: LineKind::Charges,
-                    service: charge.service,
-                    destination: charge.destination.clone(),
-                    amount: charge.amount,
-                });
+            state.periods.entry(charge.period).or_default().entries.push(Entry {
+                id: charge.charge_id,
+                kind: LineKind::Charges,
+                service: charge.service,
+                destination: charge.destination.clone(),
+                amount: charge.amount,
+            });
             state.charges.insert(
                 charge.charge_id,
                 ChargeRef {
@@ -532,29 +513,21 @@ pub fn evolve(mut state: InvoiceState, event: &InvoiceEvent) -> InvoiceState {
             state.applied_ids.insert(charge.charge_id);
         }
         InvoiceEvent::AdjustmentInvoiced(adjustment) => {
-            state
-                .periods
-                .entry(adjustment.period)
-                .or_default()
-                .entries
-                .push(Entry {
-                    id: adjustment.adjustment_id,
-                    kind: LineKind::Adjustments {
-                        original_period: adjustment.original_period,
-                    },
-                    service: adjustment.service,
-                    destination: adjustment.destination.clone(),
-                    amount: adjustment.amount,
-                });
-            let charge = state
-                .charges
-                .entry(adjustment.charge_id)
-                .or_insert_with(|| ChargeRef {
-                    period: adjustment.original_period,
-                    service: adjustment.service,
-                    destination: adjustment.destination.clone(),
-                    amount: Decimal::ZERO,
-                });
+            state.periods.entry(adjustment.period).or_default().entries.push(Entry {
+                id: adjustment.adjustment_id,
+                kind: LineKind::Adjustments {
+                    original_period: adjustment.original_period,
+                },
+                service: adjustment.service,
+                destination: adjustment.destination.clone(),
+                amount: adjustment.amount,
+            });
+            let charge = state.charges.entry(adjustment.charge_id).or_insert_with(|| ChargeRef {
+                period: adjustment.original_period,
+                service: adjustment.service,
+                destination: adjustment.destination.clone(),
+                amount: Decimal::ZERO,
+            });
             charge.amount += adjustment.amount;
             state.applied_ids.insert(adjustment.adjustment_id);
         }
@@ -605,22 +578,14 @@ pub struct Invoice {
 
 /// The invoice of a period as billed: its own entries. A closed period shows the tax policy
 /// and totals frozen when it closed; an open one is a draft under `draft_tax`.
-pub fn as_billed(
-    state: &InvoiceState,
-    period: BillingPeriod,
-    draft_tax: TaxPolicy,
-) -> Option<Invoice> {
+pub fn as_billed(state: &InvoiceState, period: BillingPeriod, draft_tax: TaxPolicy) -> Option<Invoice> {
     let info = state.info.as_ref()?;
     let book = state.periods.get(&period);
     let entries: Vec<&Entry> = book.map(|b| b.entries.iter().collect()).unwrap_or_default();
     let lines = group(&entries);
     let (status, tax, totals) = match book.and_then(|b| b.closed.as_ref()) {
         Some(closed) => (InvoiceStatus::Closed, closed.tax, closed.totals),
-        None => (
-            InvoiceStatus::Open,
-            draft_tax,
-            draft_tax.totals(sum_lines(&lines)),
-        ),
+        None => (InvoiceStatus::Open, draft_tax, draft_tax.totals(sum_lines(&lines))),
     };
     Some(Invoice {
         account_id: info.account_id,
@@ -636,11 +601,7 @@ pub fn as_billed(
 /// What a period would have been with every later correction: its own charges plus the
 /// adjustments made for it, wherever they landed (adjustments it carries for earlier periods
 /// belong to those).
-pub fn as_corrected(
-    state: &InvoiceState,
-    period: BillingPeriod,
-    draft_tax: TaxPolicy,
-) -> Option<Invoice> {
+pub fn as_corrected(state: &InvoiceState, period: BillingPeriod, draft_tax: TaxPolicy) -> Option<Invoice> {
     let info = state.info.as_ref()?;
     let mut entries = Vec::new();
     for book in state.periods.values() {
@@ -755,11 +716,7 @@ impl Invoice {
             TaxMode::Exclusive => "added",
         };
         writeln!(out, "net   {:>14}", self.totals.net)?;
-        writeln!(
-            out,
-            "tax   {:>14}  ({}% {})",
-            self.totals.tax, self.tax.rate_pct, mode
-        )?;
+        writeln!(out, "tax   {:>14}  ({}% {})", self.totals.tax, self.tax.rate_pct, mode)?;
         writeln!(out, "total {:>14}", self.totals.total)
     }
 }
@@ -793,14 +750,8 @@ mod tests {
         events.iter().fold(InvoiceState::default(), evolve)
     }
 
-    const MARCH: BillingPeriod = BillingPeriod {
-        year: 2024,
-        month: 3,
-    };
-    const APRIL: BillingPeriod = BillingPeriod {
-        year: 2024,
-        month: 4,
-    };
+    const MARCH: BillingPeriod = BillingPeriod { year: 2024, month: 3 };
+    const APRIL: BillingPeriod = BillingPeriod { year: 2024, month: 4 };
 
     fn vat() -> TaxPolicy {
         TaxPolicy {
@@ -823,10 +774,7 @@ mod tests {
     fn periods_follow_the_billing_time_zone() {
         let berlin = chrono_tz::Europe::Berlin;
         // 23:30 UTC on 31 March is already April in Berlin.
-        assert_eq!(
-            BillingPeriod::containing(at("2024-03-31T23:30:00Z"), berlin),
-            APRIL
-        );
+        assert_eq!(BillingPeriod::containing(at("2024-03-31T23:30:00Z"), berlin), APRIL);
         assert_eq!(MARCH.starts_at(berlin), Some(at("2024-02-29T23:00:00Z")));
         assert_eq!(MARCH.ends_at(berlin), Some(at("2024-03-31T22:00:00Z")));
     }

@@ -28,7 +28,5 @@ pub mod tariff;
 pub use chrono_tz::Tz;
 pub use money::{post, Posting, RoundingMode};
 pub use peak::{parse_timezone, OffPeakWindow, Period};
-pub use rating::{
-    max_duration, price, rate_leg, Charge, Explanation, Leg, MaxDuration, RatingError,
-};
+pub use rating::{max_duration, price, rate_leg, Charge, Explanation, Leg, MaxDuration, RatingError};
 pub use tariff::{CompiledTariff, Crossing, Prefix, Rate, TariffVersion};

@@ -133,20 +133,14 @@ mod tests {
 
     #[test]
     fn away_from_zero_is_the_ceiling_of_the_magnitude() {
-        assert_eq!(
-            post(d("0.0000001"), 5, RoundingMode::AwayFromZero),
-            d("0.00001")
-        );
+        assert_eq!(post(d("0.0000001"), 5, RoundingMode::AwayFromZero), d("0.00001"));
         assert_eq!(post(d("0.12"), 5, RoundingMode::AwayFromZero), d("0.12"));
         assert_eq!(post(d("-0.121"), 2, RoundingMode::AwayFromZero), d("-0.13"));
     }
 
     #[test]
     fn posted_amounts_are_written_at_the_full_scale() {
-        assert_eq!(
-            post(d("0.012"), 5, RoundingMode::HalfUp).to_string(),
-            "0.01200"
-        );
+        assert_eq!(post(d("0.012"), 5, RoundingMode::HalfUp).to_string(), "0.01200");
         assert_eq!(post(d("2"), 2, RoundingMode::HalfUp).to_string(), "2.00");
     }
 

@@ -132,10 +132,8 @@ impl OffPeakWindow {
 /// which holds for every zone in the tz database with a two-day horizon.
 pub fn first_offset_change(tz: Tz, after: DateTime<Utc>, horizon_s: i64) -> Option<DateTime<Utc>> {
     // Transitions fall on whole seconds, so the search runs on Unix seconds.
-    let offset_at = |unix_s: i64| {
-        DateTime::from_timestamp(unix_s, 0)
-            .map(|t| tz.offset_from_utc_datetime(&t.naive_utc()).fix())
-    };
+    let offset_at =
+        |unix_s: i64| DateTime::from_timestamp(unix_s, 0).map(|t| tz.offset_from_utc_datetime(&t.naive_utc()).fix());
     let mut lo = after.timestamp();
     let start_offset = offset_at(lo)?;
     let mut hi = lo.checked_add(horizon_s)?;
@@ -156,18 +154,12 @@ pub fn first_offset_change(tz: Tz, after: DateTime<Utc>, horizon_s: i64) -> Opti
 
 fn seconds_to_time(second_of_day: u32) -> NaiveTime {
     // Windows are built from a NaiveTime's own seconds, always < 86,400, so this is valid.
-    NaiveTime::from_num_seconds_from_midnight_opt(second_of_day % DAY_S, 0)
-        .expect("second of day is below 86,400")
+    NaiveTime::from_num_seconds_from_midnight_opt(second_of_day % DAY_S, 0).expect("second of day is below 86,400")
 }
 
 impl fmt::Display for OffPeakWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}-{}",
-            self.start().format("%H:%M"),
-            self.end().format("%H:%M")
-        )
+        write!(f, "{}-{}", self.start().format("%H:%M"), self.end().format("%H:%M"))
     }
 }
 
@@ -243,14 +235,8 @@ mod tests {
         let w = window("19:00-07:00");
         let tz = chrono_tz::Europe::Berlin;
         assert_eq!(w.period_at(tz, utc("2024-01-10T17:59:59Z")), Period::Peak);
-        assert_eq!(
-            w.period_at(tz, utc("2024-01-10T18:00:00Z")),
-            Period::OffPeak
-        );
-        assert_eq!(
-            w.period_at(tz, utc("2024-01-10T23:30:00Z")),
-            Period::OffPeak
-        );
+        assert_eq!(w.period_at(tz, utc("2024-01-10T18:00:00Z")), Period::OffPeak);
+        assert_eq!(w.period_at(tz, utc("2024-01-10T23:30:00Z")), Period::OffPeak);
         assert_eq!(w.period_at(tz, utc("2024-01-11T06:00:00Z")), Period::Peak);
     }
 

@@ -92,14 +92,8 @@ impl<'a> PricingContext<'a> {
 
     fn prices(&self, period: Period) -> (Decimal, Decimal) {
         match (period, &self.rate.offpeak) {
-            (Period::OffPeak, Some(offpeak)) => (
-                offpeak.first_price_per_minute,
-                offpeak.next_price_per_minute,
-            ),
-            _ => (
-                self.rate.first_price_per_minute,
-                self.rate.next_price_per_minute,
-            ),
+            (Period::OffPeak, Some(offpeak)) => (offpeak.first_price_per_minute, offpeak.next_price_per_minute),
+            _ => (self.rate.first_price_per_minute, self.rate.next_price_per_minute),
         }
     }
 }
@@ -118,10 +112,7 @@ pub struct RateCard {
 
 impl RateCard {
     /// The card for a destination from the tariff version in force.
-    pub fn for_destination(
-        tariff: &CompiledTariff,
-        destination: &str,
-    ) -> Result<RateCard, RatingError> {
+    pub fn for_destination(tariff: &CompiledTariff, destination: &str) -> Result<RateCard, RatingError> {
         let rate = lookup(tariff, destination)?;
         Ok(RateCard {
             tariff_id: tariff.version.tariff_id,
@@ -275,12 +266,7 @@ impl Explanation {
                     if line.period != Period::Standard {
                         write!(out, " {}", line.period.as_str())?;
                     }
-                    write!(
-                        out,
-                        " @ {}/min = {}",
-                        line.price_per_minute,
-                        line.amount().normalize()
-                    )?;
+                    write!(out, " @ {}/min = {}", line.price_per_minute, line.amount().normalize())?;
                 }
                 if !self.connection_fee.is_zero() {
                     write!(out, "; fee {}", self.connection_fee)?;
@@ -317,19 +303,13 @@ pub fn lookup<'t>(tariff: &'t CompiledTariff, destination: &str) -> Result<&'t R
             destination: destination.to_string(),
         });
     }
-    tariff
-        .lookup(destination)
-        .ok_or_else(|| RatingError::NoRate {
-            destination: destination.to_string(),
-        })
+    tariff.lookup(destination).ok_or_else(|| RatingError::NoRate {
+        destination: destination.to_string(),
+    })
 }
 
 /// Rates a leg against the tariff version in force, in the account's billing time zone.
-pub fn rate_leg(
-    tariff: &CompiledTariff,
-    leg: &Leg<'_>,
-    billing_tz: Tz,
-) -> Result<Charge, RatingError> {
+pub fn rate_leg(tariff: &CompiledTariff, leg: &Leg<'_>, billing_tz: Tz) -> Result<Charge, RatingError> {
     let rate = lookup(tariff, leg.destination)?;
     price(
         &PricingContext::new(&tariff.version, rate, billing_tz),
@@ -364,11 +344,7 @@ fn billing_shape(rate: &Rate, duration_s: u32) -> (BilledAs, u32) {
 }
 
 /// Prices a call of `duration_s` answered at `answered_at` under one rate.
-pub fn price(
-    ctx: &PricingContext<'_>,
-    answered_at: DateTime<Utc>,
-    duration_s: u32,
-) -> Result<Charge, RatingError> {
+pub fn price(ctx: &PricingContext<'_>, answered_at: DateTime<Utc>, duration_s: u32) -> Result<Charge, RatingError> {
     if duration_s > MAX_CALL_DURATION_S {
         return Err(RatingError::DurationTooLong { duration_s });
     }
@@ -385,9 +361,7 @@ pub fn price(
                 .saturating_add(next_count.saturating_mul(rate.next_interval_s));
             let billed_from = answered_at + TimeDelta::seconds(i64::from(rate.free_seconds));
             match (ctx.crossing, ctx.effective_window()) {
-                (Crossing::Split, Some(window)) => {
-                    split_lines(ctx, window, billed_from, next_count, &mut lines)
-                }
+                (Crossing::Split, Some(window)) => split_lines(ctx, window, billed_from, next_count, &mut lines),
                 (_, window) => {
                     let period = match window {
                         Some(window) => window.period_at(ctx.billing_tz, answered_at),
@@ -405,9 +379,7 @@ pub fn price(
         .ok_or(RatingError::Overflow)?;
     for line in &lines {
         let line_numerator = line.price_seconds().ok_or(RatingError::Overflow)?;
-        numerator = numerator
-            .checked_add(line_numerator)
-            .ok_or(RatingError::Overflow)?;
+        numerator = numerator.checked_add(line_numerator).ok_or(RatingError::Overflow)?;
     }
     let surcharge_pct = if billed_as == BilledAs::Grace {
         Decimal::ZERO
@@ -452,12 +424,7 @@ pub fn price(
     })
 }
 
-fn whole_call_lines(
-    ctx: &PricingContext<'_>,
-    period: Period,
-    next_count: u32,
-    lines: &mut Vec<ChargeLine>,
-) {
+fn whole_call_lines(ctx: &PricingContext<'_>, period: Period, next_count: u32, lines: &mut Vec<ChargeLine>) {
     let rate = ctx.rate;
     let (first_price, next_price) = ctx.prices(period);
     lines.push(ChargeLine {
@@ -502,23 +469,18 @@ fn split_lines(
     let next_s = rate.next_interval_s.max(1);
     let mut done = 0u32;
     while done < next_count {
-        let start_offset_s = rate
-            .first_interval_s
-            .saturating_add(done.saturating_mul(next_s));
+        let start_offset_s = rate.first_interval_s.saturating_add(done.saturating_mul(next_s));
         let run_start = billed_from + TimeDelta::seconds(i64::from(start_offset_s));
         let period = window.period_at(tz, run_start);
         let change = window.next_change(tz, run_start);
         // Intervals start at whole-second offsets; those starting before `change` belong to
         // this run. `change` is after `run_start`, so at least one interval does.
         let change_offset_ms = (change - billed_from).num_milliseconds();
-        let change_offset_s =
-            change_offset_ms.div_euclid(1000) + i64::from(change_offset_ms.rem_euclid(1000) != 0);
+        let change_offset_s = change_offset_ms.div_euclid(1000) + i64::from(change_offset_ms.rem_euclid(1000) != 0);
         let span_s = (change_offset_s - i64::from(start_offset_s)).max(1);
         let in_run = (span_s + i64::from(next_s) - 1) / i64::from(next_s);
         let remaining = next_count - done;
-        let count = u32::try_from(in_run)
-            .unwrap_or(remaining)
-            .clamp(1, remaining);
+        let count = u32::try_from(in_run).unwrap_or(remaining).clamp(1, remaining);
         let price_per_minute = ctx.prices(period).1;
         match lines.last_mut() {
             Some(last)
@@ -561,10 +523,7 @@ pub struct MaxDuration {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AuthorizationError {
     #[error("available funds {available} do not cover the first interval ({first_charge})")]
-    InsufficientFunds {
-        available: Decimal,
-        first_charge: Decimal,
-    },
+    InsufficientFunds { available: Decimal, first_charge: Decimal },
     #[error(transparent)]
     Rating(#[from] RatingError),
 }

@@ -53,9 +53,7 @@ impl Prefix {
             return Err("prefix is empty".to_string());
         }
         if digits.len() > MAX_PREFIX_DIGITS {
-            return Err(format!(
-                "prefix '{text}' has more than {MAX_PREFIX_DIGITS} digits"
-            ));
+            return Err(format!("prefix '{text}' has more than {MAX_PREFIX_DIGITS} digits"));
         }
         let mut value: u64 = 0;
         for byte in digits.bytes() {
@@ -159,12 +157,7 @@ pub struct Rate {
 
 impl Rate {
     /// A rate with one price for every interval and nothing else: the common case.
-    pub fn simple(
-        prefix: Prefix,
-        first_interval_s: u32,
-        next_interval_s: u32,
-        price_per_minute: Decimal,
-    ) -> Rate {
+    pub fn simple(prefix: Prefix, first_interval_s: u32, next_interval_s: u32, price_per_minute: Decimal) -> Rate {
         Rate {
             prefix,
             first_interval_s,
@@ -197,10 +190,7 @@ impl Rate {
             ("grace_period_s", self.grace_period_s),
         ] {
             if value > MAX_INTERVAL_S {
-                return Err(RateProblem::new(
-                    field,
-                    format!("must be at most {MAX_INTERVAL_S}"),
-                ));
+                return Err(RateProblem::new(field, format!("must be at most {MAX_INTERVAL_S}")));
             }
         }
         let mut prices = vec![
@@ -280,9 +270,7 @@ impl FromStr for Crossing {
         match s {
             "whole_call" => Ok(Crossing::WholeCall),
             "split" => Ok(Crossing::Split),
-            other => Err(format!(
-                "unknown crossing '{other}' (expected whole_call or split)"
-            )),
+            other => Err(format!("unknown crossing '{other}' (expected whole_call or split)")),
         }
     }
 }
@@ -319,16 +307,13 @@ impl TariffVersion {
         validate_currency(&self.currency)?;
         let mut index = PrefixIndex::default();
         for (position, rate) in self.rates.iter().enumerate() {
-            rate.validate()
-                .map_err(|problem| TariffRejection::InvalidRate {
-                    prefix: rate.prefix,
-                    reason: problem.to_string(),
-                })?;
+            rate.validate().map_err(|problem| TariffRejection::InvalidRate {
+                prefix: rate.prefix,
+                reason: problem.to_string(),
+            })?;
             // Positions are bounded by MAX_RATES_PER_VERSION, far below u32::MAX.
             if index.insert(rate.prefix, position as u32).is_some() {
-                return Err(TariffRejection::DuplicatePrefix {
-                    prefix: rate.prefix,
-                });
+                return Err(TariffRejection::DuplicatePrefix { prefix: rate.prefix });
             }
         }
         Ok(())
@@ -439,10 +424,7 @@ impl PrefixIndex {
 /// else in it.
 #[inline]
 pub fn normalize_destination(destination: &str) -> Option<&[u8]> {
-    let digits = destination
-        .strip_prefix('+')
-        .unwrap_or(destination)
-        .as_bytes();
+    let digits = destination.strip_prefix('+').unwrap_or(destination).as_bytes();
     if digits.is_empty() || digits.len() > 32 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -581,9 +563,7 @@ impl TariffState {
     /// The version in force at `at`: the latest whose `effective_from` is not after it.
     pub fn in_force(&self, at: DateTime<Utc>) -> Option<&Arc<CompiledTariff>> {
         // Versions are appended in increasing `effective_from` order (decide enforces it).
-        let count = self
-            .versions
-            .partition_point(|v| v.version.effective_from <= at);
+        let count = self.versions.partition_point(|v| v.version.effective_from <= at);
         count.checked_sub(1).map(|i| &self.versions[i])
     }
 }
@@ -593,10 +573,7 @@ pub fn stream_id(tariff_id: Uuid) -> String {
     format!("tariff-{tariff_id}")
 }
 
-pub fn decide(
-    command: &TariffCommand,
-    state: &TariffState,
-) -> Result<Vec<TariffEvent>, TariffRejection> {
+pub fn decide(command: &TariffCommand, state: &TariffState) -> Result<Vec<TariffEvent>, TariffRejection> {
     match command {
         TariffCommand::Create {
             tariff_id,
@@ -656,9 +633,7 @@ pub fn decide(
                 posting: *posting,
             };
             version.validate()?;
-            Ok(vec![TariffEvent::VersionPublished(
-                TariffVersionPublished { version },
-            )])
+            Ok(vec![TariffEvent::VersionPublished(TariffVersionPublished { version })])
         }
     }
 }

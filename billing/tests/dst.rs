@@ -45,12 +45,7 @@ fn tariff(window: &str, crossing: Crossing) -> CompiledTariff {
 }
 
 /// Rates one call in both modes; returns (whole_call, split) and checks the split's lines.
-fn rate_both(
-    window: &str,
-    tz: Tz,
-    answered_at: &str,
-    duration_s: u32,
-) -> (Decimal, Decimal, Vec<(Period, u32)>) {
+fn rate_both(window: &str, tz: Tz, answered_at: &str, duration_s: u32) -> (Decimal, Decimal, Vec<(Period, u32)>) {
     let leg = Leg {
         destination: "12125550100",
         answered_at: at(answered_at),
@@ -77,12 +72,7 @@ fn rate_both(
 fn berlin_spring_forward_shortens_the_night() {
     // 2024-03-31: 02:00 CET becomes 03:00 CEST at 01:00 UTC. Answered 01:30 CET, 2 h elapsed;
     // off-peak ends 03:30 local, which is only 1 h after the answer.
-    let (whole, split, periods) = rate_both(
-        "19:00-03:30",
-        chrono_tz::Europe::Berlin,
-        "2024-03-31T00:30:00Z",
-        7200,
-    );
+    let (whole, split, periods) = rate_both("19:00-03:30", chrono_tz::Europe::Berlin, "2024-03-31T00:30:00Z", 7200);
     assert_eq!(whole, d("4.80"));
     assert_eq!(split, d("8.40"));
     assert_eq!(periods, vec![(Period::OffPeak, 3600), (Period::Peak, 3600)]);
@@ -93,21 +83,12 @@ fn berlin_fall_back_repeats_the_endpoint() {
     // 2024-10-27: 03:00 CEST becomes 02:00 CET at 01:00 UTC, so 02:30 local happens twice.
     // Answered 01:30 CEST (23:30 UTC), 2 h: off-peak 60 min, peak 30 min (02:30-03:00 CEST),
     // off-peak 30 min (02:00-02:30 CET).
-    let (whole, split, periods) = rate_both(
-        "19:00-02:30",
-        chrono_tz::Europe::Berlin,
-        "2024-10-26T23:30:00Z",
-        7200,
-    );
+    let (whole, split, periods) = rate_both("19:00-02:30", chrono_tz::Europe::Berlin, "2024-10-26T23:30:00Z", 7200);
     assert_eq!(whole, d("4.80"));
     assert_eq!(split, d("6.60"));
     assert_eq!(
         periods,
-        vec![
-            (Period::OffPeak, 3600),
-            (Period::Peak, 1800),
-            (Period::OffPeak, 1800)
-        ]
+        vec![(Period::OffPeak, 3600), (Period::Peak, 1800), (Period::OffPeak, 1800)]
     );
 }
 
@@ -140,11 +121,7 @@ fn new_york_fall_back_returns_to_off_peak() {
     assert_eq!(split, d("6.60"));
     assert_eq!(
         periods,
-        vec![
-            (Period::OffPeak, 3600),
-            (Period::Peak, 1800),
-            (Period::OffPeak, 1800)
-        ]
+        vec![(Period::OffPeak, 3600), (Period::Peak, 1800), (Period::OffPeak, 1800)]
     );
 }
 
@@ -166,12 +143,7 @@ fn a_call_across_midnight_changes_period_at_local_midnight() {
 fn a_day_long_split_call_walks_every_boundary() {
     // 24 h from 12:00 CEST on the eve of the autumn change: 25 h of wall clock pass locally,
     // but 24 h of calls are billed; off-peak is 19:00-07:00 = 13 h that night (one repeated).
-    let (_, split, periods) = rate_both(
-        "19:00-07:00",
-        chrono_tz::Europe::Berlin,
-        "2024-10-26T10:00:00Z",
-        86_400,
-    );
+    let (_, split, periods) = rate_both("19:00-07:00", chrono_tz::Europe::Berlin, "2024-10-26T10:00:00Z", 86_400);
     assert_eq!(
         periods,
         vec![
@@ -180,8 +152,5 @@ fn a_day_long_split_call_walks_every_boundary() {
             (Period::Peak, 4 * 3600)
         ]
     );
-    assert_eq!(
-        split,
-        d("11") * d("60") * d("0.10") + d("13") * d("60") * d("0.04")
-    );
+    assert_eq!(split, d("11") * d("60") * d("0.10") + d("13") * d("60") * d("0.04"));
 }

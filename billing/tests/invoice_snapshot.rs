@@ -4,9 +4,7 @@
 use std::str::FromStr;
 
 use billing::conference::{self, ConferenceSession, ParticipantStay, Role};
-use billing::invoice::{
-    self, BillingPeriod, InvoiceCommand, InvoiceState, Service, TaxMode, TaxPolicy,
-};
+use billing::invoice::{self, BillingPeriod, InvoiceCommand, InvoiceState, Service, TaxMode, TaxPolicy};
 use billing::rating::{self, Leg, RateCard};
 use billing::tariff::{CompiledTariff, Crossing, Prefix, Rate, TariffVersion};
 use billing::Posting;
@@ -27,12 +25,7 @@ fn at(s: &str) -> DateTime<Utc> {
 
 fn deck() -> CompiledTariff {
     let rate = |prefix: &str, first: u32, next: u32, price: &str| {
-        Rate::simple(
-            Prefix::parse(prefix).expect("valid prefix"),
-            first,
-            next,
-            d(price),
-        )
+        Rate::simple(Prefix::parse(prefix).expect("valid prefix"), first, next, d(price))
     };
     let mut mobile = rate("4917", 30, 6, "0.02");
     mobile.connection_fee = d("0.015");
@@ -104,41 +97,13 @@ fn a_whole_invoice_as_billed_and_as_corrected() {
     );
     book = record_call(book, &tariff, 1, "+4930901820", "2024-03-04T09:15:00Z", 754);
     book = record_call(book, &tariff, 2, "+4930123456", "2024-03-05T16:00:10Z", 61);
-    book = record_call(
-        book,
-        &tariff,
-        3,
-        "+491761234567",
-        "2024-03-07T08:00:00Z",
-        31,
-    );
-    book = record_call(
-        book,
-        &tariff,
-        4,
-        "+491761234567",
-        "2024-03-07T08:05:00Z",
-        29,
-    );
-    book = record_call(
-        book,
-        &tariff,
-        5,
-        "+12125550100",
-        "2024-03-11T14:00:00Z",
-        180,
-    );
+    book = record_call(book, &tariff, 3, "+491761234567", "2024-03-07T08:00:00Z", 31);
+    book = record_call(book, &tariff, 4, "+491761234567", "2024-03-07T08:05:00Z", 29);
+    book = record_call(book, &tariff, 5, "+12125550100", "2024-03-11T14:00:00Z", 180);
     book = record_call(book, &tariff, 6, "+4989123456", "2024-03-20T11:00:00Z", 600);
     // 23:30 UTC on 31 March is 01:30 CEST on 1 April: April's invoice.
     book = record_call(book, &tariff, 7, "+4989123456", "2024-03-31T23:30:00Z", 120);
-    book = record_call(
-        book,
-        &tariff,
-        9,
-        "+4930654321",
-        "2024-04-02T07:00:00Z",
-        3600,
-    );
+    book = record_call(book, &tariff, 9, "+4930654321", "2024-04-02T07:00:00Z", 3600);
 
     // A conference in March, owned by this account, billed at the access number's rate.
     let card = RateCard::for_destination(&tariff, "+4930555000").expect("access number rates");
@@ -159,8 +124,7 @@ fn a_whole_invoice_as_billed_and_as_corrected() {
             stay(103, Role::Participant, 20),
         ],
     };
-    let charges = conference::conference_charges(&session, &card, chrono_tz::Europe::Berlin)
-        .expect("session rates");
+    let charges = conference::conference_charges(&session, &card, chrono_tz::Europe::Berlin).expect("session rates");
     for (n, leg) in charges.iter().enumerate() {
         book = apply(
             book,
@@ -174,14 +138,8 @@ fn a_whole_invoice_as_billed_and_as_corrected() {
         );
     }
 
-    let march = BillingPeriod {
-        year: 2024,
-        month: 3,
-    };
-    let april = BillingPeriod {
-        year: 2024,
-        month: 4,
-    };
+    let march = BillingPeriod { year: 2024, month: 3 };
+    let april = BillingPeriod { year: 2024, month: 4 };
     book = apply(
         book,
         InvoiceCommand::ClosePeriod {

@@ -85,12 +85,7 @@ fn answered_at() -> impl Strategy<Value = DateTime<Utc>> {
     })
 }
 
-fn card(
-    rate: Rate,
-    offpeak_window: Option<OffPeakWindow>,
-    crossing: Crossing,
-    posting: Posting,
-) -> RateCard {
+fn card(rate: Rate, offpeak_window: Option<OffPeakWindow>, crossing: Crossing, posting: Posting) -> RateCard {
     RateCard {
         tariff_id: Uuid::from_u128(1),
         tariff_version: 1,

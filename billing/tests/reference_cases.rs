@@ -116,13 +116,10 @@ fn case_1_conference_owner_pays_each_leg_at_the_access_rate() {
             stay(3, Role::Participant, 20),
         ],
     };
-    let charges = conference::conference_charges(&session, &card, chrono_tz::Europe::Berlin)
-        .expect("session rates");
+    let charges = conference::conference_charges(&session, &card, chrono_tz::Europe::Berlin).expect("session rates");
     let amounts: Vec<Decimal> = charges.iter().map(|c| c.charge.amount).collect();
     assert_eq!(amounts, vec![d("0.90"), d("0.75"), d("0.60")]);
-    assert!(charges
-        .iter()
-        .all(|c| c.owner_account_id == Uuid::from_u128(0xC)));
+    assert!(charges.iter().all(|c| c.owner_account_id == Uuid::from_u128(0xC)));
     assert_eq!(conference::total(&charges), d("2.25"));
 }
 
@@ -225,11 +222,9 @@ fn case_7_peak_offpeak_crossing_whole_call_and_split() {
         answered_at,
         duration_s: 20 * 60,
     };
-    let whole = rating::rate_leg(&peak_offpeak_tariff(Crossing::WholeCall), &leg, berlin)
-        .expect("leg rates");
+    let whole = rating::rate_leg(&peak_offpeak_tariff(Crossing::WholeCall), &leg, berlin).expect("leg rates");
     assert_eq!(whole.amount, d("2.00"));
-    let split =
-        rating::rate_leg(&peak_offpeak_tariff(Crossing::Split), &leg, berlin).expect("leg rates");
+    let split = rating::rate_leg(&peak_offpeak_tariff(Crossing::Split), &leg, berlin).expect("leg rates");
     assert_eq!(split.amount, d("1.40"));
     let seconds_by_price: Vec<(u32, Decimal)> = split
         .explanation

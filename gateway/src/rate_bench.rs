@@ -32,17 +32,11 @@ pub fn run() -> Result<()> {
     let ours_sample = bench_support::rate_with_index(&tariff, sample, tz);
     let naive_sample = bench_support::rate_with_scan(&version, &scan, sample, tz);
     if ours_sample != naive_sample {
-        return Err(anyhow!(
-            "index and scan disagree: {ours_sample:?} vs {naive_sample:?}"
-        ));
+        return Err(anyhow!("index and scan disagree: {ours_sample:?} vs {naive_sample:?}"));
     }
 
     // Warm-up: caches, branch predictors, the allocator.
-    black_box(bench_support::rate_with_index(
-        &tariff,
-        &legs[..legs.len() / 10],
-        tz,
-    ));
+    black_box(bench_support::rate_with_index(&tariff, &legs[..legs.len() / 10], tz));
     black_box(bench_support::rate_with_scan(
         &version,
         &scan,
@@ -51,21 +45,12 @@ pub fn run() -> Result<()> {
     ));
 
     let ours = median_rate(legs.len(), || {
-        black_box(bench_support::rate_with_index(
-            &tariff,
-            black_box(&legs),
-            tz,
-        ));
+        black_box(bench_support::rate_with_index(&tariff, black_box(&legs), tz));
     });
     let naive = median_rate(sample.len(), || {
-        black_box(bench_support::rate_with_scan(
-            &version,
-            &scan,
-            black_box(sample),
-            tz,
-        ));
+        black_box(bench_support::rate_with_scan(&version, &scan, black_box(sample), tz));
     });
-    let ratio_hundredths = if naive == 0 { 0 } else { ours * 100 / naive };
+    let ratio_hundredths = (ours * 100).checked_div(naive).unwrap_or(0);
     println!(
         "BENCH rating ours={ours} naive_scan={naive} ratio={}.{:02} unit=legs/s",
         ratio_hundredths / 100,

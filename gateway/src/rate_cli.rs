@@ -66,8 +66,7 @@ pub struct RateArgs {
 
 /// Runs `ledgerline rate`.
 pub fn run(args: &RateArgs) -> Result<()> {
-    let billing_tz =
-        billing::parse_timezone(&args.timezone).map_err(|m| anyhow!("--timezone: {m}"))?;
+    let billing_tz = billing::parse_timezone(&args.timezone).map_err(|m| anyhow!("--timezone: {m}"))?;
     let offpeak_window = match &args.offpeak {
         Some(text) => Some(OffPeakWindow::from_str(text).map_err(|m| anyhow!("--offpeak: {m}"))?),
         None => None,
@@ -90,8 +89,7 @@ pub fn run(args: &RateArgs) -> Result<()> {
         ..DeckOptions::default()
     };
     let deck_text = read(&args.deck)?;
-    let version = deck_csv::parse_deck(&deck_text, &options)
-        .map_err(|e| anyhow!("{}:{e}", args.deck.display()))?;
+    let version = deck_csv::parse_deck(&deck_text, &options).map_err(|e| anyhow!("{}:{e}", args.deck.display()))?;
     let tariff = CompiledTariff::new(version);
 
     if args.max_duration {
@@ -104,8 +102,7 @@ pub fn run(args: &RateArgs) -> Result<()> {
         .as_ref()
         .ok_or_else(|| anyhow!("--calls is required unless --max-duration is given"))?;
     let calls_text = read(calls_path)?;
-    let calls =
-        deck_csv::parse_calls(&calls_text).map_err(|e| anyhow!("{}:{e}", calls_path.display()))?;
+    let calls = deck_csv::parse_calls(&calls_text).map_err(|e| anyhow!("{}:{e}", calls_path.display()))?;
     let rows = deck_csv::rate_calls(&tariff, &calls, billing_tz);
     let output = deck_csv::render_output(&rows);
 
@@ -121,11 +118,7 @@ pub fn run(args: &RateArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_max_duration(
-    args: &RateArgs,
-    tariff: &CompiledTariff,
-    billing_tz: billing::Tz,
-) -> Result<()> {
+fn print_max_duration(args: &RateArgs, tariff: &CompiledTariff, billing_tz: billing::Tz) -> Result<()> {
     // clap's `requires_all` makes both present with --max-duration.
     let destination = args
         .destination
@@ -140,7 +133,11 @@ fn print_max_duration(
         Some(text) => deck_csv::parse_time(text).map_err(|m| anyhow!("--answered-at: {m}"))?,
         // The binary is where the clock may be read. Through `SystemTime` rather than
         // `Utc::now`, which needs chrono's `clock` feature that the workspace leaves off.
-        None => DateTime::<Utc>::from(std::time::SystemTime::now()),
+        None => {
+            #[allow(clippy::disallowed_methods)]
+            let now = std::time::SystemTime::now();
+            DateTime::<Utc>::from(now)
+        }
     };
     let rate = rating::lookup(tariff, destination).map_err(|e| anyhow!("--destination: {e}"))?;
     let context = PricingContext::new(&tariff.version, rate, billing_tz);

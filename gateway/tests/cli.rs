@@ -443,3 +443,79 @@ fn every_subcommand_has_help() {
         assert!(stdout(&out).contains("Usage:"), "{args:?}");
     }
 }
+
+#[test]
+fn rate_prints_exact_charges_and_refuses_a_malformed_file_without_output() {
+    let dir = std::env::temp_dir().join(format!("ledgerline-rate-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let deck = dir.join("deck.csv");
+    std::fs::write(
+        &deck,
+        "prefix,first_interval_s,next_interval_s,price_per_min,next_price_per_min,connection_fee,free_seconds,grace_period_s,offpeak_price_per_min,post_call_surcharge_pct\n\
+         44,30,6,0.02,,,,,,\n\
+         1,1,1,0.06,,,,,,\n",
+    )
+    .unwrap();
+    let calls = dir.join("calls.csv");
+    std::fs::write(
+        &calls,
+        "call_id,destination,answered_at,duration_s\n\
+         a,4420123,2026-01-05T10:00:00Z,31\n\
+         b,4420123,2026-01-05T10:00:00Z,29\n\
+         c,15551234,2026-01-05T10:00:00Z,180\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("rate")
+        .arg("--deck")
+        .arg(&deck)
+        .arg("--calls")
+        .arg(&calls)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.splitn(5, ',').collect()).collect();
+    // Reference cases 4 and 6, through the binary.
+    assert_eq!(&rows[0][..4], ["a", "44", "36", "0.01200"]);
+    assert_eq!(&rows[1][..4], ["b", "44", "30", "0.01000"]);
+    assert_eq!(&rows[2][..4], ["c", "1", "180", "0.18000"]);
+
+    let max = Command::new(BIN)
+        .args([
+            "rate",
+            "--max-duration",
+            "--destination",
+            "4420123",
+            "--balance",
+            "0.012",
+            "--answered-at",
+            "2026-01-05T10:00:00Z",
+            "--deck",
+        ])
+        .arg(&deck)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&max).trim(), "36", "{}", stderr(&max));
+
+    std::fs::write(
+        &calls,
+        "call_id,destination,answered_at,duration_s\na,4420123,2026-01-05T10:00:00Z,31\nb,4420123,yesterday,29\n",
+    )
+    .unwrap();
+    let bad = Command::new(BIN)
+        .arg("rate")
+        .arg("--deck")
+        .arg(&deck)
+        .arg("--calls")
+        .arg(&calls)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        bad.stdout.is_empty(),
+        "nothing is printed for a file with a malformed row"
+    );
+    assert!(stderr(&bad).contains("calls.csv:3:3"), "{}", stderr(&bad));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -199,16 +199,25 @@ async fn an_open_transaction_that_holds_the_fence_is_reported() {
     let db = TestDb::new().await.unwrap();
     let store = EventStore::new(db.pool.clone());
     let tenant = Uuid::new_v4();
-    store.append(&[write(tenant, "before", Expected::NoStream, &["a"])]).await.unwrap();
+    store
+        .append(&[write(tenant, "before", Expected::NoStream, &["a"])])
+        .await
+        .unwrap();
 
     let mut open = db.pool.begin().await.unwrap();
     store
         .append_in(&mut open, &[write(tenant, "held", Expected::NoStream, &["b"])])
         .await
         .unwrap();
-    let open_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *open).await.unwrap();
+    let open_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *open)
+        .await
+        .unwrap();
     // Committed after the open one started: readable by position, but behind the fence.
-    store.append(&[write(tenant, "after", Expected::NoStream, &["c"])]).await.unwrap();
+    store
+        .append(&[write(tenant, "after", Expected::NoStream, &["c"])])
+        .await
+        .unwrap();
 
     let visible = store.read_all(commands::Cursor::START, 100, None).await.unwrap();
     assert_eq!(visible.len(), 1, "only what precedes the open transaction is readable");
@@ -218,5 +227,8 @@ async fn an_open_transaction_that_holds_the_fence_is_reported() {
 
     open.commit().await.unwrap();
     assert!(store.fence_holder().await.unwrap().is_none());
-    assert_eq!(store.read_all(commands::Cursor::START, 100, None).await.unwrap().len(), 3);
+    assert_eq!(
+        store.read_all(commands::Cursor::START, 100, None).await.unwrap().len(),
+        3
+    );
 }
