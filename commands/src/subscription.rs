@@ -45,6 +45,9 @@ impl LogWaker {
     }
 }
 
+/// Events per read: large enough that a catch-up is bound by the rows, not the round trips.
+pub const DEFAULT_BATCH_SIZE: i64 = 5000;
+
 #[derive(Debug, Clone)]
 pub struct SubscriptionOptions {
     pub batch_size: i64,
@@ -57,7 +60,7 @@ pub struct SubscriptionOptions {
 impl Default for SubscriptionOptions {
     fn default() -> Self {
         SubscriptionOptions {
-            batch_size: 1000,
+            batch_size: DEFAULT_BATCH_SIZE,
             poll_interval: Duration::from_millis(500),
             tenant: None,
             buffer: 4096,

@@ -22,6 +22,9 @@ pub struct BenchStoreArgs {
     /// Seconds each measured run lasts (three runs per side, the median is reported).
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
+    /// Events per page of the catch-up read (the subscription's batch size).
+    #[arg(long, default_value_t = commands::subscription::DEFAULT_BATCH_SIZE)]
+    pub page_size: i64,
 }
 
 const BATCH: usize = 100;
@@ -84,7 +87,7 @@ async fn measure(url: &str, args: &BenchStoreArgs) -> anyhow::Result<()> {
     let mut ours = Vec::new();
     let mut raw = Vec::new();
     for _ in 0..ROUNDS {
-        ours.push(catch_up_ours(&store).await?);
+        ours.push(catch_up_ours(&store, args.page_size.clamp(100, 50_000)).await?);
         raw.push(catch_up_raw(&pool).await?);
     }
     line(
@@ -219,12 +222,12 @@ async fn raw_insert(
 }
 
 /// Ours: the subscription's fenced, paged read of the whole log, decoded.
-async fn catch_up_ours(store: &EventStore) -> anyhow::Result<f64> {
+async fn catch_up_ours(store: &EventStore, page_size: i64) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut cursor = Cursor::START;
     let mut count = 0u64;
     loop {
-        let batch = store.read_all(cursor, 1000, None).await?;
+        let batch = store.read_all(cursor, page_size, None).await?;
         let Some(last) = batch.last() else { break };
         cursor = last.cursor();
         count += batch.len() as u64;
@@ -298,7 +301,11 @@ fn cpu_model() -> String {
 }
 
 fn commit() -> String {
+    if let Some(commit) = option_env!("LEDGERLINE_COMMIT") {
+        return commit.to_string();
+    }
     std::process::Command::new("git")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["rev-parse", "--short", "HEAD"])
         .output()
         .ok()
