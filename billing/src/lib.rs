@@ -15,6 +15,7 @@
 //! - [`bench_support`]: deterministic decks and legs for `ledgerline bench rating`.
 
 pub mod account;
+pub mod aggregates;
 pub mod bench_support;
 pub mod conference;
 pub mod csv;

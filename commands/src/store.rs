@@ -200,7 +200,7 @@ impl EventStore {
     pub fn new(pool: PgPool) -> Self {
         EventStore {
             pool,
-            validators: vec![domain::registry::validate],
+            validators: vec![domain::registry::validate, billing::aggregates::validate],
         }
     }
 
