@@ -4,6 +4,7 @@
 //! No business rule lives here: what may happen is decided in `domain` and `billing`.
 
 pub mod audit;
+pub mod batching;
 pub mod canonical;
 pub mod db;
 pub mod directory;
