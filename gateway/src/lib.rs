@@ -1,0 +1,3 @@
+//! The gateway's library side: the doors' cores and shells, testable without the binary.
+
+pub mod transport;
