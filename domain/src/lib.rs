@@ -9,6 +9,7 @@ pub mod decider;
 pub mod digest;
 pub mod event;
 pub mod extension;
+pub mod registration;
 pub mod registry;
 pub mod tenant;
 

@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::call::CallEvent;
 use crate::event::{DomainEvent, SchemaError};
 use crate::extension::ExtensionEvent;
+use crate::registration::RegistrationEvent;
 use crate::tenant::{SipDomainEvent, TenantEvent};
 
 /// Check that `(event_type, schema_version, payload)` is an event we know and that the
@@ -16,6 +17,9 @@ pub fn validate(event_type: &str, schema_version: u32, payload: &Value) -> Resul
     }
     if ExtensionEvent::event_types().contains(&event_type) {
         return ExtensionEvent::from_stored(event_type, schema_version, payload).map(drop);
+    }
+    if RegistrationEvent::event_types().contains(&event_type) {
+        return RegistrationEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
     if CallEvent::event_types().contains(&event_type) {
         return CallEvent::from_stored(event_type, schema_version, payload).map(drop);
@@ -32,6 +36,7 @@ pub fn json_schemas() -> Vec<(&'static str, u32, Value)> {
     all.extend(ExtensionEvent::json_schemas());
     all.extend(SipDomainEvent::json_schemas());
     all.extend(CallEvent::json_schemas());
+    all.extend(RegistrationEvent::json_schemas());
     all.sort_by(|a, b| a.0.cmp(b.0));
     all
 }
@@ -67,7 +72,11 @@ mod tests {
         let schemas = json_schemas();
         assert_eq!(
             schemas.len(),
-            TenantEvent::event_types().len() + ExtensionEvent::event_types().len() + CallEvent::event_types().len() + 1
+            TenantEvent::event_types().len()
+                + ExtensionEvent::event_types().len()
+                + CallEvent::event_types().len()
+                + RegistrationEvent::event_types().len()
+                + 1
         );
     }
 }

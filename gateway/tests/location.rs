@@ -1,0 +1,84 @@
+//! The location table against a real Postgres: what counts as created, changed, refreshed.
+
+use chrono::{DateTime, Duration, Utc};
+use commands::testing::TestDb;
+use gateway::location::{Binding, Location, LocationError, Saved, MAX_BINDINGS_PER_EXTENSION};
+use uuid::Uuid;
+
+fn t(s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+}
+
+fn binding(tenant: Uuid, ext: Uuid, contact: &str, source: &str, expires_at: DateTime<Utc>) -> Binding {
+    Binding {
+        tenant_id: tenant,
+        extension_id: ext,
+        contact: contact.into(),
+        source: source.into(),
+        call_id: "c1".into(),
+        cseq: 1,
+        user_agent: "phone/1.0".into(),
+        expires_at,
+        node_id: "n1".into(),
+    }
+}
+
+#[tokio::test]
+async fn created_refreshed_changed_removed_and_expired() {
+    let db = TestDb::new().await.unwrap();
+    let location = Location::new(db.pool.clone());
+    let (tenant, ext) = (Uuid::new_v4(), Uuid::new_v4());
+    let b = binding(tenant, ext, "sip:1001@10.0.0.5:5060", "udp:10.0.0.5:5060", t(3600));
+
+    assert_eq!(location.save(&b, t(0)).await.unwrap(), Saved::Created);
+    let mut refresh = b.clone();
+    refresh.expires_at = t(7200);
+    refresh.cseq = 2;
+    assert_eq!(location.save(&refresh, t(100)).await.unwrap(), Saved::Refreshed);
+    let mut moved = refresh.clone();
+    moved.source = "udp:10.0.0.9:5060".into();
+    assert_eq!(location.save(&moved, t(200)).await.unwrap(), Saved::Changed);
+
+    // Another tenant's extension with the same contact is another binding.
+    let other = binding(Uuid::new_v4(), ext, &b.contact, &b.source, t(3600));
+    assert_eq!(location.save(&other, t(0)).await.unwrap(), Saved::Created);
+    assert_eq!(location.bindings(tenant, ext, t(300)).await.unwrap().len(), 1);
+
+    assert!(location.remove(tenant, ext, &b.contact, t(300)).await.unwrap());
+    assert!(!location.remove(tenant, ext, &b.contact, t(300)).await.unwrap());
+
+    // A lapsed binding is purged once, and re-registering it counts as created.
+    let short = binding(tenant, ext, "sip:1001@10.0.0.7", "tcp:10.0.0.7:40000", t(60));
+    location.save(&short, t(0)).await.unwrap();
+    assert!(location.bindings(tenant, ext, t(61)).await.unwrap().is_empty());
+    let purged = location.purge_expired(t(61), 100).await.unwrap();
+    assert_eq!(purged.len(), 1);
+    assert!(location.purge_expired(t(61), 100).await.unwrap().is_empty());
+    assert_eq!(
+        location.save(&short, t(62) - Duration::seconds(0)).await.unwrap(),
+        Saved::Created
+    );
+}
+
+#[tokio::test]
+async fn an_extension_cannot_register_without_bound() {
+    let db = TestDb::new().await.unwrap();
+    let location = Location::new(db.pool.clone());
+    let (tenant, ext) = (Uuid::new_v4(), Uuid::new_v4());
+    for i in 0..MAX_BINDINGS_PER_EXTENSION {
+        let b = binding(tenant, ext, &format!("sip:1001@10.0.0.{i}"), "udp:x", t(3600));
+        location.save(&b, t(0)).await.unwrap();
+    }
+    let extra = binding(tenant, ext, "sip:1001@10.0.1.1", "udp:x", t(3600));
+    assert!(matches!(
+        location.save(&extra, t(0)).await,
+        Err(LocationError::TooManyBindings)
+    ));
+    // Refreshing an existing one still works; a wildcard removal clears them all.
+    let again = binding(tenant, ext, "sip:1001@10.0.0.0", "udp:x", t(7200));
+    assert_eq!(location.save(&again, t(1)).await.unwrap(), Saved::Refreshed);
+    assert_eq!(
+        location.remove_all(tenant, ext, t(2)).await.unwrap().len(),
+        MAX_BINDINGS_PER_EXTENSION as usize
+    );
+}
