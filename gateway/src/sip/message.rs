@@ -78,6 +78,8 @@ impl std::error::Error for ParseError {}
 #[derive(Debug, Clone)]
 pub struct SipMessage {
     pub raw: rsip::SipMessage,
+    /// The Request-URI exactly as sent; rsip's parsed form may differ (see [`uri_user_host`]).
+    pub request_uri: Option<String>,
     /// Every header field in order, with canonical (long) names and comma lists split.
     pub headers: Vec<(String, String)>,
     pub call_id: String,
@@ -168,6 +170,11 @@ impl SipMessage {
         let (head_end, body_start) = find_end_of_headers(bytes).ok_or(ParseError::NoEndOfHeaders)?;
         let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| ParseError::NotUtf8)?;
         let (start_line, headers) = normalize_head(head)?;
+        let request_uri = match start_line.starts_with("SIP/") {
+            true => None,
+            false => start_line.split(' ').nth(1).map(str::to_string),
+        };
+        let start_line = check_request_line(start_line)?;
         let available = &bytes[body_start..];
         let body = match content_length(&headers)? {
             Some(declared) if declared > available.len() => {
@@ -181,7 +188,7 @@ impl SipMessage {
             None => available,
         };
         let mut text = String::with_capacity(head.len() + 4);
-        text.push_str(start_line);
+        text.push_str(&start_line);
         text.push_str("\r\n");
         for (name, value) in &headers {
             text.push_str(name);
@@ -193,7 +200,9 @@ impl SipMessage {
         let mut normalized = text.into_bytes();
         normalized.extend_from_slice(body);
         let raw = rsip::SipMessage::try_from(normalized.as_slice()).map_err(|e| ParseError::Rsip(e.to_string()))?;
-        Self::validate(raw, headers, body.to_vec())
+        let mut message = Self::validate(raw, headers, body.to_vec())?;
+        message.request_uri = request_uri;
+        Ok(message)
     }
 
     /// Builds the validated form of a message this node composed itself.
@@ -240,6 +249,7 @@ impl SipMessage {
         };
         Ok(SipMessage {
             raw,
+            request_uri: None,
             headers,
             call_id,
             cseq,
@@ -269,12 +279,8 @@ impl SipMessage {
 
     /// The request URI's host, lower-cased: the tenant's domain for a REGISTER.
     pub fn request_domain(&self) -> Option<String> {
-        match &self.raw {
-            rsip::SipMessage::Request(request) => {
-                Some(request.uri.host_with_port.host.to_string().to_ascii_lowercase())
-            }
-            rsip::SipMessage::Response(_) => None,
-        }
+        let (_, host) = uri_user_host(self.request_uri.as_deref()?)?;
+        Some(host)
     }
 
     /// The top Via's branch, which names the transaction (RFC 3261 §17.2.3).
@@ -326,6 +332,31 @@ impl SipMessage {
     pub fn to_bytes(&self) -> Vec<u8> {
         to_bytes(&self.raw)
     }
+}
+
+/// The user (still %-escaped, as sent) and the lower-cased host of a SIP URI, read from its
+/// raw text: rsip ends the user part at the first `.`, so it cannot be trusted for this.
+pub fn uri_user_host(uri: &str) -> Option<(Option<String>, String)> {
+    let (scheme, rest) = uri.split_once(':')?;
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return None;
+    }
+    let (user, host_part) = match rest.split_once('@') {
+        Some((userinfo, host_part)) => {
+            let user = userinfo.split(':').next().unwrap_or(userinfo);
+            (Some(user.to_string()), host_part)
+        }
+        None => (None, rest),
+    };
+    let host = if let Some(v6) = host_part.strip_prefix('[') {
+        format!("[{}]", v6.split(']').next().unwrap_or(""))
+    } else {
+        host_part.split([':', ';', '?']).next().unwrap_or("").to_string()
+    };
+    if host.is_empty() || host == "[]" || host.contains(|c: char| c.is_whitespace() || "<>\"@".contains(c)) {
+        return None;
+    }
+    Some((user.filter(|u| !u.is_empty()), host.to_ascii_lowercase()))
 }
 
 /// Renders an rsip message, replacing any Content-Length with the body's real length.
@@ -648,10 +679,102 @@ fn parse_cseq(value: &str) -> Result<CSeq, ParseError> {
     Ok(CSeq { seq, method })
 }
 
+/// rsip accepts a Request-URI in `<>` and other junk (RFC 4475 `ltgtruri`), so the request
+/// line is checked here: exactly three parts separated by single spaces, and a URI that has a
+/// scheme and none of the characters that only surround URIs.
+/// The line handed to rsip has the Request-URI's user part escaped (see [`escape_user_part`]).
+fn check_request_line(start_line: &str) -> Result<String, ParseError> {
+    if start_line.starts_with("SIP/") {
+        return Ok(start_line.to_string());
+    }
+    let parts: Vec<&str> = start_line.split(' ').collect();
+    let [method, uri, version] = parts.as_slice() else {
+        return Err(ParseError::Rsip(
+            "request line is not `method SP uri SP version`".into(),
+        ));
+    };
+    if method.is_empty() || version.is_empty() || !is_plain_uri(uri) {
+        return Err(ParseError::Rsip("malformed request line".into()));
+    }
+    Ok(format!("{method} {} {version}", escape_user_part(uri)))
+}
+
+/// rsip cannot tokenize `;`, `=`, `&` and similar characters in a URI's user part
+/// (RFC 4475 `semiuri`: `sip:user;par=u%40example.net@example.com`), and it ends the user
+/// part at the first `.`, so `sip:j.user@example.com` would lose its user. RFC 3261 §19.1.4
+/// compares user parts after unescaping, so %-escaping them names the same user.
+fn escape_user_part(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return uri.to_string();
+    };
+    let Some((user, host)) = rest.split_once('@') else {
+        return uri.to_string();
+    };
+    let mut escaped = String::with_capacity(uri.len() + 8);
+    escaped.push_str(scheme);
+    escaped.push(':');
+    for c in user.chars() {
+        if c.is_ascii_alphanumeric() || "-_!~*'()%:".contains(c) {
+            escaped.push(c);
+        } else {
+            let mut buffer = [0u8; 4];
+            for byte in c.encode_utf8(&mut buffer).bytes() {
+                escaped.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    escaped.push('@');
+    escaped.push_str(host);
+    escaped
+}
+
+/// A URI with a scheme and no quote, angle bracket or whitespace in it.
+fn is_plain_uri(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    scheme_ok && !rest.is_empty() && !uri.contains(|c: char| c.is_whitespace() || "<>\"".contains(c))
+}
+
+/// A display name is a quoted string or tokens separated by spaces (RFC 4475 `baddn`).
+fn is_display_name(text: &str) -> bool {
+    let text = text.trim();
+    if text.starts_with('"') {
+        return text.len() >= 2 && text.ends_with('"');
+    }
+    text.split_whitespace().all(|word| word.bytes().all(is_token_byte))
+}
+
+/// Whether every quoted string is closed (RFC 4475 `quotbal`).
+fn quotes_balanced(value: &str) -> bool {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            _ => {}
+        }
+    }
+    !in_quotes
+}
+
 /// `"Name" <uri>;tag=x` or `uri;tag=x`: the URI as sent and the tag.
 fn parse_name_addr(value: &str) -> Option<NameAddr> {
+    if !quotes_balanced(value) {
+        return None;
+    }
     let (uri, params) = match find_unquoted(value, '<') {
         Some(open) => {
+            if !is_display_name(&value[..open]) {
+                return None;
+            }
             let rest = &value[open + 1..];
             let close = rest.find('>')?;
             (&rest[..close], &rest[close + 1..])
@@ -665,7 +788,7 @@ fn parse_name_addr(value: &str) -> Option<NameAddr> {
         }
     };
     let uri = uri.trim();
-    if uri.is_empty() || rsip::Uri::try_from(uri).is_err() {
+    if !is_plain_uri(uri) || rsip::Uri::try_from(uri).is_err() {
         return None;
     }
     let tag = header_param(params, "tag");
@@ -677,16 +800,22 @@ fn parse_name_addr(value: &str) -> Option<NameAddr> {
 }
 
 /// `SIP/2.0/UDP host:port;branch=z9hG4bK...;received=...`.
+/// Whitespace may surround the slashes of the sent-protocol (RFC 4475 `wsinv`).
 fn parse_via(value: &str) -> Option<Via> {
-    let (protocol, rest) = value.split_once(|c: char| c.is_whitespace())?;
-    let mut protocol_parts = protocol.split('/').map(str::trim);
-    if !protocol_parts.next()?.eq_ignore_ascii_case("SIP") || protocol_parts.next()? != "2.0" {
+    let mut protocol_parts = value.splitn(3, '/');
+    let name = protocol_parts.next()?.trim();
+    let version = protocol_parts.next()?.trim();
+    if !name.eq_ignore_ascii_case("SIP") || version != "2.0" {
         return None;
     }
-    let transport = protocol_parts.next()?.to_ascii_uppercase();
-    if transport.is_empty() || protocol_parts.next().is_some() {
+    let (transport, rest) = protocol_parts
+        .next()?
+        .trim_start()
+        .split_once(|c: char| c.is_whitespace())?;
+    if transport.is_empty() || !transport.bytes().all(is_token_byte) {
         return None;
     }
+    let transport = transport.to_ascii_uppercase();
     let rest = rest.trim();
     let (sent_by, params) = match rest.find(';') {
         Some(semi) => (rest[..semi].trim(), &rest[semi..]),
@@ -1049,6 +1178,36 @@ response=\"abc\", algorithm=SHA-256, qop=auth, nc=0000000a, cnonce=\"c\\\"q\", o
                 expires: None
             }])
         );
+    }
+
+    #[test]
+    fn workaround_request_uri_user_part_is_escaped_for_rsip() {
+        let text = REGISTER.replace(
+            "REGISTER sip:example.com",
+            "REGISTER sip:user;par=u%40ex.net@example.com",
+        );
+        assert!(rsip::SipMessage::try_from(text.as_str()).is_err());
+        let m = parse(&text);
+        assert_eq!(m.request_domain().as_deref(), Some("example.com"));
+        assert_eq!(escape_user_part("sip:a;b=c@h;lr"), "sip:a%3Bb%3Dc@h;lr");
+        assert_eq!(escape_user_part("sip:j.user@h"), "sip:j%2Euser@h");
+        assert_eq!(escape_user_part("sip:h.example.com;lr"), "sip:h.example.com;lr");
+    }
+
+    #[test]
+    fn workaround_uri_user_and_host_come_from_the_raw_text() {
+        let rsip_view = rsip::Uri::try_from("sip:j.user@Example.com:5070;lr").unwrap();
+        assert_eq!(rsip_view.user(), None, "rsip stops the user part at the first dot");
+        assert_eq!(
+            uri_user_host("sip:j.user@Example.com:5070;lr"),
+            Some((Some("j.user".into()), "example.com".into()))
+        );
+        assert_eq!(
+            uri_user_host("sips:[2001:db8::1]:5061"),
+            Some((None, "[2001:db8::1]".into()))
+        );
+        assert_eq!(uri_user_host("tel:+1555"), None);
+        assert_eq!(uri_user_host("sip:@"), None);
     }
 
     #[test]

@@ -4,3 +4,6 @@
 //! come in as arguments, and what to send comes back out, so every path runs on a virtual clock.
 
 pub mod message;
+
+#[cfg(test)]
+mod torture;
