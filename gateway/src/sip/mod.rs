@@ -4,6 +4,7 @@
 //! come in as arguments, and what to send comes back out, so every path runs on a virtual clock.
 
 pub mod message;
+pub mod transaction;
 
 #[cfg(test)]
 mod torture;
