@@ -3,6 +3,7 @@
 //! Nothing in here touches a socket, a database or the clock: bytes, lookup results and `now`
 //! come in as arguments, and what to send comes back out, so every path runs on a virtual clock.
 
+pub mod digest;
 pub mod message;
 pub mod transaction;
 
