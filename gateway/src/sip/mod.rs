@@ -5,6 +5,7 @@
 
 pub mod digest;
 pub mod message;
+pub mod registrar;
 pub mod transaction;
 
 #[cfg(test)]
