@@ -3,9 +3,11 @@
 //! Nothing in here touches a socket, a database or the clock: bytes, lookup results and `now`
 //! come in as arguments, and what to send comes back out, so every path runs on a virtual clock.
 
+pub mod abuse;
 pub mod digest;
 pub mod message;
 pub mod registrar;
+pub mod screening;
 pub mod transaction;
 
 #[cfg(test)]
