@@ -5,6 +5,7 @@
 
 pub mod abuse;
 pub mod digest;
+pub mod fuzzing;
 pub mod message;
 pub mod registrar;
 pub mod screening;
