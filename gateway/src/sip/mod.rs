@@ -7,6 +7,7 @@ pub mod abuse;
 pub mod digest;
 pub mod fuzzing;
 pub mod message;
+pub mod node;
 pub mod registrar;
 pub mod screening;
 pub mod transaction;
