@@ -272,6 +272,7 @@ impl DigestVerifier {
 
     /// Opaque is a per-realm constant: it only proves the credentials answer our challenge.
     fn opaque(&self, realm: &str) -> String {
+        // An HMAC-SHA256 output is 32 bytes, so the first 8 always exist.
         hex::encode(&self.hmac(&[b"opaque", realm.as_bytes()])[..8])
     }
 

@@ -168,6 +168,7 @@ impl SipMessage {
         }
         let bytes = skip_leading_crlf(bytes);
         let (head_end, body_start) = find_end_of_headers(bytes).ok_or(ParseError::NoEndOfHeaders)?;
+        // `find_end_of_headers` returns positions inside `bytes`, so these slices are in bounds.
         let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| ParseError::NotUtf8)?;
         let (start_line, headers) = normalize_head(head)?;
         let request_uri = match start_line.starts_with("SIP/") {
@@ -184,6 +185,7 @@ impl SipMessage {
                 })
             }
             // Bytes after Content-Length are ignored over UDP (RFC 3261 §18.3).
+            // In bounds: the arm above took every `declared` larger than what is available.
             Some(declared) => &available[..declared],
             None => available,
         };
@@ -435,6 +437,7 @@ pub fn build_ack_for_non_2xx(invite: &SipMessage, response: &SipMessage) -> Opti
 /// Leading CRLF keep-alives (RFC 5626 §3.5.1) count towards `n` when nothing follows them.
 pub fn frame_stream(buffer: &[u8]) -> Result<Option<usize>, ParseError> {
     let skipped = buffer.len() - skip_leading_crlf(buffer).len();
+    // `skipped` is at most `buffer.len()`, and `head_end` comes from a search in `rest`.
     let rest = &buffer[skipped..];
     let Some((head_end, body_start)) = find_end_of_headers(rest) else {
         if rest.len() > MAX_MESSAGE_BYTES {
@@ -766,6 +769,8 @@ fn quotes_balanced(value: &str) -> bool {
 }
 
 /// `"Name" <uri>;tag=x` or `uri;tag=x`: the URI as sent and the tag.
+/// Every slice below starts or ends at an ASCII delimiter found by `find`, so it is in bounds
+/// and on a character boundary.
 fn parse_name_addr(value: &str) -> Option<NameAddr> {
     if !quotes_balanced(value) {
         return None;

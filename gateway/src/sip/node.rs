@@ -341,6 +341,7 @@ fn to_tag_for(request: &SipMessage) -> String {
     hash.update(request.from.tag.as_deref().unwrap_or("").as_bytes());
     hash.update(b"\0");
     hash.update(request.branch().unwrap_or("").as_bytes());
+    // A SHA-256 digest is 32 bytes, so the first 6 always exist.
     hex::encode(&hash.finalize()[..6])
 }
 
