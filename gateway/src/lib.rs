@@ -1,4 +1,6 @@
-//! The gateway's library side: the doors' cores and shells, testable without the binary.
+//! The gateway's library side: the doors' sans-IO cores and their tokio shells, testable
+//! without the binary.
 
 pub mod location;
+pub mod sip;
 pub mod transport;

@@ -1,0 +1,546 @@
+//! Server-side SIP digest authentication (RFC 3261 §22, RFC 7616, RFC 8760): challenges with
+//! signed, expiring nonces, verification with replay (nc) tracking and constant-time compares.
+//!
+//! Nonces are stateless: `issued_at.random.mac`, where the MAC is HMAC-SHA256 under the node
+//! secret over (issued_at, realm, random). Every SIP node shares the secret, so any node can
+//! check a nonce another issued. What is stateful is the nonce-count memory that refuses a
+//! replayed authorization; it is bounded, and a nonce it had to forget is answered as stale.
+
+use super::message::{DigestAlgorithm, DigestCredentials};
+use chrono::{DateTime, Utc};
+use domain::digest::Ha1;
+use hmac::{Hmac, Mac};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use subtle::ConstantTimeEq;
+
+/// How the node signs and ages nonces.
+#[derive(Clone)]
+pub struct DigestConfig {
+    /// Shared by every SIP node; from configuration, never from the network.
+    pub secret: Vec<u8>,
+    /// A nonce older than this is stale: the client is asked to retry with a fresh one.
+    pub nonce_lifetime_secs: i64,
+    /// How many nonces' last nonce-count the verifier remembers.
+    pub max_tracked_nonces: usize,
+}
+
+impl std::fmt::Debug for DigestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log.
+        f.debug_struct("DigestConfig")
+            .field("secret", &"***")
+            .field("nonce_lifetime_secs", &self.nonce_lifetime_secs)
+            .field("max_tracked_nonces", &self.max_tracked_nonces)
+            .finish()
+    }
+}
+
+/// One challenge: sent as two `WWW-Authenticate` (or `Proxy-Authenticate`) fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub realm: String,
+    pub nonce: String,
+    pub opaque: String,
+    pub stale: bool,
+}
+
+impl Challenge {
+    /// The header fields to add to a 401 (or 407 when `proxy`): SHA-256 first, then MD5, the
+    /// order of preference RFC 8760 §2.4 asks for. Written by hand because rsip renders the
+    /// algorithm as `SHA256`, a token RFC 8760 does not define.
+    pub fn header_fields(&self, proxy: bool) -> Vec<(&'static str, String)> {
+        let name = if proxy {
+            "Proxy-Authenticate"
+        } else {
+            "WWW-Authenticate"
+        };
+        let stale = if self.stale { ", stale=true" } else { "" };
+        ["SHA-256", "MD5"]
+            .iter()
+            .map(|algorithm| {
+                let value = format!(
+                    "Digest realm=\"{}\", nonce=\"{}\", opaque=\"{}\", algorithm={algorithm}, qop=\"auth\"{stale}",
+                    self.realm, self.nonce, self.opaque
+                );
+                (name, value)
+            })
+            .collect()
+    }
+}
+
+/// The outcome of checking credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    /// The response was right but the nonce has expired (or was forgotten): challenge again
+    /// with `stale=true` so the client retries without asking its user.
+    Stale,
+    Invalid(InvalidReason),
+}
+
+/// Why credentials were refused; for logs and metrics only, the client always sees the same
+/// fresh challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidReason {
+    WrongRealm,
+    UnsupportedAlgorithm,
+    UnsupportedQop,
+    BadNonce,
+    BadOpaque,
+    WrongResponse,
+    UnknownUser,
+    Replayed,
+}
+
+/// Issues challenges and verifies credentials, remembering nonce-counts.
+#[derive(Debug)]
+pub struct DigestVerifier {
+    config: DigestConfig,
+    /// nonce -> (issued_at, highest nc accepted).
+    seen: HashMap<String, (i64, u32)>,
+    /// First-use order, to evict the oldest when full.
+    order: VecDeque<String>,
+    /// Nonces issued at or before this second that are not in `seen` were forgotten, and
+    /// are answered as stale rather than trusted with a fresh nonce-count.
+    forgotten_through: i64,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+impl DigestVerifier {
+    pub fn new(config: DigestConfig) -> DigestVerifier {
+        DigestVerifier {
+            config,
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            forgotten_through: i64::MIN,
+        }
+    }
+
+    /// A fresh challenge for `realm`. `random` comes from the shell's CSPRNG, which keeps this
+    /// core deterministic under test.
+    pub fn challenge(&self, realm: &str, now: DateTime<Utc>, random: [u8; 16], stale: bool) -> Challenge {
+        let issued_at = now.timestamp();
+        let random_hex = hex::encode(random);
+        let mac = self.nonce_mac(issued_at, realm, &random_hex);
+        Challenge {
+            realm: realm.to_string(),
+            nonce: format!("{issued_at:x}.{random_hex}.{mac}"),
+            opaque: self.opaque(realm),
+            stale,
+        }
+    }
+
+    /// Checks `credentials` for a request with `method`, against the user's HA1 values, or
+    /// `None` for an unknown user, in which case a dummy HA1 is hashed and compared all the
+    /// same so that the work (and the answer) is the same as for a wrong password.
+    pub fn verify(
+        &mut self,
+        credentials: &DigestCredentials,
+        method: &str,
+        expected_realm: &str,
+        ha1: Option<&Ha1>,
+        now: DateTime<Utc>,
+    ) -> Verdict {
+        if credentials.realm != expected_realm {
+            return Verdict::Invalid(InvalidReason::WrongRealm);
+        }
+        let sha256 = match credentials.algorithm {
+            DigestAlgorithm::Md5 => false,
+            DigestAlgorithm::Sha256 => true,
+            // We never offer -sess, so a client using it did not follow our challenge.
+            DigestAlgorithm::Md5Sess | DigestAlgorithm::Sha256Sess | DigestAlgorithm::Other(_) => {
+                return Verdict::Invalid(InvalidReason::UnsupportedAlgorithm)
+            }
+        };
+        let (Some(qop), Some(cnonce), Some(nc), Some(nc_text)) = (
+            &credentials.qop,
+            &credentials.cnonce,
+            credentials.nc,
+            &credentials.nc_text,
+        ) else {
+            return Verdict::Invalid(InvalidReason::UnsupportedQop);
+        };
+        if !qop.eq_ignore_ascii_case("auth") {
+            return Verdict::Invalid(InvalidReason::UnsupportedQop);
+        }
+        let Some(issued_at) = self.check_nonce(&credentials.nonce, expected_realm) else {
+            return Verdict::Invalid(InvalidReason::BadNonce);
+        };
+        if let Some(opaque) = &credentials.opaque {
+            if !bool::from(opaque.as_bytes().ct_eq(self.opaque(expected_realm).as_bytes())) {
+                return Verdict::Invalid(InvalidReason::BadOpaque);
+            }
+        }
+        // The dummy is computed for known users too, so both paths do the same work.
+        let dummy = Ha1::compute(&credentials.username, expected_realm, "\u{0}dummy\u{0}");
+        let (ha1_hex, known) = match ha1 {
+            Some(ha1) => (if sha256 { &ha1.sha256 } else { &ha1.md5 }, true),
+            None => (if sha256 { &dummy.sha256 } else { &dummy.md5 }, false),
+        };
+        let expected = compute_response(
+            sha256,
+            ha1_hex,
+            &credentials.nonce,
+            nc_text,
+            cnonce,
+            "auth",
+            method,
+            &credentials.uri,
+        );
+        let matches = bool::from(
+            expected
+                .as_bytes()
+                .ct_eq(credentials.response.to_ascii_lowercase().as_bytes()),
+        );
+        if !known {
+            return Verdict::Invalid(InvalidReason::UnknownUser);
+        }
+        if !matches {
+            return Verdict::Invalid(InvalidReason::WrongResponse);
+        }
+        if now.timestamp().saturating_sub(issued_at) > self.config.nonce_lifetime_secs {
+            return Verdict::Stale;
+        }
+        self.accept_nonce_count(&credentials.nonce, issued_at, nc, now)
+    }
+
+    /// Refuses a nonce-count not above the last one accepted for this nonce (a replay).
+    fn accept_nonce_count(&mut self, nonce: &str, issued_at: i64, nc: u32, now: DateTime<Utc>) -> Verdict {
+        match self.seen.get_mut(nonce) {
+            Some((_, last)) => {
+                if nc <= *last {
+                    return Verdict::Invalid(InvalidReason::Replayed);
+                }
+                *last = nc;
+                Verdict::Ok
+            }
+            None => {
+                if issued_at <= self.forgotten_through {
+                    return Verdict::Stale;
+                }
+                self.make_room(now);
+                self.seen.insert(nonce.to_string(), (issued_at, nc));
+                self.order.push_back(nonce.to_string());
+                Verdict::Ok
+            }
+        }
+    }
+
+    /// Drops expired nonces first (they are refused as stale anyway), then the oldest.
+    fn make_room(&mut self, now: DateTime<Utc>) {
+        if self.seen.len() < self.config.max_tracked_nonces.max(1) {
+            return;
+        }
+        let lifetime = self.config.nonce_lifetime_secs;
+        self.seen
+            .retain(|_, (issued_at, _)| now.timestamp().saturating_sub(*issued_at) <= lifetime);
+        let seen = &self.seen;
+        self.order.retain(|nonce| seen.contains_key(nonce));
+        while self.seen.len() >= self.config.max_tracked_nonces.max(1) {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((issued_at, _)) = self.seen.remove(&oldest) {
+                self.forgotten_through = self.forgotten_through.max(issued_at);
+            }
+        }
+    }
+
+    /// The issue time of a nonce this node family signed for `realm`, or `None`.
+    fn check_nonce(&self, nonce: &str, realm: &str) -> Option<i64> {
+        let mut parts = nonce.split('.');
+        let (issued_hex, random_hex, mac) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || issued_hex.len() > 16 {
+            return None;
+        }
+        let issued_at = i64::from_str_radix(issued_hex, 16).ok()?;
+        let expected = self.nonce_mac(issued_at, realm, random_hex);
+        bool::from(expected.as_bytes().ct_eq(mac.as_bytes())).then_some(issued_at)
+    }
+
+    fn nonce_mac(&self, issued_at: i64, realm: &str, random_hex: &str) -> String {
+        hex::encode(self.hmac(&[
+            b"nonce",
+            &issued_at.to_be_bytes(),
+            realm.as_bytes(),
+            random_hex.as_bytes(),
+        ]))
+    }
+
+    /// Opaque is a per-realm constant: it only proves the credentials answer our challenge.
+    fn opaque(&self, realm: &str) -> String {
+        // An HMAC-SHA256 output is 32 bytes, so the first 8 always exist.
+        hex::encode(&self.hmac(&[b"opaque", realm.as_bytes()])[..8])
+    }
+
+    fn hmac(&self, parts: &[&[u8]]) -> Vec<u8> {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = HmacSha256::new_from_slice(&self.config.secret).expect("HMAC takes any key length");
+        for part in parts {
+            // Length-prefix each part so ("ab","c") and ("a","bc") differ.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+/// `response = H(HA1:nonce:nc:cnonce:qop:H(method:uri))` in lower-case hex (RFC 7616 §3.4.1).
+#[allow(clippy::too_many_arguments)]
+pub fn compute_response(
+    sha256: bool,
+    ha1_hex: &str,
+    nonce: &str,
+    nc: &str,
+    cnonce: &str,
+    qop: &str,
+    method: &str,
+    uri: &str,
+) -> String {
+    let hash = |text: String| -> String {
+        if sha256 {
+            hex::encode(Sha256::digest(text.as_bytes()))
+        } else {
+            hex::encode(Md5::digest(text.as_bytes()))
+        }
+    };
+    let ha2 = hash(format!("{method}:{uri}"));
+    hash(format!("{ha1_hex}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::parse_digest_credentials;
+    use chrono::TimeZone;
+
+    #[test]
+    fn rfc_2617_example_response() {
+        let ha1 = Ha1::compute("Mufasa", "testrealm@host.com", "Circle Of Life");
+        let response = compute_response(
+            false,
+            &ha1.md5,
+            "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+            "00000001",
+            "0a4f113b",
+            "auth",
+            "GET",
+            "/dir/index.html",
+        );
+        assert_eq!(response, "6629fae49393a05397450978507c4ef1");
+    }
+
+    #[test]
+    fn rfc_7616_examples_for_md5_and_sha256() {
+        let ha1 = Ha1::compute("Mufasa", "http-auth@example.org", "Circle of Life");
+        let args = (
+            "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+            "00000001",
+            "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+        );
+        let md5 = compute_response(
+            false,
+            &ha1.md5,
+            args.0,
+            args.1,
+            args.2,
+            "auth",
+            "GET",
+            "/dir/index.html",
+        );
+        assert_eq!(md5, "8ca523f5e9506fed4657c9700eebdbec");
+        let sha = compute_response(
+            true,
+            &ha1.sha256,
+            args.0,
+            args.1,
+            args.2,
+            "auth",
+            "GET",
+            "/dir/index.html",
+        );
+        assert_eq!(sha, "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1");
+    }
+
+    fn config() -> DigestConfig {
+        DigestConfig {
+            secret: b"node secret".to_vec(),
+            nonce_lifetime_secs: 300,
+            max_tracked_nonces: 3,
+        }
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0).single().unwrap()
+    }
+
+    /// What a phone sends for `challenge` with `password`.
+    fn answer(challenge: &Challenge, password: &str, sha256: bool, nc: u32) -> DigestCredentials {
+        let ha1 = Ha1::compute("1001", &challenge.realm, password);
+        let nc_text = format!("{nc:08x}");
+        let uri = "sip:acme.example.com";
+        let response = compute_response(
+            sha256,
+            if sha256 { &ha1.sha256 } else { &ha1.md5 },
+            &challenge.nonce,
+            &nc_text,
+            "cn0nce",
+            "auth",
+            "REGISTER",
+            uri,
+        );
+        let value = format!(
+            "Digest username=\"1001\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", response=\"{response}\", \
+algorithm={}, qop=auth, nc={nc_text}, cnonce=\"cn0nce\", opaque=\"{}\"",
+            challenge.realm,
+            challenge.nonce,
+            if sha256 { "SHA-256" } else { "MD5" },
+            challenge.opaque
+        );
+        parse_digest_credentials(&value).unwrap()
+    }
+
+    const REALM: &str = "acme.example.com";
+
+    fn ha1() -> Ha1 {
+        Ha1::compute("1001", REALM, "s3cret")
+    }
+
+    #[test]
+    fn challenge_offers_sha256_before_md5_with_the_rfc_8760_token() {
+        let verifier = DigestVerifier::new(config());
+        let fields = verifier.challenge(REALM, at(0), [7; 16], true).header_fields(false);
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields[0].0, "WWW-Authenticate");
+        assert!(fields[0].1.contains("algorithm=SHA-256"), "{}", fields[0].1);
+        assert!(fields[1].1.contains("algorithm=MD5"));
+        assert!(fields[0].1.contains("qop=\"auth\"") && fields[0].1.ends_with("stale=true"));
+        let proxy = verifier.challenge(REALM, at(0), [7; 16], false).header_fields(true);
+        assert_eq!(proxy[0].0, "Proxy-Authenticate");
+        assert!(!proxy[0].1.contains("stale"));
+    }
+
+    #[test]
+    fn correct_credentials_pass_with_both_algorithms() {
+        let mut verifier = DigestVerifier::new(config());
+        let challenge = verifier.challenge(REALM, at(0), [1; 16], false);
+        for (sha256, nc) in [(true, 1), (false, 2)] {
+            let credentials = answer(&challenge, "s3cret", sha256, nc);
+            assert_eq!(
+                verifier.verify(&credentials, "REGISTER", REALM, Some(&ha1()), at(5)),
+                Verdict::Ok
+            );
+        }
+    }
+
+    #[test]
+    fn a_replayed_nonce_count_is_refused() {
+        let mut verifier = DigestVerifier::new(config());
+        let challenge = verifier.challenge(REALM, at(0), [1; 16], false);
+        let first = answer(&challenge, "s3cret", true, 1);
+        assert_eq!(
+            verifier.verify(&first, "REGISTER", REALM, Some(&ha1()), at(1)),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verifier.verify(&first, "REGISTER", REALM, Some(&ha1()), at(2)),
+            Verdict::Invalid(InvalidReason::Replayed)
+        );
+        let next = answer(&challenge, "s3cret", true, 2);
+        assert_eq!(
+            verifier.verify(&next, "REGISTER", REALM, Some(&ha1()), at(3)),
+            Verdict::Ok
+        );
+    }
+
+    #[test]
+    fn an_expired_nonce_is_stale_only_when_the_password_was_right() {
+        let mut verifier = DigestVerifier::new(config());
+        let challenge = verifier.challenge(REALM, at(0), [1; 16], false);
+        let good = answer(&challenge, "s3cret", true, 1);
+        assert_eq!(
+            verifier.verify(&good, "REGISTER", REALM, Some(&ha1()), at(301)),
+            Verdict::Stale
+        );
+        let bad = answer(&challenge, "guess", true, 1);
+        assert_eq!(
+            verifier.verify(&bad, "REGISTER", REALM, Some(&ha1()), at(301)),
+            Verdict::Invalid(InvalidReason::WrongResponse)
+        );
+    }
+
+    #[test]
+    fn forged_nonces_other_realms_and_sess_are_refused() {
+        let mut verifier = DigestVerifier::new(config());
+        let challenge = verifier.challenge(REALM, at(0), [1; 16], false);
+        let mut forged = challenge.clone();
+        forged.nonce = forged.nonce.replacen('.', "0.", 1);
+        assert_eq!(
+            verifier.verify(
+                &answer(&forged, "s3cret", true, 1),
+                "REGISTER",
+                REALM,
+                Some(&ha1()),
+                at(1)
+            ),
+            Verdict::Invalid(InvalidReason::BadNonce)
+        );
+        // A nonce signed for another tenant's realm does not verify in this one.
+        let other = verifier.challenge("other.example.com", at(0), [1; 16], false);
+        let mut moved = answer(&other, "s3cret", true, 1);
+        moved.realm = REALM.into();
+        assert_eq!(
+            verifier.verify(&moved, "REGISTER", REALM, Some(&ha1()), at(1)),
+            Verdict::Invalid(InvalidReason::BadNonce)
+        );
+        let mut sess = answer(&challenge, "s3cret", true, 1);
+        sess.algorithm = DigestAlgorithm::Sha256Sess;
+        assert_eq!(
+            verifier.verify(&sess, "REGISTER", REALM, Some(&ha1()), at(1)),
+            Verdict::Invalid(InvalidReason::UnsupportedAlgorithm)
+        );
+        let mut no_qop = answer(&challenge, "s3cret", true, 1);
+        no_qop.qop = None;
+        assert_eq!(
+            verifier.verify(&no_qop, "REGISTER", REALM, Some(&ha1()), at(1)),
+            Verdict::Invalid(InvalidReason::UnsupportedQop)
+        );
+    }
+
+    #[test]
+    fn unknown_users_are_refused_like_wrong_passwords() {
+        let mut verifier = DigestVerifier::new(config());
+        let challenge = verifier.challenge(REALM, at(0), [1; 16], false);
+        let credentials = answer(&challenge, "s3cret", true, 1);
+        let verdict = verifier.verify(&credentials, "REGISTER", REALM, None, at(1));
+        assert!(matches!(verdict, Verdict::Invalid(_)));
+        // Even a nonce past its lifetime gets the same refusal, not a stale hint.
+        let late = verifier.verify(&credentials, "REGISTER", REALM, None, at(400));
+        assert_eq!(late, Verdict::Invalid(InvalidReason::UnknownUser));
+    }
+
+    #[test]
+    fn nonce_memory_is_bounded_and_forgotten_nonces_are_stale() {
+        let mut verifier = DigestVerifier::new(config());
+        let mut challenges = Vec::new();
+        for i in 0..4u8 {
+            let challenge = verifier.challenge(REALM, at(i64::from(i)), [i; 16], false);
+            let credentials = answer(&challenge, "s3cret", true, 1);
+            assert_eq!(
+                verifier.verify(&credentials, "REGISTER", REALM, Some(&ha1()), at(10)),
+                Verdict::Ok
+            );
+            challenges.push(challenge);
+        }
+        assert!(verifier.seen.len() <= 3);
+        // The first nonce was evicted: its nc=2 cannot be checked against memory, so it is stale.
+        let again = answer(&challenges[0], "s3cret", true, 2);
+        assert_eq!(
+            verifier.verify(&again, "REGISTER", REALM, Some(&ha1()), at(11)),
+            Verdict::Stale
+        );
+    }
+}

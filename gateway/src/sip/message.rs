@@ -1,0 +1,1213 @@
+//! The one wrapper around `rsip`: every workaround for its gaps lives here, each with a test.
+//!
+//! `rsip` 0.4 parses the start line, the request URI and the header syntax well, and builds
+//! messages, but it has gaps that matter on a public port:
+//! - compact header names (`i`, `v`, `f`, ...) are not recognised, so they are expanded first;
+//! - folded header lines (continuations starting with a space) are not unfolded;
+//! - whitespace before a header's colon is refused;
+//! - comma-separated lists (`Via: a, b`, `Contact: a, b`) stay one header;
+//! - the body is "the rest of the datagram": `Content-Length` is not honoured;
+//! - unknown methods and RFC 8760's `SHA-256` token are refused, digest `nc` is read as a
+//!   decimal `u8` (it is 8 hex digits), and `-sess` algorithms have no handling;
+//! - a URI re-serialized by rsip may differ from the bytes sent (URI headers are dropped),
+//!   which would break the digest `uri=` check, so raw URI text is kept wherever it matters.
+//!
+//! So this module normalizes the head before rsip sees it, validates what the core relies on
+//! (one Call-ID, a CSeq matching the method, From, To, a Via with a branch), keeps the
+//! normalized header list for reading values, and never panics on any input.
+
+use std::fmt;
+
+/// The largest message accepted, over any transport; a larger datagram or frame is refused.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The most header fields (after splitting comma lists) one message may carry.
+pub const MAX_HEADERS: usize = 128;
+/// The most parameters a digest credential may carry; real clients send about ten.
+const MAX_DIGEST_PARAMS: usize = 32;
+
+/// Header fields in order as `(canonical name, value)`.
+pub type HeaderFields = Vec<(String, String)>;
+
+/// Why bytes were refused as a SIP message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    TooLarge {
+        len: usize,
+    },
+    TooManyHeaders,
+    NoEndOfHeaders,
+    NotUtf8,
+    BadHeaderLine,
+    BadContentLength,
+    TruncatedBody {
+        declared: usize,
+        received: usize,
+    },
+    /// rsip refused the normalized text; its message says where.
+    Rsip(String),
+    UnsupportedVersion,
+    MissingHeader(&'static str),
+    BadHeader(&'static str),
+    CSeqMethodMismatch,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::TooLarge { len } => write!(f, "message of {len} bytes exceeds {MAX_MESSAGE_BYTES}"),
+            ParseError::TooManyHeaders => write!(f, "more than {MAX_HEADERS} header fields"),
+            ParseError::NoEndOfHeaders => write!(f, "no empty line ends the headers"),
+            ParseError::NotUtf8 => write!(f, "the head is not UTF-8"),
+            ParseError::BadHeaderLine => write!(f, "a header line has no name or colon"),
+            ParseError::BadContentLength => write!(f, "Content-Length is not a number"),
+            ParseError::TruncatedBody { declared, received } => {
+                write!(f, "Content-Length {declared} but only {received} body bytes")
+            }
+            ParseError::Rsip(e) => write!(f, "rsip: {e}"),
+            ParseError::UnsupportedVersion => write!(f, "not SIP/2.0"),
+            ParseError::MissingHeader(h) => write!(f, "missing {h}"),
+            ParseError::BadHeader(h) => write!(f, "malformed {h}"),
+            ParseError::CSeqMethodMismatch => write!(f, "CSeq method differs from the request method"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// A parsed, validated SIP message: rsip's form plus the fields the core relies on.
+#[derive(Debug, Clone)]
+pub struct SipMessage {
+    pub raw: rsip::SipMessage,
+    /// The Request-URI exactly as sent; rsip's parsed form may differ (see [`uri_user_host`]).
+    pub request_uri: Option<String>,
+    /// Every header field in order, with canonical (long) names and comma lists split.
+    pub headers: Vec<(String, String)>,
+    pub call_id: String,
+    pub cseq: CSeq,
+    pub from: NameAddr,
+    pub to: NameAddr,
+    /// Every Via value, topmost first; never empty.
+    pub vias: Vec<Via>,
+    pub max_forwards: Option<u32>,
+    pub body: Vec<u8>,
+}
+
+/// `CSeq: 4711 INVITE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    pub seq: u32,
+    pub method: rsip::Method,
+}
+
+/// A From or To value: the URI as sent and its tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddr {
+    /// The URI exactly as sent (inside `<>` when present).
+    pub uri: String,
+    pub tag: Option<String>,
+    /// The whole header value, for copying into responses unchanged.
+    pub value: String,
+}
+
+/// One Via value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// `UDP`, `TCP`, ... upper-cased.
+    pub transport: String,
+    /// `host[:port]` as sent.
+    pub sent_by: String,
+    pub branch: Option<String>,
+    pub value: String,
+}
+
+/// One Contact of a REGISTER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contact {
+    /// `Contact: *`, only valid with `Expires: 0`.
+    Star,
+    Uri {
+        /// The URI exactly as sent: stored and returned without rsip's re-serialization.
+        uri: String,
+        expires: Option<u32>,
+    },
+}
+
+/// The digest algorithms a credential may name (RFC 7616, RFC 8760).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DigestAlgorithm {
+    Md5,
+    Md5Sess,
+    Sha256,
+    Sha256Sess,
+    Other(String),
+}
+
+/// Parameters of an `Authorization` or `Proxy-Authorization` digest credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestCredentials {
+    pub username: String,
+    pub realm: String,
+    pub nonce: String,
+    /// The `uri=` value exactly as sent, since the response hash covers these bytes.
+    pub uri: String,
+    pub response: String,
+    pub algorithm: DigestAlgorithm,
+    pub qop: Option<String>,
+    pub cnonce: Option<String>,
+    /// The nonce count, read as the 8 hex digits RFC 7616 specifies.
+    pub nc: Option<u32>,
+    pub nc_text: Option<String>,
+    pub opaque: Option<String>,
+}
+
+impl SipMessage {
+    /// Parses one complete datagram (or one frame cut by `transport::framing::Framer`).
+    pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(ParseError::TooLarge { len: bytes.len() });
+        }
+        let bytes = skip_leading_crlf(bytes);
+        let (head_end, body_start) = find_end_of_headers(bytes).ok_or(ParseError::NoEndOfHeaders)?;
+        // `find_end_of_headers` returns positions inside `bytes`, so these slices are in bounds.
+        let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| ParseError::NotUtf8)?;
+        let (start_line, headers) = normalize_head(head)?;
+        let request_uri = match start_line.starts_with("SIP/") {
+            true => None,
+            false => start_line.split(' ').nth(1).map(str::to_string),
+        };
+        let start_line = check_request_line(start_line)?;
+        let available = &bytes[body_start..];
+        let body = match content_length(&headers)? {
+            Some(declared) if declared > available.len() => {
+                return Err(ParseError::TruncatedBody {
+                    declared,
+                    received: available.len(),
+                })
+            }
+            // Bytes after Content-Length are ignored over UDP (RFC 3261 §18.3).
+            // In bounds: the arm above took every `declared` larger than what is available.
+            Some(declared) => &available[..declared],
+            None => available,
+        };
+        let mut text = String::with_capacity(head.len() + 4);
+        text.push_str(&start_line);
+        text.push_str("\r\n");
+        for (name, value) in &headers {
+            text.push_str(name);
+            text.push_str(": ");
+            text.push_str(value);
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+        let mut normalized = text.into_bytes();
+        normalized.extend_from_slice(body);
+        let raw = rsip::SipMessage::try_from(normalized.as_slice()).map_err(|e| ParseError::Rsip(e.to_string()))?;
+        let mut message = Self::validate(raw, headers, body.to_vec())?;
+        message.request_uri = request_uri;
+        Ok(message)
+    }
+
+    /// Builds the validated form of a message this node composed itself.
+    pub fn from_rsip(message: rsip::SipMessage) -> Result<SipMessage, ParseError> {
+        SipMessage::parse(&to_bytes(&message))
+    }
+
+    fn validate(
+        raw: rsip::SipMessage,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<SipMessage, ParseError> {
+        if raw.version() != &rsip::Version::V2 {
+            return Err(ParseError::UnsupportedVersion);
+        }
+        let call_id = single(&headers, "Call-ID")?.to_string();
+        if call_id.is_empty() || call_id.contains(char::is_whitespace) {
+            return Err(ParseError::BadHeader("Call-ID"));
+        }
+        let cseq = parse_cseq(single(&headers, "CSeq")?)?;
+        if let rsip::SipMessage::Request(request) = &raw {
+            if request.method != cseq.method {
+                return Err(ParseError::CSeqMethodMismatch);
+            }
+        }
+        let from = parse_name_addr(single(&headers, "From")?).ok_or(ParseError::BadHeader("From"))?;
+        let to = parse_name_addr(single(&headers, "To")?).ok_or(ParseError::BadHeader("To"))?;
+        let mut vias = Vec::new();
+        for (name, value) in &headers {
+            if name == "Via" {
+                vias.push(parse_via(value).ok_or(ParseError::BadHeader("Via"))?);
+            }
+        }
+        if vias.is_empty() {
+            return Err(ParseError::MissingHeader("Via"));
+        }
+        let max_forwards = match optional_single(&headers, "Max-Forwards")? {
+            Some(value) => Some(
+                value
+                    .parse::<u32>()
+                    .map_err(|_| ParseError::BadHeader("Max-Forwards"))?,
+            ),
+            None => None,
+        };
+        Ok(SipMessage {
+            raw,
+            request_uri: None,
+            headers,
+            call_id,
+            cseq,
+            from,
+            to,
+            vias,
+            max_forwards,
+            body,
+        })
+    }
+
+    /// The request's method, or `None` for a response.
+    pub fn method(&self) -> Option<rsip::Method> {
+        match &self.raw {
+            rsip::SipMessage::Request(request) => Some(request.method),
+            rsip::SipMessage::Response(_) => None,
+        }
+    }
+
+    /// The response's status code, or `None` for a request.
+    pub fn status(&self) -> Option<u16> {
+        match &self.raw {
+            rsip::SipMessage::Request(_) => None,
+            rsip::SipMessage::Response(response) => Some(response.status_code.code()),
+        }
+    }
+
+    /// The request URI's host, lower-cased: the tenant's domain for a REGISTER.
+    pub fn request_domain(&self) -> Option<String> {
+        let (_, host) = uri_user_host(self.request_uri.as_deref()?)?;
+        Some(host)
+    }
+
+    /// The top Via's branch, which names the transaction (RFC 3261 §17.2.3).
+    pub fn branch(&self) -> Option<&str> {
+        self.vias.first().and_then(|via| via.branch.as_deref())
+    }
+
+    /// The values of every header field with this (long, case-insensitive) name, in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a header, if any.
+    pub fn header<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.header_values(name).next()
+    }
+
+    /// `Expires` as delta-seconds; `Err` when present but not a number.
+    pub fn expires(&self) -> Result<Option<u32>, ParseError> {
+        match self.header("Expires") {
+            Some(value) => parse_delta_seconds(value)
+                .map(Some)
+                .ok_or(ParseError::BadHeader("Expires")),
+            None => Ok(None),
+        }
+    }
+
+    /// Every Contact, `*` included; `Err` when one is malformed.
+    pub fn contacts(&self) -> Result<Vec<Contact>, ParseError> {
+        let mut contacts = Vec::new();
+        for value in self.header_values("Contact") {
+            contacts.push(parse_contact(value).ok_or(ParseError::BadHeader("Contact"))?);
+        }
+        Ok(contacts)
+    }
+
+    /// The digest credentials in `Authorization` (or `Proxy-Authorization` when `proxy`).
+    /// `None` when absent, `Some(Err)` when present but malformed.
+    pub fn digest_credentials(&self, proxy: bool) -> Option<Result<DigestCredentials, ParseError>> {
+        let name = if proxy { "Proxy-Authorization" } else { "Authorization" };
+        self.header(name)
+            .map(|value| parse_digest_credentials(value).ok_or(ParseError::BadHeader("Authorization")))
+    }
+
+    /// Serializes the message (rsip's rendering, with a correct Content-Length).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        to_bytes(&self.raw)
+    }
+}
+
+/// The user (still %-escaped, as sent) and the lower-cased host of a SIP URI, read from its
+/// raw text: rsip ends the user part at the first `.`, so it cannot be trusted for this.
+pub fn uri_user_host(uri: &str) -> Option<(Option<String>, String)> {
+    let (scheme, rest) = uri.split_once(':')?;
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return None;
+    }
+    let (user, host_part) = match rest.split_once('@') {
+        Some((userinfo, host_part)) => {
+            let user = userinfo.split(':').next().unwrap_or(userinfo);
+            (Some(user.to_string()), host_part)
+        }
+        None => (None, rest),
+    };
+    let host = if let Some(v6) = host_part.strip_prefix('[') {
+        format!("[{}]", v6.split(']').next().unwrap_or(""))
+    } else {
+        host_part.split([':', ';', '?']).next().unwrap_or("").to_string()
+    };
+    if host.is_empty() || host == "[]" || host.contains(|c: char| c.is_whitespace() || "<>\"@".contains(c)) {
+        return None;
+    }
+    Some((user.filter(|u| !u.is_empty()), host.to_ascii_lowercase()))
+}
+
+/// Renders an rsip message, replacing any Content-Length with the body's real length.
+pub fn to_bytes(message: &rsip::SipMessage) -> Vec<u8> {
+    let mut message = message.clone();
+    let length = message.body().len();
+    let headers = match &mut message {
+        rsip::SipMessage::Request(request) => &mut request.headers,
+        rsip::SipMessage::Response(response) => &mut response.headers,
+    };
+    headers.retain(|h| !matches!(h, rsip::Header::ContentLength(_)));
+    headers.push(rsip::Header::ContentLength(length.to_string().into()));
+    message.to_string().into_bytes()
+}
+
+/// Builds a response to `request`: Via, From, To, Call-ID and CSeq copied, a To-tag added
+/// when the request had none (RFC 3261 §8.2.6.2), and `extra` headers appended.
+pub fn build_response(request: &SipMessage, code: u16, to_tag: &str, extra: &[(&str, String)]) -> rsip::Response {
+    let mut headers = rsip::Headers::default();
+    for via in &request.vias {
+        headers.push(rsip::Header::Via(via.value.clone().into()));
+    }
+    headers.push(rsip::Header::From(request.from.value.clone().into()));
+    let to = match &request.to.tag {
+        Some(_) => request.to.value.clone(),
+        // A 100 carries no tag of ours; every other response does.
+        None if code == 100 => request.to.value.clone(),
+        None => format!("{};tag={}", request.to.value, to_tag),
+    };
+    headers.push(rsip::Header::To(to.into()));
+    headers.push(rsip::Header::CallId(request.call_id.clone().into()));
+    headers.push(rsip::Header::CSeq(
+        format!("{} {}", request.cseq.seq, request.cseq.method).into(),
+    ));
+    for (name, value) in extra {
+        headers.push(rsip::Header::Other((*name).to_string(), value.clone()));
+    }
+    rsip::Response {
+        status_code: rsip::StatusCode::from(code),
+        version: rsip::Version::V2,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// Builds the ACK a client INVITE transaction sends for a non-2xx final response
+/// (RFC 3261 §17.1.1.3): same Request-URI, top Via, From, Call-ID and CSeq number as the
+/// INVITE, the To of the response, and the INVITE's Route headers.
+pub fn build_ack_for_non_2xx(invite: &SipMessage, response: &SipMessage) -> Option<SipMessage> {
+    let rsip::SipMessage::Request(request) = &invite.raw else {
+        return None;
+    };
+    let mut headers = rsip::Headers::default();
+    headers.push(rsip::Header::Via(invite.vias.first()?.value.clone().into()));
+    headers.push(rsip::Header::MaxForwards("70".to_string().into()));
+    headers.push(rsip::Header::From(invite.from.value.clone().into()));
+    headers.push(rsip::Header::To(response.to.value.clone().into()));
+    headers.push(rsip::Header::CallId(invite.call_id.clone().into()));
+    headers.push(rsip::Header::CSeq(format!("{} ACK", invite.cseq.seq).into()));
+    for route in invite.header_values("Route") {
+        headers.push(rsip::Header::Route(route.to_string().into()));
+    }
+    let ack = rsip::Request {
+        method: rsip::Method::Ack,
+        uri: request.uri.clone(),
+        version: rsip::Version::V2,
+        headers,
+        body: Vec::new(),
+    };
+    SipMessage::from_rsip(ack.into()).ok()
+}
+
+/// The long form of a compact header name (RFC 3261 §7.3.3, RFC 3515, RFC 3841, RFC 4028...).
+pub fn expand_compact_name(name: &str) -> Option<&'static str> {
+    let expanded = match name.to_ascii_lowercase().as_str() {
+        "i" => "Call-ID",
+        "m" => "Contact",
+        "e" => "Content-Encoding",
+        "l" => "Content-Length",
+        "c" => "Content-Type",
+        "f" => "From",
+        "s" => "Subject",
+        "k" => "Supported",
+        "t" => "To",
+        "v" => "Via",
+        "o" => "Event",
+        "r" => "Refer-To",
+        "b" => "Referred-By",
+        "u" => "Allow-Events",
+        "x" => "Session-Expires",
+        "y" => "Identity",
+        "a" => "Accept-Contact",
+        "j" => "Reject-Contact",
+        "d" => "Request-Disposition",
+        _ => return None,
+    };
+    Some(expanded)
+}
+
+/// The spelling used for names the core reads, so lookups need no case folding games
+/// and rsip (which matches case-insensitively) sees the names it knows.
+fn canonical_name(name: &str) -> String {
+    if let Some(long) = expand_compact_name(name) {
+        return long.to_string();
+    }
+    const KNOWN: &[&str] = &[
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Content-Length",
+        "Content-Type",
+        "Expires",
+        "From",
+        "Max-Forwards",
+        "Min-Expires",
+        "Proxy-Authorization",
+        "Authorization",
+        "Record-Route",
+        "Route",
+        "To",
+        "Via",
+        "WWW-Authenticate",
+        "Proxy-Authenticate",
+        "Require",
+        "Proxy-Require",
+        "Supported",
+        "Allow",
+    ];
+    for known in KNOWN {
+        if known.eq_ignore_ascii_case(name) {
+            return (*known).to_string();
+        }
+    }
+    name.to_string()
+}
+
+/// Headers whose comma-separated values are separate fields (RFC 3261 §7.3.1).
+fn is_list_header(name: &str) -> bool {
+    matches!(name, "Via" | "Contact" | "Route" | "Record-Route")
+}
+
+fn skip_leading_crlf(mut bytes: &[u8]) -> &[u8] {
+    while let [b'\r' | b'\n', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+/// Where the head ends and the body starts: after `CRLFCRLF`, or a bare `LFLF` that some
+/// broken clients send.
+fn find_end_of_headers(bytes: &[u8]) -> Option<(usize, usize)> {
+    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, i + 4));
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Splits the head into its start line and `(canonical name, value)` fields: continuation
+/// lines unfolded, space before the colon dropped, compact names expanded, lists split.
+fn normalize_head(head: &str) -> Result<(&str, HeaderFields), ParseError> {
+    let mut lines = head.split('\n').map(|line| line.strip_suffix('\r').unwrap_or(line));
+    let start_line = lines.next().unwrap_or("");
+    let mut folded: Vec<(String, String)> = Vec::new();
+    for line in lines {
+        if line.starts_with([' ', '\t']) {
+            let last = folded.last_mut().ok_or(ParseError::BadHeaderLine)?;
+            last.1.push(' ');
+            last.1.push_str(line.trim());
+            continue;
+        }
+        let (name, value) = line.split_once(':').ok_or(ParseError::BadHeaderLine)?;
+        let name = name.trim_end_matches([' ', '\t']);
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(ParseError::BadHeaderLine);
+        }
+        folded.push((canonical_name(name), value.trim().to_string()));
+        if folded.len() > MAX_HEADERS {
+            return Err(ParseError::TooManyHeaders);
+        }
+    }
+    let mut headers = Vec::with_capacity(folded.len());
+    for (name, value) in folded {
+        if is_list_header(&name) && !(name == "Contact" && value == "*") {
+            for item in split_list(&value) {
+                headers.push((name.clone(), item));
+            }
+        } else {
+            headers.push((name, value));
+        }
+        if headers.len() > MAX_HEADERS {
+            return Err(ParseError::TooManyHeaders);
+        }
+    }
+    Ok((start_line, headers))
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// Splits at commas that are outside quoted strings and `<...>`.
+fn split_list(value: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut in_angle = false;
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            current.push(c);
+            continue;
+        }
+        match c {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '<' if !in_quotes => in_angle = true,
+            '>' if !in_quotes => in_angle = false,
+            ',' if !in_quotes && !in_angle => {
+                let item = current.trim();
+                if !item.is_empty() {
+                    items.push(item.to_string());
+                }
+                current.clear();
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    let item = current.trim();
+    if !item.is_empty() {
+        items.push(item.to_string());
+    }
+    items
+}
+
+fn content_length(headers: &[(String, String)]) -> Result<Option<usize>, ParseError> {
+    match optional_single(headers, "Content-Length")? {
+        Some(value) => {
+            let length = value.parse::<usize>().map_err(|_| ParseError::BadContentLength)?;
+            Ok(Some(length))
+        }
+        None => Ok(None),
+    }
+}
+
+fn single<'a>(headers: &'a [(String, String)], name: &'static str) -> Result<&'a str, ParseError> {
+    optional_single(headers, name)?.ok_or(ParseError::MissingHeader(name))
+}
+
+/// A header that may appear at most once (RFC 4475 §3.1.2.19: two Call-IDs get a 400).
+fn optional_single<'a>(headers: &'a [(String, String)], name: &'static str) -> Result<Option<&'a str>, ParseError> {
+    let mut found = None;
+    for (n, v) in headers {
+        if n == name {
+            if found.is_some() {
+                return Err(ParseError::BadHeader(name));
+            }
+            found = Some(v.as_str());
+        }
+    }
+    Ok(found)
+}
+
+fn parse_cseq(value: &str) -> Result<CSeq, ParseError> {
+    let mut parts = value.split_whitespace();
+    let seq = parts
+        .next()
+        .and_then(|n| n.parse::<u32>().ok())
+        .ok_or(ParseError::BadHeader("CSeq"))?;
+    // RFC 3261 §8.1.1.5: the sequence number is below 2**31.
+    if seq >= 1 << 31 {
+        return Err(ParseError::BadHeader("CSeq"));
+    }
+    let method_text = parts.next().ok_or(ParseError::BadHeader("CSeq"))?;
+    if parts.next().is_some() {
+        return Err(ParseError::BadHeader("CSeq"));
+    }
+    let method = method_text
+        .parse::<rsip::Method>()
+        .map_err(|_| ParseError::BadHeader("CSeq"))?;
+    // Methods are case-sensitive (RFC 3261 §7.1); rsip's lookup is not.
+    if method.to_string() != method_text {
+        return Err(ParseError::BadHeader("CSeq"));
+    }
+    Ok(CSeq { seq, method })
+}
+
+/// rsip accepts a Request-URI in `<>` and other junk (RFC 4475 `ltgtruri`), so the request
+/// line is checked here: exactly three parts separated by single spaces, and a URI that has a
+/// scheme and none of the characters that only surround URIs.
+/// The line handed to rsip has the Request-URI's user part escaped (see [`escape_user_part`]).
+fn check_request_line(start_line: &str) -> Result<String, ParseError> {
+    if start_line.starts_with("SIP/") {
+        return Ok(start_line.to_string());
+    }
+    let parts: Vec<&str> = start_line.split(' ').collect();
+    let [method, uri, version] = parts.as_slice() else {
+        return Err(ParseError::Rsip(
+            "request line is not `method SP uri SP version`".into(),
+        ));
+    };
+    if method.is_empty() || version.is_empty() || !is_plain_uri(uri) {
+        return Err(ParseError::Rsip("malformed request line".into()));
+    }
+    Ok(format!("{method} {} {version}", escape_user_part(uri)))
+}
+
+/// rsip cannot tokenize `;`, `=`, `&` and similar characters in a URI's user part
+/// (RFC 4475 `semiuri`: `sip:user;par=u%40example.net@example.com`), and it ends the user
+/// part at the first `.`, so `sip:j.user@example.com` would lose its user. RFC 3261 §19.1.4
+/// compares user parts after unescaping, so %-escaping them names the same user.
+fn escape_user_part(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return uri.to_string();
+    };
+    let Some((user, host)) = rest.split_once('@') else {
+        return uri.to_string();
+    };
+    let mut escaped = String::with_capacity(uri.len() + 8);
+    escaped.push_str(scheme);
+    escaped.push(':');
+    for c in user.chars() {
+        if c.is_ascii_alphanumeric() || "-_!~*'()%:".contains(c) {
+            escaped.push(c);
+        } else {
+            let mut buffer = [0u8; 4];
+            for byte in c.encode_utf8(&mut buffer).bytes() {
+                escaped.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    escaped.push('@');
+    escaped.push_str(host);
+    escaped
+}
+
+/// A URI with a scheme and no quote, angle bracket or whitespace in it.
+fn is_plain_uri(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    scheme_ok && !rest.is_empty() && !uri.contains(|c: char| c.is_whitespace() || "<>\"".contains(c))
+}
+
+/// A display name is a quoted string or tokens separated by spaces (RFC 4475 `baddn`).
+fn is_display_name(text: &str) -> bool {
+    let text = text.trim();
+    if text.starts_with('"') {
+        return text.len() >= 2 && text.ends_with('"');
+    }
+    text.split_whitespace().all(|word| word.bytes().all(is_token_byte))
+}
+
+/// Whether every quoted string is closed (RFC 4475 `quotbal`).
+fn quotes_balanced(value: &str) -> bool {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            _ => {}
+        }
+    }
+    !in_quotes
+}
+
+/// `"Name" <uri>;tag=x` or `uri;tag=x`: the URI as sent and the tag.
+/// Every slice below starts or ends at an ASCII delimiter found by `find`, so it is in bounds
+/// and on a character boundary.
+fn parse_name_addr(value: &str) -> Option<NameAddr> {
+    if !quotes_balanced(value) {
+        return None;
+    }
+    let (uri, params) = match find_unquoted(value, '<') {
+        Some(open) => {
+            if !is_display_name(&value[..open]) {
+                return None;
+            }
+            let rest = &value[open + 1..];
+            let close = rest.find('>')?;
+            (&rest[..close], &rest[close + 1..])
+        }
+        None => {
+            // Without angle brackets, parameters after the URI belong to the header.
+            match value.find(';') {
+                Some(semi) => (&value[..semi], &value[semi..]),
+                None => (value, ""),
+            }
+        }
+    };
+    let uri = uri.trim();
+    if !is_plain_uri(uri) || rsip::Uri::try_from(uri).is_err() {
+        return None;
+    }
+    let tag = header_param(params, "tag");
+    Some(NameAddr {
+        uri: uri.to_string(),
+        tag,
+        value: value.to_string(),
+    })
+}
+
+/// `SIP/2.0/UDP host:port;branch=z9hG4bK...;received=...`.
+/// Whitespace may surround the slashes of the sent-protocol (RFC 4475 `wsinv`).
+fn parse_via(value: &str) -> Option<Via> {
+    let mut protocol_parts = value.splitn(3, '/');
+    let name = protocol_parts.next()?.trim();
+    let version = protocol_parts.next()?.trim();
+    if !name.eq_ignore_ascii_case("SIP") || version != "2.0" {
+        return None;
+    }
+    let (transport, rest) = protocol_parts
+        .next()?
+        .trim_start()
+        .split_once(|c: char| c.is_whitespace())?;
+    if transport.is_empty() || !transport.bytes().all(is_token_byte) {
+        return None;
+    }
+    let transport = transport.to_ascii_uppercase();
+    let rest = rest.trim();
+    let (sent_by, params) = match rest.find(';') {
+        Some(semi) => (rest[..semi].trim(), &rest[semi..]),
+        None => (rest, ""),
+    };
+    if sent_by.is_empty() || sent_by.contains(char::is_whitespace) {
+        return None;
+    }
+    let branch = header_param(params, "branch");
+    Some(Via {
+        transport,
+        sent_by: sent_by.to_string(),
+        branch,
+        value: value.to_string(),
+    })
+}
+
+fn parse_contact(value: &str) -> Option<Contact> {
+    if value.trim() == "*" {
+        return Some(Contact::Star);
+    }
+    let addr = parse_name_addr(value)?;
+    let params = match find_unquoted(value, '<') {
+        Some(_) => value.rsplit_once('>').map(|(_, p)| p).unwrap_or(""),
+        None => value.find(';').map(|semi| &value[semi..]).unwrap_or(""),
+    };
+    let expires = match header_param(params, "expires") {
+        Some(text) => Some(parse_delta_seconds(&text)?),
+        None => None,
+    };
+    Some(Contact::Uri { uri: addr.uri, expires })
+}
+
+/// Delta-seconds; values past `u32` saturate, as RFC 3261 §20.19 allows large values.
+fn parse_delta_seconds(text: &str) -> Option<u32> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u32>().unwrap_or(u32::MAX))
+}
+
+/// Reads `;name=value` from a header parameter list (case-insensitive name).
+fn header_param(params: &str, name: &str) -> Option<String> {
+    for param in params.split(';') {
+        let (key, value) = match param.split_once('=') {
+            Some((key, value)) => (key.trim(), value.trim()),
+            None => (param.trim(), ""),
+        };
+        if key.eq_ignore_ascii_case(name) {
+            return Some(value.trim_matches('"').to_string());
+        }
+    }
+    None
+}
+
+fn find_unquoted(value: &str, target: char) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            c if c == target && !in_quotes => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Parses `Digest k=v, k="v", ...` ourselves: rsip refuses `SHA-256`, reads `nc` as a
+/// decimal `u8` and does not unescape quoted strings.
+pub fn parse_digest_credentials(value: &str) -> Option<DigestCredentials> {
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(|c: char| c.is_whitespace())?;
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return None;
+    }
+    let params = parse_auth_params(rest)?;
+    let get = |name: &str| -> Option<String> {
+        params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let algorithm = match get("algorithm") {
+        None => DigestAlgorithm::Md5,
+        Some(a) if a.eq_ignore_ascii_case("MD5") => DigestAlgorithm::Md5,
+        Some(a) if a.eq_ignore_ascii_case("MD5-sess") => DigestAlgorithm::Md5Sess,
+        Some(a) if a.eq_ignore_ascii_case("SHA-256") => DigestAlgorithm::Sha256,
+        Some(a) if a.eq_ignore_ascii_case("SHA-256-sess") => DigestAlgorithm::Sha256Sess,
+        Some(a) => DigestAlgorithm::Other(a),
+    };
+    let nc_text = get("nc");
+    let nc = match &nc_text {
+        Some(text) if text.len() == 8 => Some(u32::from_str_radix(text, 16).ok()?),
+        Some(_) => return None,
+        None => None,
+    };
+    Some(DigestCredentials {
+        username: get("username")?,
+        realm: get("realm")?,
+        nonce: get("nonce")?,
+        uri: get("uri")?,
+        response: get("response")?,
+        algorithm,
+        qop: get("qop"),
+        cnonce: get("cnonce"),
+        nc,
+        nc_text,
+        opaque: get("opaque"),
+    })
+}
+
+/// `k=v` pairs separated by commas; values are tokens or quoted strings with `\` escapes.
+/// A repeated name refuses the whole credential, since which one counts would be a guess.
+fn parse_auth_params(text: &str) -> Option<Vec<(String, String)>> {
+    let mut params: Vec<(String, String)> = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while matches!(chars.peek(), Some(c) if c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut name = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            name.push(c);
+            chars.next();
+        }
+        while matches!(chars.peek(), Some(c) if c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') || name.is_empty() {
+            return None;
+        }
+        while matches!(chars.peek(), Some(c) if c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.push(chars.next()?),
+                    '"' => {
+                        closed = true;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            if !closed {
+                return None;
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' || c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        if params.iter().any(|(k, _)| k.eq_ignore_ascii_case(&name)) || params.len() >= MAX_DIGEST_PARAMS {
+            return None;
+        }
+        params.push((name, value));
+    }
+    Some(params)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const REGISTER: &str = "REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKnashds7\r\n\
+Max-Forwards: 70\r\n\
+To: Bob <sip:bob@example.com>\r\n\
+From: Bob <sip:bob@example.com>;tag=456248\r\n\
+Call-ID: 843817637684230@998sdasdh09\r\n\
+CSeq: 1826 REGISTER\r\n\
+Contact: <sip:bob@192.0.2.10:5060>\r\n\
+Expires: 7200\r\n\
+Content-Length: 0\r\n\r\n";
+
+    fn parse(text: &str) -> SipMessage {
+        match SipMessage::parse(text.as_bytes()) {
+            Ok(message) => message,
+            Err(e) => panic!("{e}: {text}"),
+        }
+    }
+
+    #[test]
+    fn parses_a_register_and_reads_its_fields() {
+        let m = parse(REGISTER);
+        assert_eq!(m.method(), Some(rsip::Method::Register));
+        assert_eq!(m.call_id, "843817637684230@998sdasdh09");
+        assert_eq!(
+            m.cseq,
+            CSeq {
+                seq: 1826,
+                method: rsip::Method::Register
+            }
+        );
+        assert_eq!(m.from.tag.as_deref(), Some("456248"));
+        assert_eq!(m.to.tag, None);
+        assert_eq!(m.branch(), Some("z9hG4bKnashds7"));
+        assert_eq!(m.vias[0].transport, "UDP");
+        assert_eq!(m.vias[0].sent_by, "192.0.2.10:5060");
+        assert_eq!(m.max_forwards, Some(70));
+        assert_eq!(m.expires(), Ok(Some(7200)));
+        assert_eq!(m.request_domain().as_deref(), Some("example.com"));
+        assert_eq!(
+            m.contacts(),
+            Ok(vec![Contact::Uri {
+                uri: "sip:bob@192.0.2.10:5060".into(),
+                expires: None
+            }])
+        );
+    }
+
+    #[test]
+    fn workaround_compact_header_names_are_expanded() {
+        let text = "OPTIONS sip:example.com SIP/2.0\r\n\
+v: SIP/2.0/UDP h.example.com;branch=z9hG4bK1\r\n\
+t: <sip:a@example.com>\r\nf: <sip:b@example.com>;tag=1\r\ni: abc\r\nCSeq: 1 OPTIONS\r\n\
+m: <sip:b@h.example.com>\r\nl: 0\r\n\r\n";
+        let m = parse(text);
+        assert_eq!(m.call_id, "abc");
+        assert_eq!(m.branch(), Some("z9hG4bK1"));
+        assert_eq!(m.from.tag.as_deref(), Some("1"));
+        assert_eq!(m.header("Contact"), Some("<sip:b@h.example.com>"));
+        assert_eq!(expand_compact_name("k"), Some("Supported"));
+        assert_eq!(expand_compact_name("zz"), None);
+    }
+
+    #[test]
+    fn workaround_folded_lines_and_space_before_colon() {
+        let text = "OPTIONS sip:example.com SIP/2.0\r\n\
+Via  : SIP/2.0/UDP h.example.com\r\n  ;branch=z9hG4bK2\r\n\
+To: <sip:a@example.com>\r\nFrom: <sip:b@example.com>\r\n\t;tag=9\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        let m = parse(text);
+        assert_eq!(m.branch(), Some("z9hG4bK2"));
+        assert_eq!(m.from.tag.as_deref(), Some("9"));
+        // rsip alone refuses the folded message.
+        assert!(rsip::SipMessage::try_from(text).is_err());
+    }
+
+    #[test]
+    fn workaround_comma_lists_become_separate_fields() {
+        let text = REGISTER.replace(
+            "Contact: <sip:bob@192.0.2.10:5060>",
+            "Contact: \"B, ob\" <sip:bob@192.0.2.10:5060>;expires=60, <sip:bob@198.51.100.3>",
+        );
+        let text = text.replace(
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKnashds7",
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKnashds7, SIP/2.0/TCP p.example.com;branch=z9hG4bKx",
+        );
+        let m = parse(&text);
+        assert_eq!(m.vias.len(), 2);
+        assert_eq!(m.vias[1].transport, "TCP");
+        assert_eq!(
+            m.contacts(),
+            Ok(vec![
+                Contact::Uri {
+                    uri: "sip:bob@192.0.2.10:5060".into(),
+                    expires: Some(60)
+                },
+                Contact::Uri {
+                    uri: "sip:bob@198.51.100.3".into(),
+                    expires: None
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn star_contact_is_recognised() {
+        let text = REGISTER.replace("Contact: <sip:bob@192.0.2.10:5060>", "Contact: *");
+        assert_eq!(parse(&text).contacts(), Ok(vec![Contact::Star]));
+    }
+
+    #[test]
+    fn workaround_content_length_cuts_the_body() {
+        let text = "MESSAGE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK3\r\n\
+To: <sip:a@example.com>\r\nFrom: <sip:b@example.com>;tag=1\r\nCall-ID: y\r\nCSeq: 2 MESSAGE\r\n\
+Content-Length: 5\r\n\r\nhello and junk";
+        assert_eq!(parse(text).body, b"hello");
+        let short = text.replace("Content-Length: 5", "Content-Length: 500");
+        assert!(matches!(
+            SipMessage::parse(short.as_bytes()),
+            Err(ParseError::TruncatedBody { .. })
+        ));
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let big = vec![b'a'; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(
+            SipMessage::parse(&big).unwrap_err(),
+            ParseError::TooLarge {
+                len: MAX_MESSAGE_BYTES + 1
+            }
+        );
+        let many = REGISTER.replace("Expires: 7200\r\n", &"X-A: 1\r\n".repeat(MAX_HEADERS + 1));
+        assert_eq!(
+            SipMessage::parse(many.as_bytes()).unwrap_err(),
+            ParseError::TooManyHeaders
+        );
+    }
+
+    #[test]
+    fn workaround_digest_sha256_nc_hex_and_sess() {
+        let value =
+            "Digest username=\"bob\", realm=\"example.com\", nonce=\"n1\", uri=\"sip:example.com;transport=tcp\", \
+response=\"abc\", algorithm=SHA-256, qop=auth, nc=0000000a, cnonce=\"c\\\"q\", opaque=\"o\"";
+        let c = parse_digest_credentials(value).unwrap();
+        assert_eq!(c.algorithm, DigestAlgorithm::Sha256);
+        assert_eq!(c.nc, Some(10));
+        assert_eq!(c.cnonce.as_deref(), Some("c\"q"));
+        assert_eq!(c.uri, "sip:example.com;transport=tcp");
+        // rsip itself refuses SHA-256 with a dash and reads nc=0000000a as an error.
+        let header = rsip::headers::Authorization::from(value.to_string());
+        assert!(rsip::headers::typed::Authorization::try_from(header).is_err());
+        let sess = value.replace("SHA-256", "MD5-sess");
+        assert_eq!(
+            parse_digest_credentials(&sess).unwrap().algorithm,
+            DigestAlgorithm::Md5Sess
+        );
+        assert!(parse_digest_credentials(&value.replace("nc=0000000a", "nc=12")).is_none());
+        assert!(parse_digest_credentials(&format!("{value}, nonce=\"again\"")).is_none());
+        assert!(parse_digest_credentials("Basic Zm9vOmJhcg==").is_none());
+    }
+
+    #[test]
+    fn workaround_raw_uri_is_kept_where_rsip_would_rewrite_it() {
+        let raw = "sip:bob@192.0.2.10:5060;transport=tcp?X-Hdr=1";
+        let rendered = rsip::Uri::try_from(raw).map(|u| u.to_string());
+        assert_ne!(
+            rendered.as_deref(),
+            Ok(raw),
+            "rsip drops URI headers, so the raw text must be kept"
+        );
+        let text = REGISTER.replace("<sip:bob@192.0.2.10:5060>", &format!("<{raw}>"));
+        assert_eq!(
+            parse(&text).contacts(),
+            Ok(vec![Contact::Uri {
+                uri: raw.into(),
+                expires: None
+            }])
+        );
+    }
+
+    #[test]
+    fn workaround_request_uri_user_part_is_escaped_for_rsip() {
+        let text = REGISTER.replace(
+            "REGISTER sip:example.com",
+            "REGISTER sip:user;par=u%40ex.net@example.com",
+        );
+        assert!(rsip::SipMessage::try_from(text.as_str()).is_err());
+        let m = parse(&text);
+        assert_eq!(m.request_domain().as_deref(), Some("example.com"));
+        assert_eq!(escape_user_part("sip:a;b=c@h;lr"), "sip:a%3Bb%3Dc@h;lr");
+        assert_eq!(escape_user_part("sip:j.user@h"), "sip:j%2Euser@h");
+        assert_eq!(escape_user_part("sip:h.example.com;lr"), "sip:h.example.com;lr");
+    }
+
+    #[test]
+    fn workaround_uri_user_and_host_come_from_the_raw_text() {
+        let rsip_view = rsip::Uri::try_from("sip:j.user@Example.com:5070;lr").unwrap();
+        assert_eq!(rsip_view.user(), None, "rsip stops the user part at the first dot");
+        assert_eq!(
+            uri_user_host("sip:j.user@Example.com:5070;lr"),
+            Some((Some("j.user".into()), "example.com".into()))
+        );
+        assert_eq!(
+            uri_user_host("sips:[2001:db8::1]:5061"),
+            Some((None, "[2001:db8::1]".into()))
+        );
+        assert_eq!(uri_user_host("tel:+1555"), None);
+        assert_eq!(uri_user_host("sip:@"), None);
+    }
+
+    #[test]
+    fn builds_a_response_with_copied_headers_and_a_to_tag() {
+        let m = parse(REGISTER);
+        let response = build_response(&m, 200, "srv1", &[("Expires", "60".into())]);
+        let parsed = SipMessage::from_rsip(response.into()).unwrap();
+        assert_eq!(parsed.status(), Some(200));
+        assert_eq!(parsed.call_id, m.call_id);
+        assert_eq!(parsed.cseq, m.cseq);
+        assert_eq!(parsed.to.tag.as_deref(), Some("srv1"));
+        assert_eq!(parsed.vias, m.vias);
+        assert_eq!(parsed.header("Expires"), Some("60"));
+        assert_eq!(parsed.header("Content-Length"), Some("0"));
+    }
+
+    #[test]
+    fn cseq_must_match_the_method_and_call_id_must_be_single() {
+        let wrong = REGISTER.replace("CSeq: 1826 REGISTER", "CSeq: 1826 INVITE");
+        assert_eq!(
+            SipMessage::parse(wrong.as_bytes()).unwrap_err(),
+            ParseError::CSeqMethodMismatch
+        );
+        let twice = REGISTER.replace("Expires: 7200", "Call-ID: other");
+        assert_eq!(
+            SipMessage::parse(twice.as_bytes()).unwrap_err(),
+            ParseError::BadHeader("Call-ID")
+        );
+    }
+}

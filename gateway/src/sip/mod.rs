@@ -1,0 +1,16 @@
+//! The SIP signaling node's sans-IO core: parsing, transactions, digest auth, registrar and screening.
+//!
+//! Nothing in here touches a socket, a database or the clock: bytes, lookup results and `now`
+//! come in as arguments, and what to send comes back out, so every path runs on a virtual clock.
+
+pub mod abuse;
+pub mod digest;
+pub mod fuzzing;
+pub mod message;
+pub mod node;
+pub mod registrar;
+pub mod screening;
+pub mod transaction;
+
+#[cfg(test)]
+mod torture;

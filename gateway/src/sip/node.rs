@@ -1,0 +1,578 @@
+//! The sans-IO SIP node: datagrams, lookup results and time in; datagrams, events and the
+//! next deadline out. It strings the layers together in the order every request meets them:
+//! abuse block, parser, server transaction (which absorbs retransmissions), screening, then
+//! the registrar or the call layer. The tokio shell around it only moves bytes, runs the
+//! directory and location-table queries, and sleeps until `poll_timeout`.
+
+use super::abuse::{AbuseConfig, AbuseGuard};
+use super::digest::{DigestConfig, DigestVerifier};
+use super::message::{build_response, to_bytes, uri_user_host, SipMessage};
+use super::registrar::{decide_register, Binding, BindingChange, Lookup, RegisterContext, RegistrarConfig};
+use super::screening::{screen_request, NodeIdentity, Screening};
+use super::transaction::{Instant, ServerTransaction, Timers, TransactionEvent, TransactionKey, Transport};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use uuid::Uuid;
+
+/// Everything the node is configured with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub timers: Timers,
+    pub registrar: RegistrarConfig,
+    pub digest: DigestConfig,
+    pub abuse: AbuseConfig,
+    pub identity: NodeIdentity,
+    /// Above this many live server transactions, new requests get 503.
+    pub max_server_transactions: usize,
+    /// Above this many REGISTERs waiting for the directory, new ones get 503.
+    pub max_pending_lookups: usize,
+}
+
+/// The two clocks: a monotonic one for protocol timers and the wall clock for expiries and
+/// nonces, which other nodes must read the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall: DateTime<Utc>,
+}
+
+/// Bytes to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub transport: Transport,
+    pub bytes: Vec<u8>,
+}
+
+/// Names a REGISTER waiting for its directory lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LookupId(pub u64);
+
+/// What the node tells its shell.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// Look up the tenant by `domain`, the extension by `user` and the AOR's bindings, then
+    /// call [`SipNode::handle_register_lookup`].
+    RegisterLookup { id: LookupId, domain: String, user: String },
+    /// Write these to the location table; publish those whose `is_event()` is true.
+    BindingsChanged {
+        tenant_id: Uuid,
+        extension_id: Uuid,
+        changes: Vec<BindingChange>,
+    },
+    /// A request for the call layer (INVITE, BYE, CANCEL, an ACK for a 2xx...).
+    Request {
+        key: Option<TransactionKey>,
+        source: SocketAddr,
+        request: Box<SipMessage>,
+    },
+    /// Too many failed authentications: this address is now blocked.
+    SourceBlocked { ip: IpAddr },
+}
+
+struct ServerEntry {
+    transaction: ServerTransaction,
+    peer: SocketAddr,
+    transport: Transport,
+}
+
+struct PendingLookup {
+    key: TransactionKey,
+    request: SipMessage,
+    source: SocketAddr,
+}
+
+/// The node's state: live server transactions, pending lookups, nonce and abuse memory.
+pub struct SipNode {
+    config: NodeConfig,
+    verifier: DigestVerifier,
+    abuse: AbuseGuard,
+    server: HashMap<TransactionKey, ServerEntry>,
+    pending: HashMap<LookupId, PendingLookup>,
+    next_lookup: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<NodeEvent>,
+}
+
+impl SipNode {
+    pub fn new(config: NodeConfig) -> SipNode {
+        SipNode {
+            verifier: DigestVerifier::new(config.digest.clone()),
+            abuse: AbuseGuard::new(config.abuse.clone()),
+            config,
+            server: HashMap::new(),
+            pending: HashMap::new(),
+            next_lookup: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// One datagram (or one frame cut from a stream) from `source`.
+    pub fn handle_datagram(&mut self, now: Now, source: SocketAddr, transport: Transport, bytes: &[u8]) {
+        if self.abuse.is_blocked(source.ip(), now.wall) {
+            return;
+        }
+        // Unparseable input is dropped: without a valid Via there is nowhere to send a 400.
+        let Ok(message) = SipMessage::parse(bytes) else {
+            return;
+        };
+        let Some(method) = message.method() else {
+            // Responses belong to client transactions, which arrive with the call layer.
+            return;
+        };
+        let Some(key) = TransactionKey::of(&message) else {
+            // RFC 2543 peers cannot be matched to transactions; they are refused statelessly.
+            if method != rsip::Method::Ack {
+                self.send_stateless(source, transport, &message, 400);
+            }
+            return;
+        };
+        if let Some(entry) = self.server.get_mut(&key) {
+            // A retransmission (or the ACK of a non-2xx): the transaction answers for itself.
+            let _ = entry.transaction.handle_message(now.mono, message);
+            self.flush(&key);
+            return;
+        }
+        if method == rsip::Method::Ack {
+            // An ACK for a 2xx has its own branch and belongs to the dialog.
+            self.events.push_back(NodeEvent::Request {
+                key: None,
+                source,
+                request: Box::new(message),
+            });
+            return;
+        }
+        if self.server.len() >= self.config.max_server_transactions {
+            self.send_stateless(source, transport, &message, 503);
+            return;
+        }
+        let to_tag = to_tag_for(&message);
+        let screening = screen_request(&message, &self.config.identity, &to_tag);
+        let transaction = ServerTransaction::new(message.clone(), transport, self.config.timers);
+        self.server.insert(
+            key.clone(),
+            ServerEntry {
+                transaction,
+                peer: source,
+                transport,
+            },
+        );
+        match screening {
+            Screening::Respond(response) => self.respond(now, &key, response),
+            Screening::Drop => {}
+            Screening::Pass if method == rsip::Method::Register => {
+                self.start_register(now, key.clone(), message, source)
+            }
+            Screening::Pass => {
+                self.events.push_back(NodeEvent::Request {
+                    key: Some(key.clone()),
+                    source,
+                    request: Box::new(message),
+                });
+            }
+        }
+        self.flush(&key);
+    }
+
+    /// The directory's answer for a REGISTER announced by [`NodeEvent::RegisterLookup`].
+    /// `nonce_random` comes from the shell's CSPRNG.
+    pub fn handle_register_lookup(
+        &mut self,
+        now: Now,
+        id: LookupId,
+        lookup: Lookup,
+        bindings: Vec<Binding>,
+        nonce_random: [u8; 16],
+    ) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        let to_tag = to_tag_for(&pending.request);
+        let source = pending.source.to_string();
+        let context = RegisterContext {
+            source: &source,
+            now: now.wall,
+            nonce_random,
+            to_tag: &to_tag,
+        };
+        let outcome = decide_register(
+            &pending.request,
+            &lookup,
+            &bindings,
+            &mut self.verifier,
+            &self.config.registrar,
+            context,
+        );
+        if outcome.auth_failed && self.abuse.record_failure(pending.source.ip(), now.wall) {
+            self.events.push_back(NodeEvent::SourceBlocked {
+                ip: pending.source.ip(),
+            });
+        }
+        if !outcome.changes.is_empty() {
+            if let Lookup::Tenant {
+                tenant_id,
+                extension: Some(extension),
+                ..
+            } = &lookup
+            {
+                self.events.push_back(NodeEvent::BindingsChanged {
+                    tenant_id: *tenant_id,
+                    extension_id: extension.extension_id,
+                    changes: outcome.changes,
+                });
+            }
+        }
+        self.respond(now, &pending.key, outcome.response);
+        self.flush(&pending.key);
+    }
+
+    /// A response from the call layer for the server transaction `key`.
+    pub fn handle_response_command(&mut self, now: Now, key: &TransactionKey, response: rsip::Response) {
+        self.respond(now, key, response);
+        self.flush(key);
+    }
+
+    /// Fires every timer due at `now` and forgets finished transactions.
+    pub fn handle_timeout(&mut self, now: Now) {
+        let due: Vec<TransactionKey> = self
+            .server
+            .iter()
+            .filter(|(_, entry)| entry.transaction.poll_timeout().is_some_and(|at| at <= now.mono))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            if let Some(entry) = self.server.get_mut(&key) {
+                entry.transaction.handle_timeout(now.mono);
+            }
+            self.flush(&key);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// The earliest transaction deadline on the monotonic clock.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.server
+            .values()
+            .filter_map(|entry| entry.transaction.poll_timeout())
+            .min()
+    }
+
+    /// How many server transactions are alive (for metrics and tests).
+    pub fn server_transactions(&self) -> usize {
+        self.server.len()
+    }
+
+    fn start_register(&mut self, now: Now, key: TransactionKey, request: SipMessage, source: SocketAddr) {
+        let domain = request.request_domain();
+        let user = uri_user_host(&request.to.uri).and_then(|(user, _)| user);
+        let (Some(domain), Some(user)) = (domain, user) else {
+            let response = build_response(&request, 400, &to_tag_for(&request), &[]);
+            self.respond(now, &key, response);
+            return;
+        };
+        if self.pending.len() >= self.config.max_pending_lookups {
+            let response = build_response(&request, 503, &to_tag_for(&request), &[("Retry-After", "5".into())]);
+            self.respond(now, &key, response);
+            return;
+        }
+        self.next_lookup += 1;
+        let id = LookupId(self.next_lookup);
+        self.pending.insert(id, PendingLookup { key, request, source });
+        self.events.push_back(NodeEvent::RegisterLookup { id, domain, user });
+    }
+
+    fn respond(&mut self, now: Now, key: &TransactionKey, response: rsip::Response) {
+        let Some(entry) = self.server.get_mut(key) else {
+            return;
+        };
+        // Our own responses always parse; if one did not, sending nothing is the safe failure.
+        if let Ok(response) = SipMessage::from_rsip(response.into()) {
+            let _ = entry.transaction.handle_tu_response(now.mono, response);
+        }
+    }
+
+    /// Moves a transaction's output into the node's queues and forgets it once terminated.
+    fn flush(&mut self, key: &TransactionKey) {
+        let Some(entry) = self.server.get_mut(key) else {
+            return;
+        };
+        while let Some(bytes) = entry.transaction.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                destination: entry.peer,
+                transport: entry.transport,
+                bytes,
+            });
+        }
+        let mut terminated = false;
+        while let Some(event) = entry.transaction.poll_event() {
+            terminated |= matches!(event, TransactionEvent::Terminated);
+        }
+        if terminated {
+            self.server.remove(key);
+        }
+    }
+
+    fn send_stateless(&mut self, destination: SocketAddr, transport: Transport, request: &SipMessage, code: u16) {
+        let response = build_response(request, code, &to_tag_for(request), &[]);
+        self.transmits.push_back(Transmit {
+            destination,
+            transport,
+            bytes: to_bytes(&response.into()),
+        });
+    }
+}
+
+/// A To-tag derived from the request, so every retransmission and every node that answers
+/// the same request uses the same tag.
+fn to_tag_for(request: &SipMessage) -> String {
+    let mut hash = Sha256::new();
+    hash.update(request.call_id.as_bytes());
+    hash.update(b"\0");
+    hash.update(request.from.tag.as_deref().unwrap_or("").as_bytes());
+    hash.update(b"\0");
+    hash.update(request.branch().unwrap_or("").as_bytes());
+    // A SHA-256 digest is 32 bytes, so the first 6 always exist.
+    hex::encode(&hash.finalize()[..6])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::digest::compute_response;
+    use crate::sip::registrar::ExtensionRecord;
+    use chrono::TimeZone;
+    use domain::digest::Ha1;
+    use std::time::Duration;
+
+    const DOMAIN: &str = "acme.example.com";
+
+    fn config() -> NodeConfig {
+        NodeConfig {
+            timers: Timers::default(),
+            registrar: RegistrarConfig::default(),
+            digest: DigestConfig {
+                secret: b"s".to_vec(),
+                nonce_lifetime_secs: 300,
+                max_tracked_nonces: 1000,
+            },
+            abuse: AbuseConfig {
+                max_failures: 3,
+                window: chrono::Duration::seconds(60),
+                block_for: chrono::Duration::seconds(600),
+                max_tracked_sources: 100,
+            },
+            identity: NodeIdentity {
+                sent_by: vec!["sip1.example.net:5060".into()],
+                branch_prefix: "z9hG4bK-ll-".into(),
+            },
+            max_server_transactions: 100,
+            max_pending_lookups: 100,
+        }
+    }
+
+    fn now(ms: u64) -> Now {
+        Now {
+            mono: Duration::from_millis(ms),
+            wall: Utc.timestamp_opt(1_700_000_000, 0).single().unwrap() + chrono::Duration::milliseconds(ms as i64),
+        }
+    }
+
+    fn phone() -> SocketAddr {
+        "192.0.2.10:5060".parse().unwrap()
+    }
+
+    fn lookup() -> Lookup {
+        Lookup::Tenant {
+            tenant_id: Uuid::from_u128(1),
+            sip_domain: DOMAIN.into(),
+            suspended: false,
+            extension: Some(ExtensionRecord {
+                extension_id: Uuid::from_u128(2),
+                number: "1001".into(),
+                ha1: Ha1::compute("1001", DOMAIN, "pw"),
+                enabled: true,
+            }),
+        }
+    }
+
+    fn register(branch: &str, cseq: u32, auth: Option<(&str, &str)>) -> Vec<u8> {
+        let authorization = match auth {
+            Some((nonce, password)) => {
+                let ha1 = Ha1::compute("1001", DOMAIN, password);
+                let uri = "sip:acme.example.com";
+                let response = compute_response(true, &ha1.sha256, nonce, "00000001", "c", "auth", "REGISTER", uri);
+                format!(
+                    "Authorization: Digest username=\"1001\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+response=\"{response}\", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"c\"\r\n"
+                )
+            }
+            None => String::new(),
+        };
+        format!(
+            "REGISTER sip:acme.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch={branch}\r\n\
+Max-Forwards: 70\r\nTo: <sip:1001@acme.example.com>\r\nFrom: <sip:1001@acme.example.com>;tag=f\r\n\
+Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n{authorization}Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn transmitted(node: &mut SipNode) -> Vec<SipMessage> {
+        std::iter::from_fn(|| node.poll_transmit())
+            .map(|t| SipMessage::parse(&t.bytes).unwrap())
+            .collect()
+    }
+
+    fn lookup_id(node: &mut SipNode) -> LookupId {
+        match node.poll_event() {
+            Some(NodeEvent::RegisterLookup { id, domain, user }) => {
+                assert_eq!((domain.as_str(), user.as_str()), (DOMAIN, "1001"));
+                id
+            }
+            other => panic!("expected a lookup, got {other:?}"),
+        }
+    }
+
+    fn nonce(response: &SipMessage) -> String {
+        let value = response.header("WWW-Authenticate").unwrap();
+        let start = value.find("nonce=\"").unwrap() + 7;
+        value[start..].split('"').next().unwrap().to_string()
+    }
+
+    #[test]
+    fn register_challenge_retransmission_is_absorbed_then_registers() {
+        let mut node = SipNode::new(config());
+        node.handle_datagram(now(0), phone(), Transport::Unreliable, &register("z9hG4bK1", 1, None));
+        let id = lookup_id(&mut node);
+        node.handle_register_lookup(now(5), id, lookup(), vec![], [1; 16]);
+        let challenge = transmitted(&mut node);
+        assert_eq!(challenge[0].status(), Some(401));
+        // The phone did not hear us and retransmits: the same 401 again, and no new lookup.
+        node.handle_datagram(now(500), phone(), Transport::Unreliable, &register("z9hG4bK1", 1, None));
+        assert_eq!(
+            transmitted(&mut node)[0].header("WWW-Authenticate"),
+            challenge[0].header("WWW-Authenticate")
+        );
+        assert!(node.poll_event().is_none());
+
+        let nonce = nonce(&challenge[0]);
+        node.handle_datagram(
+            now(600),
+            phone(),
+            Transport::Unreliable,
+            &register("z9hG4bK2", 2, Some((&nonce, "pw"))),
+        );
+        let id = lookup_id(&mut node);
+        node.handle_register_lookup(now(605), id, lookup(), vec![], [2; 16]);
+        assert_eq!(transmitted(&mut node)[0].status(), Some(200));
+        match node.poll_event() {
+            Some(NodeEvent::BindingsChanged { tenant_id, changes, .. }) => {
+                assert_eq!(tenant_id, Uuid::from_u128(1));
+                assert!(matches!(&changes[..], [BindingChange::Created(_)]));
+            }
+            other => panic!("expected binding changes, got {other:?}"),
+        }
+        // Timer J ends both transactions 64*T1 after their final responses.
+        assert_eq!(node.server_transactions(), 2);
+        node.handle_timeout(now(605 + 32_000));
+        assert_eq!(node.server_transactions(), 0);
+        assert_eq!(node.poll_timeout(), None);
+    }
+
+    #[test]
+    fn repeated_failures_block_the_source() {
+        let mut node = SipNode::new(config());
+        let mut cseq = 1;
+        for round in 0..3 {
+            node.handle_datagram(
+                now(round * 10),
+                phone(),
+                Transport::Unreliable,
+                &register(&format!("z9hG4bKa{cseq}"), cseq, None),
+            );
+            let id = lookup_id(&mut node);
+            node.handle_register_lookup(now(round * 10), id, lookup(), vec![], [round as u8; 16]);
+            let nonce = nonce(&transmitted(&mut node)[0]);
+            cseq += 1;
+            node.handle_datagram(
+                now(round * 10 + 1),
+                phone(),
+                Transport::Unreliable,
+                &register(&format!("z9hG4bKb{cseq}"), cseq, Some((&nonce, "wrong"))),
+            );
+            let id = lookup_id(&mut node);
+            node.handle_register_lookup(now(round * 10 + 1), id, lookup(), vec![], [round as u8 + 100; 16]);
+            assert_eq!(transmitted(&mut node)[0].status(), Some(401));
+            cseq += 1;
+        }
+        assert!(matches!(node.poll_event(), Some(NodeEvent::SourceBlocked { .. })));
+        node.handle_datagram(
+            now(100),
+            phone(),
+            Transport::Unreliable,
+            &register("z9hG4bKz", 99, None),
+        );
+        assert!(
+            node.poll_transmit().is_none() && node.poll_event().is_none(),
+            "blocked sources are dropped"
+        );
+        let other: SocketAddr = "198.51.100.1:5060".parse().unwrap();
+        node.handle_datagram(now(100), other, Transport::Unreliable, &register("z9hG4bKy", 1, None));
+        assert!(node.poll_event().is_some(), "other sources are still served");
+    }
+
+    #[test]
+    fn options_is_answered_and_invite_reaches_the_call_layer_after_a_100() {
+        let mut node = SipNode::new(config());
+        let options = b"OPTIONS sip:acme.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKo\r\n\
+From: <sip:1001@acme.example.com>;tag=f\r\nTo: <sip:acme.example.com>\r\nCall-ID: o\r\nCSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n";
+        node.handle_datagram(now(0), phone(), Transport::Reliable, options);
+        let sent = std::iter::from_fn(|| node.poll_transmit()).collect::<Vec<_>>();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].destination, phone());
+        assert_eq!(SipMessage::parse(&sent[0].bytes).unwrap().status(), Some(200));
+        assert_eq!(node.server_transactions(), 0, "Timer J is zero over TCP");
+
+        let invite = String::from_utf8(options.to_vec())
+            .unwrap()
+            .replace("OPTIONS", "INVITE");
+        node.handle_datagram(now(0), phone(), Transport::Unreliable, invite.as_bytes());
+        assert_eq!(transmitted(&mut node)[0].status(), Some(100));
+        let Some(NodeEvent::Request {
+            key: Some(key),
+            request,
+            ..
+        }) = node.poll_event()
+        else {
+            panic!("the INVITE must reach the call layer");
+        };
+        assert_eq!(request.method(), Some(rsip::Method::Invite));
+        node.handle_response_command(now(10), &key, build_response(&request, 486, "x", &[]));
+        assert_eq!(transmitted(&mut node)[0].status(), Some(486));
+    }
+
+    #[test]
+    fn garbage_and_rfc_2543_requests_never_panic() {
+        let mut node = SipNode::new(config());
+        node.handle_datagram(
+            now(0),
+            phone(),
+            Transport::Unreliable,
+            b"\x00\xffINVITE garbage\r\n\r\n",
+        );
+        assert!(node.poll_transmit().is_none());
+        let old = String::from_utf8(register("2543-style", 1, None)).unwrap();
+        node.handle_datagram(now(0), phone(), Transport::Unreliable, old.as_bytes());
+        assert_eq!(transmitted(&mut node)[0].status(), Some(400));
+    }
+}
