@@ -3,4 +3,5 @@
 
 pub mod location;
 pub mod sip;
+pub mod sip_service;
 pub mod transport;

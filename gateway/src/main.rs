@@ -49,6 +49,8 @@ pub struct Cli {
 enum Command {
     /// Migrate, then run every role in one process until Ctrl-C.
     Up(roles::UpArgs),
+    /// Run the SIP signaling role alone (registrar; calls arrive with the SIP issue's B2BUA).
+    Sip(roles::SipRoleArgs),
     /// Run the projector role alone (follows the log and builds the read models).
     Projector(roles::ProjectorArgs),
     /// Apply the database migrations and exit.
@@ -109,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Up(args) => roles::up(&data_dir, args).await,
         Command::Projector(args) => roles::projector(&data_dir, args).await,
+        Command::Sip(args) => roles::sip(&data_dir, args).await,
         Command::Migrate => {
             let db = roles::open(&data_dir).await?;
             println!("migrations applied to {}", roles::redacted(&db.url));

@@ -5,15 +5,63 @@ use std::process::ExitCode;
 
 use commands::db::Database;
 use commands::EventStore;
+use gateway::sip::abuse::AbuseConfig;
+use gateway::sip::registrar::RegistrarConfig;
+use gateway::sip_service::{SipConfig, SipService};
 use projections::directory::Directory;
 use projections::Runner;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
     /// Identifies this node in event metadata.
     #[arg(long, env = "LEDGERLINE_NODE_ID", default_value = "node-1")]
     pub node_id: String,
+    #[command(flatten)]
+    pub sip: SipArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SipArgs {
+    /// Where the SIP node listens, UDP and TCP (port 0 picks a free port).
+    #[arg(long, env = "LEDGERLINE_SIP_BIND", default_value = "0.0.0.0:5060")]
+    pub sip_bind: std::net::SocketAddr,
+    /// Signs digest nonces; give every SIP node of a deployment the same one.
+    #[arg(long, env = "LEDGERLINE_SIP_SECRET", hide_env_values = true)]
+    pub sip_secret: Option<String>,
+    /// Offer SHA-256 digest before MD5 (RFC 8760's order); off by default because many
+    /// phones (and sipp 3.6) read only the first challenge and know only MD5.
+    #[arg(long, env = "LEDGERLINE_SIP_PREFER_SHA256")]
+    pub sip_prefer_sha256: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SipRoleArgs {
+    #[arg(long, env = "LEDGERLINE_NODE_ID", default_value = "sip-1")]
+    pub node_id: String,
+    #[command(flatten)]
+    pub sip: SipArgs,
+}
+
+fn sip_config(node_id: &str, args: &SipArgs) -> SipConfig {
+    let secret = match &args.sip_secret {
+        Some(secret) => secret.as_bytes().to_vec(),
+        None => {
+            tracing::warn!("no --sip-secret: nonces from this node are valid on this node only");
+            let mut secret = Uuid::new_v4().as_bytes().to_vec();
+            secret.extend_from_slice(Uuid::new_v4().as_bytes());
+            secret
+        }
+    };
+    SipConfig {
+        bind: args.sip_bind,
+        node_id: node_id.to_string(),
+        secret,
+        prefer_sha256: args.sip_prefer_sha256,
+        registrar: RegistrarConfig::default(),
+        abuse: AbuseConfig::default(),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,6 +116,13 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let db = open(data_dir).await?;
     let store = EventStore::new(db.pool.clone());
     let shutdown = shutdown_signal();
+    let sip = SipService::start(
+        store.clone(),
+        db.pool.clone(),
+        sip_config(&args.node_id, &args.sip),
+        shutdown.clone(),
+    )
+    .await?;
     say!("ledgerline up: node {}", args.node_id);
     match &db.embedded {
         Some(pg) => say!(
@@ -77,6 +132,7 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         ),
         None => say!("  database: {}", redacted(&db.url)),
     }
+    say!("  sip: listening on udp+tcp {}", sip.local_addr);
     say!("  projector: following the log (read model: directory)");
     say!("  stop with Ctrl-C");
     let mut runner = Runner::new(store, Directory);
@@ -84,6 +140,27 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     say!("ledgerline: stopping");
     db.close().await;
     result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn sip(data_dir: &Path, args: SipRoleArgs) -> anyhow::Result<ExitCode> {
+    let db = open(data_dir).await?;
+    let store = EventStore::new(db.pool.clone());
+    let shutdown = shutdown_signal();
+    let sip = SipService::start(
+        store,
+        db.pool.clone(),
+        sip_config(&args.node_id, &args.sip),
+        shutdown.clone(),
+    )
+    .await?;
+    say!("ledgerline sip: node {}", args.node_id);
+    say!("  sip: listening on udp+tcp {}", sip.local_addr);
+    say!("  stop with Ctrl-C");
+    let mut shutdown = shutdown;
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    sip.task.abort();
+    db.close().await;
     Ok(ExitCode::SUCCESS)
 }
 

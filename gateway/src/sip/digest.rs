@@ -24,6 +24,10 @@ pub struct DigestConfig {
     pub nonce_lifetime_secs: i64,
     /// How many nonces' last nonce-count the verifier remembers.
     pub max_tracked_nonces: usize,
+    /// Offer SHA-256 before MD5 (RFC 8760's order). Off by default: sipp 3.6 and many
+    /// deployed phones read only the first challenge and cannot do SHA-256; with MD5 first,
+    /// SHA-256 is still offered to clients that look further.
+    pub prefer_sha256: bool,
 }
 
 impl std::fmt::Debug for DigestConfig {
@@ -33,6 +37,7 @@ impl std::fmt::Debug for DigestConfig {
             .field("secret", &"***")
             .field("nonce_lifetime_secs", &self.nonce_lifetime_secs)
             .field("max_tracked_nonces", &self.max_tracked_nonces)
+            .field("prefer_sha256", &self.prefer_sha256)
             .finish()
     }
 }
@@ -44,11 +49,12 @@ pub struct Challenge {
     pub nonce: String,
     pub opaque: String,
     pub stale: bool,
+    pub sha256_first: bool,
 }
 
 impl Challenge {
-    /// The header fields to add to a 401 (or 407 when `proxy`): SHA-256 first, then MD5, the
-    /// order of preference RFC 8760 §2.4 asks for. Written by hand because rsip renders the
+    /// The header fields to add to a 401 (or 407 when `proxy`): both algorithms, in the
+    /// configured order (RFC 8760 §2.4 prefers SHA-256 first). Written by hand because rsip renders the
     /// algorithm as `SHA256`, a token RFC 8760 does not define.
     pub fn header_fields(&self, proxy: bool) -> Vec<(&'static str, String)> {
         let name = if proxy {
@@ -57,7 +63,12 @@ impl Challenge {
             "WWW-Authenticate"
         };
         let stale = if self.stale { ", stale=true" } else { "" };
-        ["SHA-256", "MD5"]
+        let order = if self.sha256_first {
+            ["SHA-256", "MD5"]
+        } else {
+            ["MD5", "SHA-256"]
+        };
+        order
             .iter()
             .map(|algorithm| {
                 let value = format!(
@@ -130,6 +141,7 @@ impl DigestVerifier {
             nonce: format!("{issued_at:x}.{random_hex}.{mac}"),
             opaque: self.opaque(realm),
             stale,
+            sha256_first: self.config.prefer_sha256,
         }
     }
 
@@ -370,6 +382,7 @@ mod tests {
             secret: b"node secret".to_vec(),
             nonce_lifetime_secs: 300,
             max_tracked_nonces: 3,
+            prefer_sha256: true,
         }
     }
 
@@ -421,6 +434,12 @@ algorithm={}, qop=auth, nc={nc_text}, cnonce=\"cn0nce\", opaque=\"{}\"",
         let proxy = verifier.challenge(REALM, at(0), [7; 16], false).header_fields(true);
         assert_eq!(proxy[0].0, "Proxy-Authenticate");
         assert!(!proxy[0].1.contains("stale"));
+        let compatible = DigestVerifier::new(DigestConfig {
+            prefer_sha256: false,
+            ..config()
+        });
+        let fields = compatible.challenge(REALM, at(0), [7; 16], false).header_fields(false);
+        assert!(fields[0].1.contains("algorithm=MD5") && fields[1].1.contains("algorithm=SHA-256"));
     }
 
     #[test]

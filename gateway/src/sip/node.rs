@@ -364,6 +364,7 @@ mod tests {
                 secret: b"s".to_vec(),
                 nonce_lifetime_secs: 300,
                 max_tracked_nonces: 1000,
+                prefer_sha256: true,
             },
             abuse: AbuseConfig {
                 max_failures: 3,

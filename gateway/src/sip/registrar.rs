@@ -336,6 +336,7 @@ mod tests {
             secret: b"k".to_vec(),
             nonce_lifetime_secs: 300,
             max_tracked_nonces: 100,
+            prefer_sha256: true,
         })
     }
 

@@ -1,0 +1,417 @@
+//! The SIP role's tokio shell around the sans-IO `SipNode`: bytes from the transports in,
+//! directory and location lookups out to Postgres, registration events into the log through
+//! the batching writer, and a sleep until the node's next deadline. No protocol decision
+//! is made here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use commands::batching::{BatchOptions, BatchingWriter};
+use commands::{EventStore, Expected, Metadata, NewEvent, StreamWrite};
+use domain::digest::Ha1;
+use domain::registration::{
+    self, DeviceRegistered, DeviceRegistrationChanged, DeviceUnregistered, RegistrationEvent, UnregisterReason,
+};
+use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::location::{self, Location};
+use crate::sip::abuse::AbuseConfig;
+use crate::sip::digest::DigestConfig;
+use crate::sip::message::build_response;
+use crate::sip::node::{LookupId, NodeConfig, NodeEvent, Now, SipNode};
+use crate::sip::registrar::{self, BindingChange, ExtensionRecord, Lookup, RegistrarConfig, RemovalReason};
+use crate::sip::screening::NodeIdentity;
+use crate::sip::transaction::{Timers, Transport};
+use crate::transport::{Protocol, TransportOptions, Transports};
+
+#[derive(Debug, Clone)]
+pub struct SipConfig {
+    pub bind: SocketAddr,
+    pub node_id: String,
+    /// Signs digest nonces; every SIP node of a deployment must share it.
+    pub secret: Vec<u8>,
+    /// Offer SHA-256 digest before MD5 (see `DigestConfig::prefer_sha256`).
+    pub prefer_sha256: bool,
+    pub registrar: RegistrarConfig,
+    pub abuse: AbuseConfig,
+}
+
+/// A running SIP role.
+pub struct SipService {
+    pub local_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// What a directory lookup task hands back to the node loop.
+struct LookupDone {
+    id: LookupId,
+    lookup: Lookup,
+    bindings: Vec<registrar::Binding>,
+}
+
+impl SipService {
+    pub async fn start(
+        store: EventStore,
+        pool: PgPool,
+        config: SipConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<SipService> {
+        let (transports, inbound) = Transports::bind(config.bind, TransportOptions::default()).await?;
+        let local_addr = transports.local_addr();
+        let node = SipNode::new(NodeConfig {
+            timers: Timers::default(),
+            registrar: config.registrar.clone(),
+            digest: DigestConfig {
+                secret: config.secret.clone(),
+                nonce_lifetime_secs: 300,
+                max_tracked_nonces: 100_000,
+                prefer_sha256: config.prefer_sha256,
+            },
+            abuse: config.abuse.clone(),
+            identity: NodeIdentity {
+                sent_by: vec![local_addr.to_string().to_ascii_lowercase()],
+                branch_prefix: format!(
+                    "ll{}",
+                    &config
+                        .node_id
+                        .chars()
+                        .filter(char::is_ascii_alphanumeric)
+                        .collect::<String>()
+                ),
+            },
+            max_server_transactions: 50_000,
+            max_pending_lookups: 10_000,
+        });
+        let writer = BatchingWriter::spawn(store, BatchOptions::default());
+        let shell = Shell {
+            transports,
+            location: Location::new(pool.clone()),
+            pool,
+            writer,
+            node_id: config.node_id.clone(),
+        };
+        tokio::spawn(shell.clone().purge_loop(shutdown.clone()));
+        let task = tokio::spawn(shell.run(node, inbound, shutdown));
+        Ok(SipService { local_addr, task })
+    }
+}
+
+#[derive(Clone)]
+struct Shell {
+    transports: Transports,
+    location: Location,
+    pool: PgPool,
+    writer: BatchingWriter,
+    node_id: String,
+}
+
+#[allow(clippy::disallowed_methods)] // The shell is where the SIP node's clocks are read.
+fn now(epoch: tokio::time::Instant) -> Now {
+    Now {
+        mono: epoch.elapsed(),
+        wall: Utc::now(),
+    }
+}
+
+impl Shell {
+    async fn run(
+        self,
+        mut node: SipNode,
+        mut inbound: mpsc::Receiver<crate::transport::Inbound>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let epoch = tokio::time::Instant::now();
+        let (done_tx, mut done_rx) = mpsc::channel::<LookupDone>(4096);
+        loop {
+            let deadline = node
+                .poll_timeout()
+                .map(|at| epoch + at)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                Some(message) = inbound.recv() => {
+                    let transport = match message.protocol {
+                        Protocol::Udp => Transport::Unreliable,
+                        Protocol::Tcp => Transport::Reliable,
+                    };
+                    node.handle_datagram(now(epoch), message.source, transport, &message.bytes);
+                }
+                Some(done) = done_rx.recv() => {
+                    let random = *Uuid::new_v4().as_bytes();
+                    node.handle_register_lookup(now(epoch), done.id, done.lookup, done.bindings, random);
+                }
+                _ = tokio::time::sleep_until(deadline) => node.handle_timeout(now(epoch)),
+                _ = shutdown.changed() => return,
+            }
+            while let Some(transmit) = node.poll_transmit() {
+                let protocol = match transmit.transport {
+                    Transport::Unreliable => Protocol::Udp,
+                    Transport::Reliable => Protocol::Tcp,
+                };
+                if let Err(e) = self
+                    .transports
+                    .send(protocol, transmit.destination, transmit.bytes)
+                    .await
+                {
+                    tracing::debug!(destination = %transmit.destination, error = %e, "SIP send failed");
+                }
+            }
+            while let Some(event) = node.poll_event() {
+                self.on_event(&mut node, epoch, event, &done_tx);
+            }
+        }
+    }
+
+    fn on_event(
+        &self,
+        node: &mut SipNode,
+        epoch: tokio::time::Instant,
+        event: NodeEvent,
+        done_tx: &mpsc::Sender<LookupDone>,
+    ) {
+        match event {
+            NodeEvent::RegisterLookup { id, domain, user } => {
+                let shell = self.clone();
+                let done_tx = done_tx.clone();
+                tokio::spawn(async move {
+                    let at = now(epoch).wall;
+                    let (lookup, bindings) = match shell.lookup(&domain, &user, at).await {
+                        Ok(found) => found,
+                        Err(e) => {
+                            // Without the directory nothing can be decided; the phone retries.
+                            tracing::warn!(error = %e, "directory lookup failed");
+                            (Lookup::UnknownDomain, Vec::new())
+                        }
+                    };
+                    let _ = done_tx.send(LookupDone { id, lookup, bindings }).await;
+                });
+            }
+            NodeEvent::BindingsChanged {
+                tenant_id,
+                extension_id,
+                changes,
+            } => {
+                let shell = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = shell.apply(tenant_id, extension_id, changes, now(epoch).wall).await {
+                        tracing::warn!(error = %e, %extension_id, "saving bindings failed");
+                    }
+                });
+            }
+            NodeEvent::Request { key, source, request } => {
+                // The call layer (B2BUA) is not built yet: say so rather than stay silent.
+                if let Some(key) = key {
+                    let response = build_response(&request, 501, &format!("ll{}", key_tag(&source)), &[]);
+                    node.handle_response_command(now(epoch), &key, response);
+                }
+            }
+            NodeEvent::SourceBlocked { ip } => {
+                tracing::warn!(%ip, "blocking a source after repeated failed authentications");
+            }
+        }
+    }
+
+    /// Lapsed bindings leave the table (any node may do it, each row once) as events.
+    async fn purge_loop(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            #[allow(clippy::disallowed_methods)] // The shell reads the clock for its timers.
+            let at = Utc::now();
+            let purged = match self.location.purge_expired(at, 1000).await {
+                Ok(purged) => purged,
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging expired bindings failed");
+                    continue;
+                }
+            };
+            for b in purged {
+                let event = RegistrationEvent::DeviceUnregistered(DeviceUnregistered {
+                    extension_id: b.extension_id,
+                    contact: b.contact,
+                    reason: UnregisterReason::Expired,
+                });
+                let metadata = Metadata {
+                    node_id: Some(self.node_id.clone()),
+                    actor: Some("sip-registrar".into()),
+                    ..Metadata::default()
+                };
+                let write = StreamWrite {
+                    tenant_id: b.tenant_id,
+                    stream_id: registration::stream_id(&b.extension_id),
+                    expected: Expected::Any,
+                    events: vec![NewEvent::from_domain(Uuid::new_v4(), &event, metadata, at)],
+                };
+                if let Err(e) = self.writer.append(write).await {
+                    tracing::warn!(error = %e, "recording an expired binding failed");
+                }
+            }
+        }
+    }
+
+    /// Tenant by SIP domain, extension by number, and the extension's live bindings.
+    async fn lookup(
+        &self,
+        domain: &str,
+        user: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(Lookup, Vec<registrar::Binding>), sqlx::Error> {
+        let tenant =
+            sqlx::query("SELECT tenant_id, sip_domain, suspended FROM rm_tenants WHERE sip_domain = lower($1)")
+                .bind(domain)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(tenant) = tenant else {
+            return Ok((Lookup::UnknownDomain, Vec::new()));
+        };
+        let tenant_id: Uuid = tenant.get("tenant_id");
+        let extension = sqlx::query(
+            "SELECT extension_id, number, ha1_md5, ha1_sha256, enabled FROM rm_extensions WHERE tenant_id = $1 AND number = $2",
+        )
+        .bind(tenant_id)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| ExtensionRecord {
+            extension_id: row.get("extension_id"),
+            number: row.get("number"),
+            ha1: Ha1 {
+                md5: row.get("ha1_md5"),
+                sha256: row.get("ha1_sha256"),
+            },
+            enabled: row.get("enabled"),
+        });
+        let bindings = match &extension {
+            Some(ext) => self
+                .location
+                .bindings(tenant_id, ext.extension_id, at)
+                .await
+                .map_err(|e| match e {
+                    location::LocationError::Sql(e) => e,
+                    other => sqlx::Error::Protocol(other.to_string()),
+                })?
+                .into_iter()
+                .map(|b| registrar::Binding {
+                    contact: b.contact,
+                    expires_at: b.expires_at,
+                    call_id: b.call_id,
+                    cseq: u32::try_from(b.cseq).unwrap_or(u32::MAX),
+                    source: b.source,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok((
+            Lookup::Tenant {
+                tenant_id,
+                sip_domain: tenant.get("sip_domain"),
+                suspended: tenant.get("suspended"),
+                extension,
+            },
+            bindings,
+        ))
+    }
+
+    /// Write the bindings, then append an event for each creation, change and removal.
+    async fn apply(
+        &self,
+        tenant_id: Uuid,
+        extension_id: Uuid,
+        changes: Vec<BindingChange>,
+        at: DateTime<Utc>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut events = Vec::new();
+        for change in changes {
+            let event = match change {
+                BindingChange::Created(b) => {
+                    self.location.save(&self.row(tenant_id, extension_id, &b), at).await?;
+                    Some(RegistrationEvent::DeviceRegistered(DeviceRegistered {
+                        extension_id,
+                        contact: b.contact,
+                        source: b.source,
+                        user_agent: String::new(),
+                        expires_at: b.expires_at,
+                        node_id: self.node_id.clone(),
+                    }))
+                }
+                BindingChange::Refreshed(b) => {
+                    self.location.save(&self.row(tenant_id, extension_id, &b), at).await?;
+                    None
+                }
+                BindingChange::Changed { after, .. } => {
+                    self.location
+                        .save(&self.row(tenant_id, extension_id, &after), at)
+                        .await?;
+                    Some(RegistrationEvent::DeviceRegistrationChanged(
+                        DeviceRegistrationChanged {
+                            extension_id,
+                            contact: after.contact,
+                            source: after.source,
+                            user_agent: String::new(),
+                            expires_at: after.expires_at,
+                            node_id: self.node_id.clone(),
+                        },
+                    ))
+                }
+                BindingChange::Removed { binding, reason } => {
+                    self.location
+                        .remove(tenant_id, extension_id, &binding.contact, at)
+                        .await?;
+                    Some(RegistrationEvent::DeviceUnregistered(DeviceUnregistered {
+                        extension_id,
+                        contact: binding.contact,
+                        reason: match reason {
+                            RemovalReason::Unregistered => UnregisterReason::Removed,
+                            RemovalReason::Expired => UnregisterReason::Expired,
+                        },
+                    }))
+                }
+            };
+            events.extend(event);
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let metadata = Metadata {
+            node_id: Some(self.node_id.clone()),
+            actor: Some("sip-registrar".into()),
+            ..Metadata::default()
+        };
+        let events = events
+            .iter()
+            .map(|e| NewEvent::from_domain(Uuid::new_v4(), e, metadata.clone(), at))
+            .collect();
+        self.writer
+            .append(StreamWrite {
+                tenant_id,
+                stream_id: registration::stream_id(&extension_id),
+                expected: Expected::Any,
+                events,
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn row(&self, tenant_id: Uuid, extension_id: Uuid, b: &registrar::Binding) -> location::Binding {
+        location::Binding {
+            tenant_id,
+            extension_id,
+            contact: b.contact.clone(),
+            source: b.source.clone(),
+            call_id: b.call_id.clone(),
+            cseq: i64::from(b.cseq),
+            user_agent: String::new(),
+            expires_at: b.expires_at,
+            node_id: self.node_id.clone(),
+        }
+    }
+}
+
+fn key_tag(source: &SocketAddr) -> String {
+    format!("{:x}", source.port())
+}
