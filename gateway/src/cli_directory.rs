@@ -68,6 +68,14 @@ pub enum ExtensionCommand {
         #[arg(long)]
         command_id: Option<Uuid>,
     },
+    /// Provision many extensions from a CSV file (`number,name,password` with a header).
+    /// Safe to re-run: each row's command id derives from the tenant and the number.
+    Import {
+        #[arg(long)]
+        tenant: Uuid,
+        #[arg(long, value_name = "EXTENSIONS.csv")]
+        csv: std::path::PathBuf,
+    },
     /// List a tenant's extensions.
     List {
         #[arg(long)]
@@ -220,6 +228,7 @@ pub async fn extension(data_dir: &Path, command: ExtensionCommand) -> anyhow::Re
                 }
             }
         }
+        ExtensionCommand::Import { tenant, csv } => import(&handler, tenant, &csv).await?,
         ExtensionCommand::List { tenant } => {
             roles::catch_up(&store).await?;
             let rows = sqlx::query(
@@ -270,4 +279,62 @@ pub async fn extension(data_dir: &Path, command: ExtensionCommand) -> anyhow::Re
     };
     db.close().await;
     Ok(code)
+}
+
+/// The rows of an import file, each with its line number; any malformed row fails the file.
+fn import_rows(text: &str, file: &str) -> anyhow::Result<Vec<(usize, String, String, String)>> {
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, header)) if header.trim().eq_ignore_ascii_case("number,name,password") => {}
+        _ => anyhow::bail!("{file}:1: the header must be `number,name,password`"),
+    }
+    let mut rows = Vec::new();
+    for (index, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.splitn(3, ',').collect();
+        if fields.len() != 3 {
+            anyhow::bail!(
+                "{file}:{}: expected 3 columns (number,name,password), found {}",
+                index + 1,
+                fields.len()
+            );
+        }
+        rows.push((
+            index + 1,
+            fields[0].trim().to_string(),
+            fields[1].trim().to_string(),
+            fields[2].to_string(),
+        ));
+    }
+    Ok(rows)
+}
+
+async fn import(handler: &CommandHandler, tenant: Uuid, csv: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let file = csv.display().to_string();
+    let text = std::fs::read_to_string(csv).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+    let rows = import_rows(&text, &file)?;
+    let mut created = 0;
+    let mut rejected = 0;
+    for (line, number, name, password) in rows {
+        // The same tenant and number always make the same command: re-running is harmless.
+        let command_id = Uuid::new_v5(&tenant, format!("extension-import:{number}").as_bytes());
+        let ctx = context(Some(command_id));
+        let extension_id = Uuid::new_v5(&ctx.command_id, b"extension");
+        match directory::provision_extension(handler, &ctx, tenant, extension_id, &number, &name, &password).await {
+            Ok(_) => created += 1,
+            Err(CommandError::Rejected(reason)) => {
+                eprintln!("{file}:{line}: {number}: rejected: {reason}");
+                rejected += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    say!("imported {created} extensions, {rejected} rejected");
+    Ok(if rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -519,3 +519,61 @@ fn rate_prints_exact_charges_and_refuses_a_malformed_file_without_output() {
     assert!(stderr(&bad).contains("calls.csv:3:3"), "{}", stderr(&bad));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn extensions_import_from_csv_and_a_rerun_changes_nothing() {
+    let db = TestDb::new().await.unwrap();
+    let tenant = stdout(&ledgerline(
+        &db,
+        &[
+            "tenant",
+            "create",
+            "--name",
+            "Bulk",
+            "--domain",
+            "bulk.test",
+            "--max-extensions",
+            "3",
+        ],
+    ))
+    .trim()
+    .to_string();
+    let dir = std::env::temp_dir().join(format!("ledgerline-import-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("ext.csv");
+    std::fs::write(&csv, "number,name,password\n1000,Ann,pass-1000\n1001,Bo,pass-1001\n1002,Cy,short\n1003,Di,pass-1003\n1004,Ed,pass-1004\n").unwrap();
+    let path = csv.to_string_lossy().to_string();
+    let first = ledgerline(&db, &["extension", "import", "--tenant", &tenant, "--csv", &path]);
+    assert_eq!(first.status.code(), Some(2), "rejected rows make the exit non-zero");
+    assert!(
+        stderr(&first).contains("ext.csv:4: 1002: rejected"),
+        "{}",
+        stderr(&first)
+    );
+    assert!(
+        stderr(&first).contains("ext.csv:6: 1004: rejected: the tenant's limit of 3"),
+        "{}",
+        stderr(&first)
+    );
+    assert!(stdout(&first).contains("imported 3 extensions, 2 rejected"));
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let again = ledgerline(&db, &["extension", "import", "--tenant", &tenant, "--csv", &path]);
+    assert!(stdout(&again).contains("imported 3 extensions"), "{}", stdout(&again));
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, after, "a re-run writes nothing new");
+
+    std::fs::write(&csv, "number,name,password\n1005,Fay\n").unwrap();
+    let broken = ledgerline(&db, &["extension", "import", "--tenant", &tenant, "--csv", &path]);
+    assert!(
+        stderr(&broken).contains("ext.csv:2: expected 3 columns"),
+        "{}",
+        stderr(&broken)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
