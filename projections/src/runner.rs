@@ -46,6 +46,33 @@ pub struct Runner<P: Projection> {
     poll_interval: Duration,
     /// Last version seen per stream since this runner started, to assert contiguity.
     seen: HashMap<(Uuid, String), i64>,
+    /// Where the read model and its checkpoint live: `public` for the live one, another
+    /// schema for a shadow rebuild or a time-travel copy (see `rebuild.rs`).
+    schema: String,
+    /// Apply only the events this keeps (time travel: "as of" a position or a moment).
+    until: Option<Until>,
+}
+
+/// The last event a time-travel build applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Events at or before this global position.
+    Position(i64),
+    /// Events recorded (committed to the log) at or before this moment: what the system
+    /// knew then.
+    RecordedAt(chrono::DateTime<chrono::Utc>),
+    /// Events at or before this cursor: exactly what a live runner at this checkpoint saw.
+    Cursor(Cursor),
+}
+
+impl Until {
+    pub fn keeps(&self, event: &RecordedEvent) -> bool {
+        match self {
+            Until::Position(position) => event.global_position <= *position,
+            Until::RecordedAt(at) => event.recorded_at <= *at,
+            Until::Cursor(cursor) => event.cursor() <= *cursor,
+        }
+    }
 }
 
 /// Above this many tracked streams, the contiguity map starts over (memory stays bounded).
@@ -59,7 +86,31 @@ impl<P: Projection> Runner<P> {
             batch_size: 500,
             poll_interval: Duration::from_millis(500),
             seen: HashMap::new(),
+            schema: "public".to_string(),
+            until: None,
         }
+    }
+
+    /// Build into `schema` (which must hold the projection's tables and a
+    /// `projection_checkpoints` table) instead of `public`. The name must be a plain
+    /// identifier; `rebuild::create_shadow` makes one.
+    pub fn in_schema(mut self, schema: &str) -> Self {
+        assert!(
+            crate::rebuild::is_identifier(schema),
+            "schema names are checked by the caller: {schema}"
+        );
+        self.schema = schema.to_string();
+        self
+    }
+
+    /// Apply only events up to a position or a moment; the rest is read and skipped.
+    pub fn until(mut self, until: Option<Until>) -> Self {
+        self.until = until;
+        self
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
     }
 
     pub fn batch_size(mut self, batch_size: i64) -> Self {
@@ -74,9 +125,10 @@ impl<P: Projection> Runner<P> {
     /// The committed checkpoint, after making sure it belongs to this projection version
     /// (an older version's read model is emptied and rebuilt from zero).
     pub async fn checkpoint(&mut self) -> Result<Cursor, ProjectionError> {
-        let row = sqlx::query(
-            "SELECT version, tx_id::text::bigint AS tx_id, position FROM projection_checkpoints WHERE projection = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT version, tx_id::text::bigint AS tx_id, position FROM {}.projection_checkpoints WHERE projection = $1",
+            self.schema
+        ))
         .bind(self.projection.name())
         .fetch_optional(self.store.pool())
         .await?;
@@ -97,13 +149,16 @@ impl<P: Projection> Runner<P> {
         self.seen.clear();
         let mut tx = self.store.pool().begin().await?;
         for table in self.projection.tables() {
-            sqlx::query(&format!("TRUNCATE {table}")).execute(&mut *tx).await?;
+            sqlx::query(&format!("TRUNCATE {}.{table}", self.schema))
+                .execute(&mut *tx)
+                .await?;
         }
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (projection, version, tx_id, position, events_seen) \
+        sqlx::query(&format!(
+            "INSERT INTO {}.projection_checkpoints (projection, version, tx_id, position, events_seen) \
              VALUES ($1, $2, '0'::xid8, 0, 0) \
              ON CONFLICT (projection) DO UPDATE SET version = $2, tx_id = '0'::xid8, position = 0, events_seen = 0, updated_at = now()",
-        )
+            self.schema
+        ))
         .bind(self.projection.name())
         .bind(self.projection.version())
         .execute(&mut *tx)
@@ -136,10 +191,15 @@ impl<P: Projection> Runner<P> {
             self.seen.insert(key, event.stream_version);
         }
         let mut tx = self.store.pool().begin().await?;
+        // Unqualified table names in `apply` resolve to this runner's schema first.
+        sqlx::query(&format!("SET LOCAL search_path TO {}, public", self.schema))
+            .execute(&mut *tx)
+            .await?;
         // Lock the checkpoint: if another runner moved it since we read, drop this batch.
-        let current = sqlx::query(
-            "SELECT tx_id::text::bigint AS tx_id, position FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
-        )
+        let current = sqlx::query(&format!(
+            "SELECT tx_id::text::bigint AS tx_id, position FROM {}.projection_checkpoints WHERE projection = $1 FOR UPDATE",
+            self.schema
+        ))
         .bind(self.projection.name())
         .fetch_one(&mut *tx)
         .await?;
@@ -151,13 +211,22 @@ impl<P: Projection> Runner<P> {
             self.seen.clear();
             return Ok(0);
         }
-        self.projection.apply(&mut tx, &batch).await?;
+        match self.until {
+            None => self.projection.apply(&mut tx, &batch).await?,
+            Some(until) => {
+                let kept: Vec<RecordedEvent> = batch.iter().filter(|e| until.keeps(e)).cloned().collect();
+                if !kept.is_empty() {
+                    self.projection.apply(&mut tx, &kept).await?;
+                }
+            }
+        }
         // The batch is non-empty: its last event is where the checkpoint moves.
         let last = batch.last().expect("batch is not empty").cursor();
-        sqlx::query(
-            "UPDATE projection_checkpoints SET tx_id = $2::bigint::text::xid8, position = $3, \
+        sqlx::query(&format!(
+            "UPDATE {}.projection_checkpoints SET tx_id = $2::bigint::text::xid8, position = $3, \
              events_seen = events_seen + $4, updated_at = now() WHERE projection = $1",
-        )
+            self.schema
+        ))
         .bind(self.projection.name())
         .bind(last.tx_id)
         .bind(last.position)
