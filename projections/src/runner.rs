@@ -75,6 +75,9 @@ impl Until {
     }
 }
 
+/// How often one `step` retries after losing the checkpoint to another runner.
+const MAX_LOST_RACES: usize = 100;
+
 /// Above this many tracked streams, the contiguity map starts over (memory stays bounded).
 const MAX_TRACKED_STREAMS: usize = 200_000;
 
@@ -169,10 +172,28 @@ impl<P: Projection> Runner<P> {
 
     /// Apply one batch; returns how many events it held (0 when caught up).
     pub async fn step(&mut self) -> Result<usize, ProjectionError> {
+        // A batch dropped because another runner (or the still-running backend of a killed
+        // one) moved the checkpoint is retried from the new checkpoint, so `0` always means
+        // "caught up" and `catch_up` never stops early.
+        for _ in 0..MAX_LOST_RACES {
+            if let Some(n) = self.try_step().await? {
+                return Ok(n);
+            }
+        }
+        Ok(0)
+    }
+
+    /// One attempt: `None` when the checkpoint moved under this batch and it was dropped.
+    async fn try_step(&mut self) -> Result<Option<usize>, ProjectionError> {
         let cursor = self.checkpoint().await?;
-        let batch = self.store.read_all(cursor, self.batch_size, None).await?;
+        let mut batch = self.store.read_all(cursor, self.batch_size, None).await?;
+        if let Some(Until::Cursor(limit)) = self.until {
+            // The log is read in cursor order: stop at the limit (rather than skip past it),
+            // so the build can later be extended to a further cursor.
+            batch.retain(|e| e.cursor() <= limit);
+        }
         if batch.is_empty() {
-            return Ok(0);
+            return Ok(Some(0));
         }
         for event in &batch {
             let key = (event.tenant_id, event.stream_id.clone());
@@ -209,7 +230,7 @@ impl<P: Projection> Runner<P> {
         };
         if current != cursor {
             self.seen.clear();
-            return Ok(0);
+            return Ok(None);
         }
         match self.until {
             None => self.projection.apply(&mut tx, &batch).await?,
@@ -234,7 +255,39 @@ impl<P: Projection> Runner<P> {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(batch.len())
+        Ok(Some(batch.len()))
+    }
+
+    /// Change the limit of a time-travel or audit build (see [`Until`]).
+    pub fn set_until(&mut self, until: Option<Until>) {
+        self.until = until;
+    }
+
+    /// Catch up with every event committed before this call: unlike [`Runner::catch_up`],
+    /// which stops at the fence, this waits (polling, up to `deadline`) until every
+    /// transaction that was running when it started has finished, so a write that committed
+    /// before the call is never missed because an unrelated transaction held the fence.
+    /// (The deadline is counted in polls: projections do not read the clock.)
+    pub async fn catch_up_to_now(&mut self, deadline: Duration) -> Result<u64, ProjectionError> {
+        const POLL: Duration = Duration::from_millis(10);
+        let max_polls = deadline.as_millis() / POLL.as_millis();
+        let mut polls = 0u128;
+        let target: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+            .fetch_one(self.store.pool())
+            .await?;
+        let mut total = self.catch_up().await?;
+        loop {
+            let xmin: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(self.store.pool())
+                .await?;
+            if xmin >= target || polls >= max_polls {
+                total += self.catch_up().await?;
+                return Ok(total);
+            }
+            polls += 1;
+            tokio::time::sleep(POLL).await;
+            total += self.catch_up().await?;
+        }
     }
 
     /// Apply batches until the log (behind the fence) is exhausted; returns events applied.
