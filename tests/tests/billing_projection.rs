@@ -277,9 +277,18 @@ async fn rows(pool: &PgPool, sql: &str) -> String {
     out
 }
 
+/// Catch up with everything committed so far (past a fence that other tests' transactions in
+/// the same cluster may hold for a moment).
 async fn catch_up(store: &EventStore) {
-    Runner::new(store.clone(), Billing).catch_up().await.unwrap();
-    Runner::new(store.clone(), Invoices).catch_up().await.unwrap();
+    let deadline = std::time::Duration::from_secs(30);
+    Runner::new(store.clone(), Billing)
+        .catch_up_to_now(deadline)
+        .await
+        .unwrap();
+    Runner::new(store.clone(), Invoices)
+        .catch_up_to_now(deadline)
+        .await
+        .unwrap();
 }
 
 const WHOLE: Uuid = Uuid::from_u128(0xa1);
@@ -619,6 +628,51 @@ async fn scripted_calls_project_to_these_cdrs_charges_balances_and_invoices() {
     "#]]
     .assert_eq(&invoices);
 
+    let reports = rows(
+        pool,
+        "SELECT concat_ws(' | ', day, direction, right(trunk_id::text, 4), currency, calls, answered, asr_pct, acd_s, \
+         duration_s, billed_s, cost) FROM rm_report_daily \
+         WHERE tenant_id = '00000000-0000-0000-0000-00000000007e' ORDER BY day, direction, trunk_id, currency",
+    )
+    .await;
+    expect![[r#"
+        2024-03-04 | outbound | 7247 | EUR | 6 | 6 | 100.00 | 141.8 | 851 | 876 | 0.71200
+        2024-03-05 | outbound | 7247 | EUR | 2 | 2 | 100.00 | 1200.0 | 2400 | 2400 | 3.40000
+        2024-03-06 | outbound | 7247 | EUR | 2 | 2 | 100.00 | 60.0 | 120 | 120 | 0.40000
+        2024-03-07 | outbound | 7247 | EUR | 2 | 2 | 100.00 | 270.0 | 540 | 540 | 0.90000
+    "#]]
+    .assert_eq(&reports);
+    let destinations = rows(
+        pool,
+        "SELECT concat_ws(' | ', day, destination, calls, duration_s, cost) FROM rm_report_destinations \
+         WHERE tenant_id = '00000000-0000-0000-0000-00000000007e' ORDER BY day, cost DESC, destination",
+    )
+    .await;
+    expect![[r#"
+        2024-03-04 | 4960 | 1 | 600 | 0.50000
+        2024-03-04 | 4950 | 1 | 180 | 0.18000
+        2024-03-04 | 4930 | 2 | 60 | 0.02200
+        2024-03-04 | 4940 | 2 | 11 | 0.01000
+        2024-03-05 | 4970 | 2 | 2400 | 3.40000
+        2024-03-06 | 4990 | 1 | 60 | 0.30000
+        2024-03-06 | 4980 | 1 | 60 | 0.10000
+        2024-03-07 | 4980 | 2 | 540 | 0.90000
+    "#]]
+    .assert_eq(&destinations);
+    let peak = rows(
+        pool,
+        "SELECT concat_ws(' | ', day, peak_concurrent_calls) FROM rm_report_peak_concurrency \
+         WHERE tenant_id = '00000000-0000-0000-0000-00000000007e' ORDER BY day",
+    )
+    .await;
+    expect![[r#"
+        2024-03-04 | 1
+        2024-03-05 | 2
+        2024-03-06 | 2
+        2024-03-07 | 2
+    "#]]
+    .assert_eq(&peak);
+
     let other: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM rm_charges WHERE tenant_id = $1) + (SELECT count(*) FROM rm_cdrs WHERE tenant_id = $1)",
     )
@@ -643,13 +697,13 @@ async fn a_rebuild_in_small_batches_equals_the_live_read_model_row_for_row() {
     Runner::new(store.clone(), Billing)
         .in_schema("shadow_billing")
         .batch_size(3)
-        .catch_up()
+        .catch_up_to_now(std::time::Duration::from_secs(30))
         .await
         .unwrap();
     Runner::new(store.clone(), Invoices)
         .in_schema("shadow_invoices")
         .batch_size(2)
-        .catch_up()
+        .catch_up_to_now(std::time::Duration::from_secs(30))
         .await
         .unwrap();
     for (schema, tables) in [
@@ -718,7 +772,7 @@ async fn time_travel_gives_the_balance_between_two_payments() {
     Runner::new(store.clone(), Billing)
         .in_schema("as_of")
         .until(Some(Until::RecordedAt(between)))
-        .catch_up()
+        .catch_up_to_now(std::time::Duration::from_secs(30))
         .await
         .unwrap();
     let then: Decimal = sqlx::query_scalar("SELECT balance FROM as_of.rm_balances WHERE account_id = $1")
@@ -732,4 +786,84 @@ async fn time_travel_gives_the_balance_between_two_payments() {
         .await
         .unwrap();
     assert_eq!((then, now), (d("5.00"), d("12.50")));
+}
+
+#[tokio::test]
+async fn live_calls_show_their_state_until_they_end() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let world = World {
+        handler: CommandHandler::new(store.clone()),
+        now: at("2024-03-01T00:00:00Z"),
+    };
+    let call = Uuid::from_u128(0x11fe);
+    let leg = Uuid::from_u128(0x11fe1e9);
+    let start = at("2024-03-04T10:00:00Z");
+    world
+        .call(
+            TENANT,
+            call,
+            CallCommand::Initiate(CallInitiated {
+                call_id: call,
+                tenant_id: TENANT,
+                direction: Direction::Internal,
+                caller: "1001".into(),
+                caller_name: "Alice".into(),
+                callee: "1002".into(),
+                did: None,
+                trunk_id: None,
+                account_id: None,
+                at: start,
+            }),
+        )
+        .await;
+    let live = || async {
+        catch_up(&store).await;
+        rows(
+            &db.pool,
+            "SELECT concat_ws(' | ', state, caller, callee, direction, on_hold) FROM rm_live_calls ORDER BY call_id",
+        )
+        .await
+    };
+    assert_eq!(live().await, "initiated | 1001 | 1002 | internal | f\n");
+    for command in [
+        CallCommand::Authorize {
+            max_duration_s: None,
+            reservation_id: None,
+            at: start,
+        },
+        CallCommand::CreateLeg {
+            leg_id: leg,
+            target: "sip:1002@acme".into(),
+            trunk_id: None,
+            at: start,
+        },
+        CallCommand::Answer { leg_id: leg, at: start },
+        CallCommand::Hold {
+            by: Party::Caller,
+            at: start,
+        },
+    ] {
+        world.call(TENANT, call, command).await;
+    }
+    assert_eq!(live().await, "on_hold | 1001 | 1002 | internal | t\n");
+    world
+        .call(
+            TENANT,
+            call,
+            CallCommand::End {
+                hangup_by: Party::Callee,
+                sip_status: 200,
+                reason: None,
+                at: start + TimeDelta::seconds(42),
+            },
+        )
+        .await;
+    assert_eq!(live().await, "", "an ended call leaves the live view");
+    let cdr = rows(
+        &db.pool,
+        "SELECT concat_ws(' | ', duration_s, holds, hangup_by, end_reason, coalesce(charge::text, 'no charge')) FROM rm_cdrs",
+    )
+    .await;
+    assert_eq!(cdr, "42 | 1 | callee | normal_clearing | no charge\n");
 }
