@@ -270,6 +270,8 @@ struct Fold {
     hourly: BTreeMap<(Uuid, DateTime<Utc>, String, Uuid, String), Traffic>,
     destinations: BTreeMap<(Uuid, chrono::NaiveDate, String, String), Traffic>,
     live: BTreeMap<Key, Option<LiveCall>>,
+    /// Live rows written by earlier batches (only these need deleting).
+    live_existing: HashSet<Key>,
 }
 
 impl Fold {
@@ -400,6 +402,7 @@ impl Fold {
                 if let Some(cdr) = fold.cdrs.get_mut(&key) {
                     cdr.on_hold = on_hold;
                 }
+                fold.live_existing.insert(key);
                 fold.live.insert(
                     key,
                     Some(LiveCall {
@@ -1314,11 +1317,13 @@ impl Fold {
         if self.live.is_empty() {
             return Ok(());
         }
-        sqlx::query(&format!("DELETE FROM rm_live_calls WHERE {KEYED}"))
-            .bind(self.live.keys().map(|k| k.0).collect::<Vec<_>>())
-            .bind(self.live.keys().map(|k| k.1).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
+        if !self.live_existing.is_empty() {
+            sqlx::query(&format!("DELETE FROM rm_live_calls WHERE {KEYED}"))
+                .bind(self.live_existing.iter().map(|k| k.0).collect::<Vec<_>>())
+                .bind(self.live_existing.iter().map(|k| k.1).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
+        }
         let rows: Vec<(&Key, &LiveCall)> = self
             .live
             .iter()
