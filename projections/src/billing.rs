@@ -176,7 +176,6 @@ struct ChargeRow {
     amount: Option<Decimal>,
     amount_exact: Option<Decimal>,
     explanation: Option<String>,
-    explanation_json: Option<serde_json::Value>,
     position: i64,
 }
 
@@ -784,7 +783,6 @@ impl Fold {
             amount: None,
             amount_exact: None,
             explanation: None,
-            explanation_json: None,
             position: meta.global_position,
         };
         let account_key = (key.0, account_id);
@@ -834,7 +832,6 @@ impl Fold {
                 row.amount = Some(charge.amount);
                 row.amount_exact = Some(charge.explanation.amount_exact);
                 row.explanation = Some(charge.explanation.render());
-                row.explanation_json = serde_json::to_value(&charge.explanation).ok();
             }
             Err(e) => row.unrated_reason = Some(e.to_string()),
         }
@@ -1095,10 +1092,10 @@ impl Fold {
             sqlx::query(
                 "INSERT INTO rm_charges (tenant_id, call_id, leg_id, account_id, answered_at, duration_s, destination, \
                  status, unrated_reason, tariff_id, tariff_version, matched_prefix, billed_s, currency, amount, \
-                 amount_exact, explanation, explanation_json, position) \
+                 amount_exact, explanation, position) \
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::int[], \
                  $7::text[], $8::text[], $9::text[], $10::uuid[], $11::int[], $12::text[], $13::int[], $14::text[], \
-                 $15::numeric[], $16::numeric[], $17::text[], $18::jsonb[], $19::bigint[])",
+                 $15::numeric[], $16::numeric[], $17::text[], $18::bigint[])",
             )
             .bind(rows.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.call_id).collect::<Vec<_>>())
@@ -1117,7 +1114,6 @@ impl Fold {
             .bind(rows.iter().map(|r| r.amount).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.amount_exact).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.explanation.clone()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.explanation_json.clone()).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.position).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;

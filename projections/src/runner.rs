@@ -186,12 +186,16 @@ impl<P: Projection> Runner<P> {
     /// One attempt: `None` when the checkpoint moved under this batch and it was dropped.
     async fn try_step(&mut self) -> Result<Option<usize>, ProjectionError> {
         let cursor = self.checkpoint().await?;
-        let mut batch = self.store.read_all(cursor, self.batch_size, None).await?;
-        if let Some(Until::Cursor(limit)) = self.until {
-            // The log is read in cursor order: stop at the limit (rather than skip past it),
-            // so the build can later be extended to a further cursor.
-            batch.retain(|e| e.cursor() <= limit);
-        }
+        let batch = read_batch(self.store.clone(), cursor, self.batch_size, self.until).await?;
+        self.apply_batch(cursor, batch).await
+    }
+
+    /// Apply a batch read from `cursor`: `None` when the checkpoint moved and it was dropped.
+    async fn apply_batch(
+        &mut self,
+        cursor: Cursor,
+        batch: Vec<RecordedEvent>,
+    ) -> Result<Option<usize>, ProjectionError> {
         if batch.is_empty() {
             return Ok(Some(0));
         }
@@ -291,15 +295,45 @@ impl<P: Projection> Runner<P> {
     }
 
     /// Apply batches until the log (behind the fence) is exhausted; returns events applied.
+    ///
+    /// The next batch is read while this one is applied (its read starts where this batch
+    /// ends, assuming it commits; if the checkpoint moved instead, the read-ahead is dropped
+    /// and reading starts over from the checkpoint), so a rebuild overlaps the log read, the
+    /// fold and the writes. The read-ahead is fenced like any read: it may see fewer events,
+    /// never skip one.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectionError> {
         let mut total = 0u64;
+        let mut cursor = self.checkpoint().await?;
+        let mut ahead = self.spawn_read(cursor);
+        let mut lost_races = 0;
         loop {
-            let n = self.step().await?;
-            total += n as u64;
-            if n == 0 {
+            let batch = ahead
+                .await
+                .map_err(|e| ProjectionError::Decode(Uuid::nil(), format!("read-ahead task: {e}")))??;
+            let Some(end) = batch.last().map(RecordedEvent::cursor) else {
                 return Ok(total);
+            };
+            ahead = self.spawn_read(end);
+            match self.apply_batch(cursor, batch).await? {
+                Some(n) => {
+                    total += n as u64;
+                    cursor = end;
+                }
+                None => {
+                    ahead.abort();
+                    lost_races += 1;
+                    if lost_races >= MAX_LOST_RACES {
+                        return Ok(total);
+                    }
+                    cursor = self.checkpoint().await?;
+                    ahead = self.spawn_read(cursor);
+                }
             }
         }
+    }
+
+    fn spawn_read(&self, cursor: Cursor) -> tokio::task::JoinHandle<Result<Vec<RecordedEvent>, StoreError>> {
+        tokio::spawn(read_batch(self.store.clone(), cursor, self.batch_size, self.until))
     }
 
     /// Follow the log until `shutdown` turns true.
@@ -319,4 +353,19 @@ impl<P: Projection> Runner<P> {
             }
         }
     }
+}
+
+/// One fenced batch after `cursor`; a cursor limit stops the read there (the log is read in
+/// cursor order, so stopping rather than skipping lets a build be extended later).
+async fn read_batch(
+    store: EventStore,
+    cursor: Cursor,
+    batch_size: i64,
+    until: Option<Until>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut batch = store.read_all(cursor, batch_size, None).await?;
+    if let Some(Until::Cursor(limit)) = until {
+        batch.retain(|e| e.cursor() <= limit);
+    }
+    Ok(batch)
 }

@@ -77,8 +77,10 @@ CREATE TABLE rm_charges (
     currency         text,
     amount           numeric,
     amount_exact     numeric,
+    -- The explanation as finance reads it (`Explanation::render`): prefix, version, billed
+    -- seconds, each run of intervals with its price and period, fee, surcharge, exact and
+    -- posted amounts. Its structured parts are the columns above.
     explanation      text,
-    explanation_json jsonb,
     position         bigint NOT NULL,
     PRIMARY KEY (tenant_id, call_id, leg_id)
 );
