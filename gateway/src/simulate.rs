@@ -291,7 +291,13 @@ pub async fn simulate(store: &EventStore, args: &SimulateArgs) -> anyhow::Result
     // The next morning, every book's period closes (19 % VAT added).
     let close_at = day_start + TimeDelta::days(1) + TimeDelta::hours(6);
     let period = billing::invoice::BillingPeriod::containing(day_start, chrono_tz::Europe::Berlin);
-    for tracked in books.values_mut() {
+    // In a stable order: every id comes from the one generator.
+    let mut book_ids: Vec<Uuid> = books.keys().copied().collect();
+    book_ids.sort();
+    for id in book_ids {
+        let Some(tracked) = books.get_mut(&id) else {
+            continue;
+        };
         if tracked
             .state
             .info
