@@ -79,6 +79,14 @@ pub enum AccountCommand {
     Release {
         reservation_id: Uuid,
     },
+    /// Rate this account's calls answered from `effective_from` on with `tariff_id`.
+    AssignTariff {
+        tariff_id: Uuid,
+        effective_from: DateTime<Utc>,
+        /// The caller's clock: an assignment may not take effect in the past, or calls
+        /// already rated would rate differently on replay.
+        now: DateTime<Utc>,
+    },
     Settle {
         charge_id: Uuid,
         call_id: Uuid,
@@ -143,6 +151,14 @@ pub struct ChargeSettled {
     pub exceeded_reservation_by: Decimal,
 }
 
+/// From `effective_from` on, the account's calls are rated with this tariff (the version of
+/// it in force at each call's answer time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TariffAssigned {
+    pub tariff_id: Uuid,
+    pub effective_from: DateTime<Utc>,
+}
+
 /// The facts of an account stream (`account-{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "payload")]
@@ -159,6 +175,8 @@ pub enum AccountEvent {
     Released(ReservationReleased),
     #[serde(rename = "ChargeSettled")]
     Settled(ChargeSettled),
+    #[serde(rename = "TariffAssigned")]
+    TariffAssigned(TariffAssigned),
 }
 
 impl AccountEvent {
@@ -170,6 +188,7 @@ impl AccountEvent {
             AccountEvent::Reserved(_) => "FundsReserved",
             AccountEvent::Released(_) => "ReservationReleased",
             AccountEvent::Settled(_) => "ChargeSettled",
+            AccountEvent::TariffAssigned(_) => "TariffAssigned",
         }
     }
 }
@@ -196,6 +215,13 @@ pub enum AccountRejection {
     UnknownReservation { reservation_id: Uuid },
     #[error("id {id} was already used by another command")]
     IdReused { id: Uuid },
+    #[error("a tariff may not be assigned from the past ({effective_from} is before {now})")]
+    AssignedInThePast {
+        effective_from: DateTime<Utc>,
+        now: DateTime<Utc>,
+    },
+    #[error("a tariff assignment must take effect after the previous one ({previous})")]
+    AssignmentNotAfterPrevious { previous: DateTime<Utc> },
     #[error(transparent)]
     Rating(#[from] RatingError),
 }
@@ -225,9 +251,16 @@ pub struct AccountState {
     pub reserved: Decimal,
     /// Ids of every command that took effect, for idempotency.
     pub applied_ids: HashSet<Uuid>,
+    /// Tariff assignments, oldest first (strictly increasing `effective_from`).
+    pub tariffs: Vec<TariffAssigned>,
 }
 
 impl AccountState {
+    /// The tariff that rates a call answered at `at`: the latest assignment not after it.
+    pub fn tariff_at(&self, at: DateTime<Utc>) -> Option<Uuid> {
+        tariff_in_force(&self.tariffs, at)
+    }
+
     /// What a new reservation may use: balance + credit limit - open reservations.
     pub fn available(&self) -> Decimal {
         let credit_limit = self
@@ -237,6 +270,12 @@ impl AccountState {
             .unwrap_or_default();
         self.balance + credit_limit - self.reserved
     }
+}
+
+/// The assignment in force at `at` among assignments sorted by `effective_from`.
+pub fn tariff_in_force(assignments: &[TariffAssigned], at: DateTime<Utc>) -> Option<Uuid> {
+    let count = assignments.partition_point(|a| a.effective_from <= at);
+    count.checked_sub(1).map(|i| assignments[i].tariff_id)
 }
 
 /// The stream an account's events live in.
@@ -364,6 +403,37 @@ pub fn decide(command: &AccountCommand, state: &AccountState) -> Result<Vec<Acco
                 }),
             }
         }
+        AccountCommand::AssignTariff {
+            tariff_id,
+            effective_from,
+            now,
+        } => {
+            if state
+                .tariffs
+                .last()
+                .is_some_and(|last| last.tariff_id == *tariff_id && last.effective_from == *effective_from)
+            {
+                // The same assignment again: nothing new happens.
+                return Ok(vec![]);
+            }
+            if effective_from < now {
+                return Err(AccountRejection::AssignedInThePast {
+                    effective_from: *effective_from,
+                    now: *now,
+                });
+            }
+            if let Some(last) = state.tariffs.last() {
+                if *effective_from <= last.effective_from {
+                    return Err(AccountRejection::AssignmentNotAfterPrevious {
+                        previous: last.effective_from,
+                    });
+                }
+            }
+            Ok(vec![AccountEvent::TariffAssigned(TariffAssigned {
+                tariff_id: *tariff_id,
+                effective_from: *effective_from,
+            })])
+        }
         AccountCommand::Settle {
             charge_id,
             call_id,
@@ -448,6 +518,9 @@ pub fn evolve(mut state: AccountState, event: &AccountEvent) -> AccountState {
             }
             state.balance -= settled.amount;
             state.applied_ids.insert(settled.charge_id);
+        }
+        AccountEvent::TariffAssigned(assigned) => {
+            state.tariffs.push(assigned.clone());
         }
     }
     state
@@ -699,6 +772,66 @@ mod tests {
     }
 
     #[test]
+    fn tariff_assignments_are_forward_only_and_the_one_in_force_rates() {
+        let later = now() + chrono::TimeDelta::hours(1);
+        let assigned = |tariff: u128, at: DateTime<Utc>| {
+            AccountEvent::TariffAssigned(TariffAssigned {
+                tariff_id: id(tariff),
+                effective_from: at,
+            })
+        };
+        let assign = |tariff: u128, at: DateTime<Utc>| AccountCommand::AssignTariff {
+            tariff_id: id(tariff),
+            effective_from: at,
+            now: now(),
+        };
+        let cases = vec![
+            Case {
+                name: "an open account takes a tariff from now on",
+                given: vec![opened(AccountKind::Prepaid)],
+                when: assign(900, now()),
+                then: Ok(vec![assigned(900, now())]),
+            },
+            Case {
+                name: "not from the past",
+                given: vec![opened(AccountKind::Prepaid)],
+                when: assign(900, now() - chrono::TimeDelta::seconds(1)),
+                then: Err(AccountRejection::AssignedInThePast {
+                    effective_from: now() - chrono::TimeDelta::seconds(1),
+                    now: now(),
+                }),
+            },
+            Case {
+                name: "the same assignment twice is one",
+                given: vec![opened(AccountKind::Prepaid), assigned(900, now())],
+                when: assign(900, now()),
+                then: Ok(vec![]),
+            },
+            Case {
+                name: "a new assignment must follow the last",
+                given: vec![opened(AccountKind::Prepaid), assigned(900, later)],
+                when: assign(901, now()),
+                then: Err(AccountRejection::AssignmentNotAfterPrevious { previous: later }),
+            },
+            Case {
+                name: "not before the account is open",
+                given: vec![],
+                when: assign(900, now()),
+                then: Err(AccountRejection::NotOpened),
+            },
+        ];
+        for case in cases {
+            let state = given(&case.given);
+            assert_eq!(decide(&case.when, &state), case.then, "{}", case.name);
+        }
+        let state = given(&[opened(AccountKind::Prepaid), assigned(900, now()), assigned(901, later)]);
+        assert_eq!(state.tariff_at(now() - chrono::TimeDelta::seconds(1)), None);
+        assert_eq!(state.tariff_at(now()), Some(id(900)));
+        assert_eq!(state.tariff_at(later - chrono::TimeDelta::seconds(1)), Some(id(900)));
+        assert_eq!(state.tariff_at(later), Some(id(901)));
+    }
+
+    #[test]
     fn events_round_trip_through_payloads() {
         let events = vec![
             opened(AccountKind::Postpaid {
@@ -706,6 +839,10 @@ mod tests {
             }),
             topped_up(10, "5.00"),
             reserved(20, "5.00000", 3000, false),
+            AccountEvent::TariffAssigned(TariffAssigned {
+                tariff_id: id(900),
+                effective_from: now(),
+            }),
         ];
         for event in events {
             let payload = event.to_payload().expect("events encode");

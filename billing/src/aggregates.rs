@@ -82,7 +82,8 @@ bridge!(
         "AccountAdjusted",
         "FundsReserved",
         "ReservationReleased",
-        "ChargeSettled"
+        "ChargeSettled",
+        "TariffAssigned"
     ]
 );
 bridge!(

@@ -288,7 +288,7 @@ fn line(name: &str, ours: f64, baseline_name: &str, baseline: f64, unit: &str) {
     println!("BENCH {name} ours={ours:.0} {baseline_name}={baseline:.0} ratio={ratio:.2} unit={unit}");
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -300,7 +300,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn commit() -> String {
+pub(crate) fn commit() -> String {
     if let Some(commit) = option_env!("LEDGERLINE_COMMIT") {
         return commit.to_string();
     }

@@ -37,6 +37,13 @@ pub enum AuditCommand {
         #[arg(long)]
         tenant: Option<Uuid>,
     },
+    /// Rebuild every projection into a shadow, compare it with the live one (a checksum per
+    /// projection, every differing row); exit non-zero on any difference.
+    Replay {
+        /// Print at most this many differing rows per table.
+        #[arg(long, default_value_t = 50)]
+        max_rows: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +131,10 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 pub async fn audit(data_dir: &Path, command: AuditCommand) -> anyhow::Result<ExitCode> {
-    let AuditCommand::Verify { tenant } = command;
+    let tenant = match command {
+        AuditCommand::Verify { tenant } => tenant,
+        AuditCommand::Replay { max_rows } => return crate::cli_replay::audit_replay(data_dir, max_rows).await,
+    };
     let db = roles::open(data_dir).await?;
     let store = EventStore::new(db.pool.clone());
     let report = commands::audit::verify(&store, tenant).await;

@@ -11,12 +11,16 @@ macro_rules! say {
     }};
 }
 
+mod bench_replay;
 mod bench_store;
 mod cli_directory;
 mod cli_events;
+mod cli_replay;
+mod projectors;
 mod rate_bench;
 mod rate_cli;
 mod roles;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -69,6 +73,10 @@ enum Command {
     /// Check the log's integrity.
     #[command(subcommand)]
     Audit(cli_events::AuditCommand),
+    /// Rebuild a projection into a shadow and swap it in, or build read models as of a past moment.
+    Replay(cli_replay::ReplayArgs),
+    /// Generate realistic call traffic through the real deciders into the log (deterministic from the seed).
+    Simulate(simulate::SimulateArgs),
     /// Measure Ledgerline against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -80,6 +88,8 @@ enum BenchCommand {
     Store(bench_store::BenchStoreArgs),
     /// Rating speed: a million legs against a 50,000-prefix deck, beside a linear scan.
     Rating,
+    /// Projection rebuild rate (CDRs, charges, balances, reports) against a plain ordered read of the log.
+    Replay(bench_replay::BenchReplayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -123,6 +133,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Events(cmd) => cli_events::events(&data_dir, cmd).await,
         Command::Audit(cmd) => cli_events::audit(&data_dir, cmd).await,
         Command::Bench(BenchCommand::Store(args)) => bench_store::run(&data_dir, args).await,
+        Command::Bench(BenchCommand::Replay(args)) => bench_replay::run(&data_dir, args).await,
+        Command::Replay(args) => cli_replay::replay(&data_dir, args).await,
+        Command::Simulate(args) => simulate::run(&data_dir, args).await,
         // Pure computation: no database, so no runtime work; run it on a blocking thread.
         Command::Bench(BenchCommand::Rating) => {
             tokio::task::spawn_blocking(rate_bench::run).await??;

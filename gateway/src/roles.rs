@@ -8,8 +8,6 @@ use commands::EventStore;
 use gateway::sip::abuse::AbuseConfig;
 use gateway::sip::registrar::RegistrarConfig;
 use gateway::sip_service::{SipConfig, SipService};
-use projections::directory::Directory;
-use projections::Runner;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -18,6 +16,9 @@ pub struct UpArgs {
     /// Identifies this node in event metadata.
     #[arg(long, env = "LEDGERLINE_NODE_ID", default_value = "node-1")]
     pub node_id: String,
+    /// Seed a demo tenant (extensions, a tariff, accounts, a day of calls) and say how to use it.
+    #[arg(long)]
+    pub demo: bool,
     #[command(flatten)]
     pub sip: SipArgs,
 }
@@ -95,7 +96,7 @@ pub fn redacted(url: &str) -> String {
 
 /// Bring every projection up to date (used before a CLI read).
 pub async fn catch_up(store: &EventStore) -> anyhow::Result<()> {
-    Runner::new(store.clone(), Directory).catch_up().await?;
+    crate::projectors::catch_up_all(store, 500).await?;
     Ok(())
 }
 
@@ -133,10 +134,15 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         None => say!("  database: {}", redacted(&db.url)),
     }
     say!("  sip: listening on udp+tcp {}", sip.local_addr);
-    say!("  projector: following the log (read model: directory)");
+    say!(
+        "  projector: following the log (read models: {})",
+        crate::projectors::NAMES
+    );
+    if args.demo {
+        crate::simulate::demo(&store).await?;
+    }
     say!("  stop with Ctrl-C");
-    let mut runner = Runner::new(store, Directory);
-    let result = runner.run(shutdown).await;
+    let result = crate::projectors::run_all(&store, 500, shutdown).await;
     say!("ledgerline: stopping");
     db.close().await;
     result?;
@@ -167,11 +173,12 @@ pub async fn sip(data_dir: &Path, args: SipRoleArgs) -> anyhow::Result<ExitCode>
 pub async fn projector(data_dir: &Path, args: ProjectorArgs) -> anyhow::Result<ExitCode> {
     let db = open(data_dir).await?;
     let store = EventStore::new(db.pool.clone());
-    let mut runner = Runner::new(store, Directory).batch_size(args.batch_size);
     let result = if args.once {
-        runner.catch_up().await.map(|n| say!("projector: applied {n} events"))
+        crate::projectors::catch_up_all(&store, args.batch_size)
+            .await
+            .map(|n| say!("projector: applied {n} events"))
     } else {
-        runner.run(shutdown_signal()).await
+        crate::projectors::run_all(&store, args.batch_size, shutdown_signal()).await
     };
     db.close().await;
     result?;

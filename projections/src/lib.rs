@@ -3,7 +3,10 @@
 //! A projection never writes to `events`; its checkpoint moves in the same transaction
 //! as the read-model rows of the batch it covers, so its effect is exactly once.
 
+pub mod billing;
 pub mod directory;
+pub mod invoices;
+pub mod rebuild;
 pub mod runner;
 
-pub use runner::{Projection, ProjectionError, Runner};
+pub use runner::{Projection, ProjectionError, Runner, Until};

@@ -1,0 +1,55 @@
+//! Every projection the binary runs, started together: `up` and `projector` follow the log
+//! with one runner per projection, and CLI reads catch them all up first.
+
+use commands::EventStore;
+use projections::billing::Billing;
+use projections::directory::Directory;
+use projections::invoices::Invoices;
+use projections::{Projection, Runner};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// The names `up` prints.
+pub const NAMES: &str = "directory, billing (CDRs, charges, balances, reports, live calls), invoices";
+
+/// How long a catch-up waits for transactions that were running when it started.
+pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Catch every projection up with everything committed before the call; returns the events
+/// applied in all.
+pub async fn catch_up_all(store: &EventStore, batch_size: i64) -> anyhow::Result<u64> {
+    let mut total = Runner::new(store.clone(), Directory)
+        .batch_size(batch_size)
+        .catch_up_to_now(CATCH_UP_DEADLINE)
+        .await?;
+    total += Runner::new(store.clone(), Billing)
+        .batch_size(batch_size)
+        .catch_up_to_now(CATCH_UP_DEADLINE)
+        .await?;
+    total += Runner::new(store.clone(), Invoices)
+        .batch_size(batch_size)
+        .catch_up_to_now(CATCH_UP_DEADLINE)
+        .await?;
+    Ok(total)
+}
+
+/// Follow the log with every projection until `shutdown`; the first error stops them all.
+pub async fn run_all(store: &EventStore, batch_size: i64, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let directory = follow(
+        Runner::new(store.clone(), Directory).batch_size(batch_size),
+        shutdown.clone(),
+    );
+    let billing = follow(
+        Runner::new(store.clone(), Billing).batch_size(batch_size),
+        shutdown.clone(),
+    );
+    let invoices = follow(Runner::new(store.clone(), Invoices).batch_size(batch_size), shutdown);
+    tokio::try_join!(directory, billing, invoices)?;
+    Ok(())
+}
+
+async fn follow<P: Projection>(mut runner: Runner<P>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    runner.run(shutdown).await?;
+    Ok(())
+}
