@@ -139,7 +139,7 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         crate::projectors::NAMES
     );
     if args.demo {
-        crate::simulate::demo(&store).await?;
+        crate::simulate::demo(&store, sip.local_addr).await?;
     }
     say!("  stop with Ctrl-C");
     let result = crate::projectors::run_all(&store, 500, shutdown).await;

@@ -844,7 +844,7 @@ fn call_write(tenant: Uuid, call_id: Uuid, events: Vec<NewEvent>) -> StreamWrite
 }
 
 /// `ledgerline up --demo`: one demo tenant with a day of traffic, once per database.
-pub async fn demo(store: &EventStore) -> anyhow::Result<()> {
+pub async fn demo(store: &EventStore, sip: std::net::SocketAddr) -> anyhow::Result<()> {
     let seeded: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM streams WHERE stream_id = 'sipdomain-t0-s424242.sim.ledgerline.test')",
     )
@@ -870,7 +870,7 @@ pub async fn demo(store: &EventStore) -> anyhow::Result<()> {
     } else {
         say!("  demo: already seeded in this database");
     }
-    say!("  demo: register a softphone (once the SIP node lands): user 1001, password pw-1001-424242, domain t0-s424242.sim.ledgerline.test, server 127.0.0.1:5060");
+    say!("  demo: register a softphone: user 1001, password pw-1001-424242, domain t0-s424242.sim.ledgerline.test, server {sip} (UDP or TCP, digest MD5 or SHA-256); calls arrive with the SIP issue's B2BUA");
     say!("  demo: conference rooms arrive with the media issue");
     say!("  demo: charges:  psql \"$DATABASE_URL\" -c \"SELECT call_id, destination, duration_s, amount, explanation FROM rm_charges ORDER BY answered_at LIMIT 20\"");
     say!("  demo: balances: psql \"$DATABASE_URL\" -c \"SELECT account_id, kind, balance, available FROM rm_balances_view\"");
