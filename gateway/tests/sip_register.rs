@@ -214,6 +214,8 @@ async fn sipp_registers_extensions_with_digest_and_refreshes_stay_silent() {
         registration_events, 12,
         "11 devices, 1 change, and nothing for the refresh"
     );
+    // The live view of registered devices follows the log.
+    until(&db.pool, 30, "SELECT count(*) = 11 FROM rm_registrations").await;
 
     // Wrong passwords and unknown users both get a fresh 401, and nothing is bound.
     let wrong = vec![user_line(1001, "not-the-password"), user_line(1777, "pass-1777")];

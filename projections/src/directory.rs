@@ -1,8 +1,9 @@
-//! Read model `directory`: tenants and their extensions, as the CLI and the SIP
-//! registrar look them up.
+//! Read model `directory`: tenants, their extensions and the extensions' registered
+//! devices, as the CLI, the SIP registrar and the live views look them up.
 
 use commands::store::RecordedEvent;
 use domain::extension::ExtensionEvent;
+use domain::registration::RegistrationEvent;
 use domain::tenant::TenantEvent;
 use domain::DomainEvent;
 use sqlx::PgConnection;
@@ -17,11 +18,12 @@ impl Projection for Directory {
     }
 
     fn version(&self) -> i32 {
-        1
+        // 2: registered devices (`rm_registrations`) joined the directory.
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["rm_tenants", "rm_extensions"]
+        &["rm_tenants", "rm_extensions", "rm_registrations"]
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
@@ -36,6 +38,11 @@ impl Projection for Directory {
                     .decode()
                     .map_err(|e| ProjectionError::Decode(event.event_id, e.to_string()))?;
                 apply_extension(conn, event, &decoded).await?;
+            } else if RegistrationEvent::event_types().contains(&event.event_type.as_str()) {
+                let decoded: RegistrationEvent = event
+                    .decode()
+                    .map_err(|e| ProjectionError::Decode(event.event_id, e.to_string()))?;
+                apply_registration(conn, event, &decoded).await?;
             }
         }
         Ok(())
@@ -124,6 +131,37 @@ async fn apply_extension(
         .bind(meta.tenant_id)
         .bind(extension_id)
         .bind(meta.global_position),
+    };
+    query.execute(conn).await.map(drop)
+}
+
+async fn apply_registration(
+    conn: &mut PgConnection,
+    meta: &RecordedEvent,
+    event: &RegistrationEvent,
+) -> Result<(), sqlx::Error> {
+    let upsert = "INSERT INTO rm_registrations (tenant_id, extension_id, contact, user_agent, expires_at) \
+                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, extension_id, contact) \
+                  DO UPDATE SET user_agent = EXCLUDED.user_agent, expires_at = EXCLUDED.expires_at";
+    let query = match event {
+        RegistrationEvent::DeviceRegistered(e) => sqlx::query(upsert)
+            .bind(meta.tenant_id)
+            .bind(e.extension_id)
+            .bind(&e.contact)
+            .bind(&e.user_agent)
+            .bind(e.expires_at),
+        RegistrationEvent::DeviceRegistrationChanged(e) => sqlx::query(upsert)
+            .bind(meta.tenant_id)
+            .bind(e.extension_id)
+            .bind(&e.contact)
+            .bind(&e.user_agent)
+            .bind(e.expires_at),
+        RegistrationEvent::DeviceUnregistered(e) => {
+            sqlx::query("DELETE FROM rm_registrations WHERE tenant_id = $1 AND extension_id = $2 AND contact = $3")
+                .bind(meta.tenant_id)
+                .bind(e.extension_id)
+                .bind(&e.contact)
+        }
     };
     query.execute(conn).await.map(drop)
 }
