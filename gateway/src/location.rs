@@ -1,6 +1,7 @@
 //! The location service on Postgres: the bindings of every extension, shared by all SIP
-//! nodes. Saving a binding says whether it was created, changed or only refreshed, so the
-//! registrar appends events for the first two and stays silent on the third.
+//! nodes. Saving a binding says, atomically, whether it was created, changed or only
+//! refreshed; that answer (not the registrar's view from lookup time, which two nodes can
+//! share) decides which registration events are written, so each fact is written once.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
@@ -23,7 +24,7 @@ pub struct Binding {
 pub enum Saved {
     /// A new binding (or one that had lapsed): worth an event.
     Created,
-    /// Same device, new place or new software: worth an event.
+    /// Same contact, but a new Call-ID (the device restarted), place or software: worth an event.
     Changed,
     /// Only the expiry moved: no event.
     Refreshed,
@@ -73,7 +74,7 @@ impl Location {
     pub async fn save(&self, binding: &Binding, now: DateTime<Utc>) -> Result<Saved, LocationError> {
         let row = sqlx::query(
             "WITH old AS ( \
-                 SELECT source, user_agent, expires_at FROM sip_bindings \
+                 SELECT source, user_agent, call_id, expires_at FROM sip_bindings \
                  WHERE tenant_id = $1 AND extension_id = $2 AND contact = $3 FOR UPDATE), \
              live AS ( \
                  SELECT count(*) AS n FROM sip_bindings \
@@ -86,7 +87,7 @@ impl Location {
                      user_agent = EXCLUDED.user_agent, expires_at = EXCLUDED.expires_at, \
                      node_id = EXCLUDED.node_id, updated_at = EXCLUDED.updated_at \
                  RETURNING 1) \
-             SELECT (SELECT count(*) FROM saved) AS saved, old.source, old.user_agent, old.expires_at \
+             SELECT (SELECT count(*) FROM saved) AS saved, old.source, old.user_agent, old.call_id, old.expires_at \
              FROM (SELECT 1) one LEFT JOIN old ON true",
         )
         .bind(binding.tenant_id)
@@ -108,11 +109,16 @@ impl Location {
             return Err(LocationError::TooManyBindings);
         }
         let old_user_agent: Option<String> = row.get("user_agent");
+        let old_call_id: Option<String> = row.get("call_id");
         let old_expiry: Option<DateTime<Utc>> = row.get("expires_at");
         Ok(match (old_source, old_expiry) {
             (None, _) => Saved::Created,
             (Some(_), Some(expiry)) if expiry <= now => Saved::Created,
-            (Some(source), _) if source != binding.source || old_user_agent.as_deref() != Some(&binding.user_agent) => {
+            (Some(source), _)
+                if source != binding.source
+                    || old_user_agent.as_deref() != Some(&binding.user_agent)
+                    || old_call_id.as_deref() != Some(&binding.call_id) =>
+            {
                 Saved::Changed
             }
             _ => Saved::Refreshed,

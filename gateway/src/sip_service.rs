@@ -17,7 +17,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::location::{self, Location};
+use crate::location::{self, Location, Saved};
 use crate::sip::abuse::AbuseConfig;
 use crate::sip::digest::DigestConfig;
 use crate::sip::message::build_response;
@@ -317,7 +317,9 @@ impl Shell {
         ))
     }
 
-    /// Write the bindings, then append an event for each creation, change and removal.
+    /// Write the bindings, then append an event for each binding the table says was
+    /// created, changed or removed: the table's answer is atomic across SIP nodes, so two
+    /// nodes handling the same device never record it twice.
     async fn apply(
         &self,
         tenant_id: Uuid,
@@ -327,52 +329,53 @@ impl Shell {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut events = Vec::new();
         for change in changes {
-            let event = match change {
-                BindingChange::Created(b) => {
-                    self.location.save(&self.row(tenant_id, extension_id, &b), at).await?;
-                    Some(RegistrationEvent::DeviceRegistered(DeviceRegistered {
-                        extension_id,
-                        contact: b.contact,
-                        source: b.source,
-                        user_agent: String::new(),
-                        expires_at: b.expires_at,
-                        node_id: self.node_id.clone(),
-                    }))
-                }
-                BindingChange::Refreshed(b) => {
-                    self.location.save(&self.row(tenant_id, extension_id, &b), at).await?;
-                    None
-                }
-                BindingChange::Changed { after, .. } => {
-                    self.location
-                        .save(&self.row(tenant_id, extension_id, &after), at)
-                        .await?;
-                    Some(RegistrationEvent::DeviceRegistrationChanged(
-                        DeviceRegistrationChanged {
-                            extension_id,
-                            contact: after.contact,
-                            source: after.source,
-                            user_agent: String::new(),
-                            expires_at: after.expires_at,
-                            node_id: self.node_id.clone(),
-                        },
-                    ))
-                }
+            let binding = match change {
+                BindingChange::Created(b) | BindingChange::Refreshed(b) | BindingChange::Changed { after: b, .. } => b,
                 BindingChange::Removed { binding, reason } => {
-                    self.location
+                    // Only the node that actually removed a live binding records it.
+                    if self
+                        .location
                         .remove(tenant_id, extension_id, &binding.contact, at)
-                        .await?;
-                    Some(RegistrationEvent::DeviceUnregistered(DeviceUnregistered {
-                        extension_id,
-                        contact: binding.contact,
-                        reason: match reason {
-                            RemovalReason::Unregistered => UnregisterReason::Removed,
-                            RemovalReason::Expired => UnregisterReason::Expired,
-                        },
-                    }))
+                        .await?
+                    {
+                        events.push(RegistrationEvent::DeviceUnregistered(DeviceUnregistered {
+                            extension_id,
+                            contact: binding.contact,
+                            reason: match reason {
+                                RemovalReason::Unregistered => UnregisterReason::Removed,
+                                RemovalReason::Expired => UnregisterReason::Expired,
+                            },
+                        }));
+                    }
+                    continue;
                 }
             };
-            events.extend(event);
+            let saved = self
+                .location
+                .save(&self.row(tenant_id, extension_id, &binding), at)
+                .await?;
+            let registered = DeviceRegistered {
+                extension_id,
+                contact: binding.contact,
+                source: binding.source,
+                user_agent: String::new(),
+                expires_at: binding.expires_at,
+                node_id: self.node_id.clone(),
+            };
+            match saved {
+                Saved::Created => events.push(RegistrationEvent::DeviceRegistered(registered)),
+                Saved::Changed => events.push(RegistrationEvent::DeviceRegistrationChanged(
+                    DeviceRegistrationChanged {
+                        extension_id: registered.extension_id,
+                        contact: registered.contact,
+                        source: registered.source,
+                        user_agent: registered.user_agent,
+                        expires_at: registered.expires_at,
+                        node_id: registered.node_id,
+                    },
+                )),
+                Saved::Refreshed => {}
+            }
         }
         if events.is_empty() {
             return Ok(());

@@ -3,45 +3,14 @@
 // Tests stand in for the binary: they may read the clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+
+mod common;
 
 use commands::testing::TestDb;
 use commands::{EventStore, Expected, Metadata, NewEvent, StreamWrite};
-use sqlx::PgPool;
+use common::{ledgerline, ok, stderr, stdout, until, BIN};
 use uuid::Uuid;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ledgerline");
-
-fn ledgerline(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("LEDGERLINE_LOG", "warn")
-        .output()
-        .expect("run ledgerline")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-/// Poll the database until `sql` returns true, or fail after `seconds`.
-async fn until(pool: &PgPool, seconds: u64, sql: &str) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let done: bool = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(false);
-        if done {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {sql}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn tenants_and_extensions_through_the_cli() {
@@ -350,7 +319,7 @@ async fn up_runs_the_projector_live_and_stops_cleanly_on_ctrl_c() {
     let banner = banner.join().unwrap();
     assert!(banner.iter().any(|l| l.contains("database:")), "{banner:?}");
 
-    let tenant = stdout_of(ledgerline(
+    let tenant = ok(ledgerline(
         &db,
         &["tenant", "create", "--name", "Live", "--domain", "live.test"],
     ));
@@ -368,11 +337,6 @@ async fn up_runs_the_projector_live_and_stops_cleanly_on_ctrl_c() {
     unsafe { libc::kill(up.id() as i32, libc::SIGINT) };
     let status = up.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
-}
-
-fn stdout_of(o: Output) -> String {
-    assert!(o.status.success(), "{}", stderr(&o));
-    stdout(&o)
 }
 
 #[test]

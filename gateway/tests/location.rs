@@ -38,6 +38,14 @@ async fn created_refreshed_changed_removed_and_expired() {
     let mut moved = refresh.clone();
     moved.source = "udp:10.0.0.9:5060".into();
     assert_eq!(location.save(&moved, t(200)).await.unwrap(), Saved::Changed);
+    let mut restarted = moved.clone();
+    restarted.call_id = "c2".into();
+    assert_eq!(
+        location.save(&restarted, t(250)).await.unwrap(),
+        Saved::Changed,
+        "a new Call-ID is a new registration"
+    );
+    assert_eq!(location.save(&restarted, t(260)).await.unwrap(), Saved::Refreshed);
 
     // Another tenant's extension with the same contact is another binding.
     let other = binding(Uuid::new_v4(), ext, &b.contact, &b.source, t(3600));

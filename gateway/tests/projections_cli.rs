@@ -5,34 +5,16 @@
 // Tests stand in for the binary: they may read the clock (deadlines only).
 #![allow(clippy::disallowed_methods)]
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use commands::testing::TestDb;
+use common::{ledgerline, ok, BIN};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ledgerline");
-
-fn ledgerline(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("LEDGERLINE_LOG", "warn")
-        .output()
-        .expect("run ledgerline")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).to_string()
-}
 
 async fn scalar_i64(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()

@@ -5,13 +5,12 @@
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+
+mod common;
 
 use commands::testing::TestDb;
-use sqlx::PgPool;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ledgerline");
+use common::{ledgerline, ok, until, BIN};
 
 struct Node {
     child: Child,
@@ -50,36 +49,9 @@ fn start(db: &TestDb) -> Node {
     }
 }
 
-fn ledgerline(db: &TestDb, args: &[&str]) -> Output {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("LEDGERLINE_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-async fn until(pool: &PgPool, seconds: u64, sql: &str) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let done: bool = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(false);
-        if done {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {sql}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A tenant `acme.test` with extensions 1000..1000+n, password `pass-<number>`.
 async fn tenant_with_extensions(db: &TestDb, n: u32) -> String {
-    let out = ledgerline(
+    let out = ok(ledgerline(
         db,
         &[
             "tenant",
@@ -91,11 +63,11 @@ async fn tenant_with_extensions(db: &TestDb, n: u32) -> String {
             "--max-extensions",
             "100",
         ],
-    );
-    let tenant = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ));
+    let tenant = out.trim().to_string();
     for number in 1000..1000 + n {
         let number = number.to_string();
-        ledgerline(
+        ok(ledgerline(
             db,
             &[
                 "extension",
@@ -107,7 +79,7 @@ async fn tenant_with_extensions(db: &TestDb, n: u32) -> String {
                 "--password",
                 &format!("pass-{number}"),
             ],
-        );
+        ));
     }
     until(&db.pool, 30, &format!("SELECT count(*) = {n} FROM rm_extensions")).await;
     tenant
