@@ -157,6 +157,27 @@ pub struct CallEnded {
     pub reason: EndReason,
     pub sip_status: u16,
     pub at: DateTime<Utc>,
+    /// Media statistics per leg, where a media node anchored the call's RTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media: Vec<LegMedia>,
+}
+
+/// What a media node saw on one leg of a call: integer counters only, so replays compare
+/// byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegMedia {
+    pub leg_id: Uuid,
+    /// The codec negotiated on the leg (`PCMU`, `PCMA`, ...).
+    pub codec: String,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Packets missing from the received sequence.
+    pub packets_lost: u64,
+    /// RFC 3550 interarrival jitter, in microseconds.
+    pub jitter_us: u64,
 }
 
 event_family! {
@@ -222,6 +243,8 @@ pub enum CallCommand {
         /// Overrides the reason the status implies (e.g. `credit_exhausted`).
         reason: Option<EndReason>,
         at: DateTime<Utc>,
+        /// Per-leg media statistics, if a media node anchored the call.
+        media: Vec<LegMedia>,
     },
 }
 
@@ -465,6 +488,7 @@ pub fn decide(command: &CallCommand, state: &CallState) -> Result<Vec<CallEvent>
             sip_status,
             reason,
             at,
+            media,
         } => {
             let reason = reason.unwrap_or_else(|| {
                 if state.phase == Phase::Answered {
@@ -478,6 +502,7 @@ pub fn decide(command: &CallCommand, state: &CallState) -> Result<Vec<CallEvent>
                 reason,
                 sip_status: *sip_status,
                 at: *at,
+                media: media.clone(),
             })])
         }
     }
@@ -586,6 +611,7 @@ mod tests {
                 sip_status: 200,
                 reason: None,
                 at: t(65),
+                media: vec![],
             },
         ];
         history.push(initiated());
@@ -608,12 +634,14 @@ mod tests {
             sip_status: status,
             reason: None,
             at: t(9),
+            media: vec![],
         };
         let ended = CallEvent::CallEnded(CallEnded {
             hangup_by: Party::Caller,
             reason: EndReason::Cancelled,
             sip_status: 487,
             at: t(3),
+            media: vec![],
         });
         let answer = CallCommand::Answer { leg_id: LEG, at: t(6) };
         let cases: Vec<(Vec<CallEvent>, CallCommand, Result<(), CallRejection>)> = vec![
@@ -712,6 +740,7 @@ mod tests {
                     sip_status: status,
                     reason: None,
                     at: t(1),
+                    media: vec![],
                 },
                 &state(&[initiated(), authorized()]),
             )
@@ -728,6 +757,7 @@ mod tests {
                 sip_status: 200,
                 reason: Some(EndReason::CreditExhausted),
                 at: t(60),
+                media: vec![],
             },
             &state(&[initiated(), authorized(), leg(), answered()]),
         )

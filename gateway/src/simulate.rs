@@ -749,6 +749,7 @@ fn simulate_call(
                 sip_status: 200,
                 reason: credit_out.then_some(EndReason::CreditExhausted),
                 at: t(end_s),
+                media: vec![],
             },
             t(end_s),
         )?;
@@ -769,6 +770,7 @@ fn simulate_call(
                 sip_status: status,
                 reason: None,
                 at: t(ring_s + after),
+                media: vec![],
             },
             t(ring_s + after),
         )?;

@@ -223,6 +223,7 @@ impl World {
                 sip_status: 200,
                 reason: None,
                 at: s(5 + talk_s),
+                media: vec![],
             },
         ] {
             self.call(TENANT, call, command).await;
@@ -856,6 +857,7 @@ async fn live_calls_show_their_state_until_they_end() {
                 sip_status: 200,
                 reason: None,
                 at: start + TimeDelta::seconds(42),
+                media: vec![],
             },
         )
         .await;
