@@ -35,6 +35,13 @@ pub struct SipArgs {
     /// phones (and sipp 3.6) read only the first challenge and know only MD5.
     #[arg(long, env = "LEDGERLINE_SIP_PREFER_SHA256")]
     pub sip_prefer_sha256: bool,
+    /// The `host:port` this node writes in Via and Contact (default: the bind address, or
+    /// this machine's outward address when bound to 0.0.0.0).
+    #[arg(long, env = "LEDGERLINE_SIP_ADVERTISE")]
+    pub sip_advertise: Option<String>,
+    /// Seconds a call may ring before it ends unanswered (408).
+    #[arg(long, env = "LEDGERLINE_SIP_NO_ANSWER", default_value_t = 60)]
+    pub sip_no_answer_secs: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -60,6 +67,8 @@ fn sip_config(node_id: &str, args: &SipArgs) -> SipConfig {
         node_id: node_id.to_string(),
         secret,
         prefer_sha256: args.sip_prefer_sha256,
+        advertise: args.sip_advertise.clone(),
+        no_answer: std::time::Duration::from_secs(args.sip_no_answer_secs.max(1)),
         registrar: RegistrarConfig::default(),
         abuse: AbuseConfig::default(),
     }

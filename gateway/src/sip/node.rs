@@ -5,6 +5,9 @@
 //! directory and location-table queries, and sleeps until `poll_timeout`.
 
 use super::abuse::{AbuseConfig, AbuseGuard};
+use super::b2bua::{CallConfig, Calls};
+use super::transaction::ClientTransaction;
+use domain::call::{CallEvent, Direction};
 use super::digest::{DigestConfig, DigestVerifier};
 use super::message::{build_response, to_bytes, uri_user_host, SipMessage};
 use super::registrar::{decide_register, Binding, BindingChange, Lookup, RegisterContext, RegistrarConfig};
@@ -28,6 +31,7 @@ pub struct NodeConfig {
     pub max_server_transactions: usize,
     /// Above this many REGISTERs waiting for the directory, new ones get 503.
     pub max_pending_lookups: usize,
+    pub calls: CallConfig,
 }
 
 /// The two clocks: a monotonic one for protocol timers and the wall clock for expiries and
@@ -62,20 +66,46 @@ pub enum NodeEvent {
         extension_id: Uuid,
         changes: Vec<BindingChange>,
     },
-    /// A request for the call layer (INVITE, BYE, CANCEL, an ACK for a 2xx...).
-    Request {
-        key: Option<TransactionKey>,
+    /// Look up the tenant by `domain` (or the trunk by `source`), the calling extension by
+    /// `caller` and the route for `callee`, then call [`SipNode::handle_call_lookup`].
+    CallLookup {
+        id: LookupId,
+        domain: String,
+        caller: String,
+        callee: String,
         source: SocketAddr,
-        request: Box<SipMessage>,
+    },
+    /// Authorize a prepaid call against the account's available funds (reserve), then call
+    /// [`SipNode::handle_call_authorization`].
+    CallAuthorize {
+        id: LookupId,
+        tenant_id: Uuid,
+        call_id: Uuid,
+        account_id: Uuid,
+        direction: Direction,
+        callee: String,
+        at: DateTime<Utc>,
+    },
+    /// Append these to the call's stream, in this order, after what came before.
+    CallEvents {
+        tenant_id: Uuid,
+        call_id: Uuid,
+        events: Vec<CallEvent>,
     },
     /// Too many failed authentications: this address is now blocked.
     SourceBlocked { ip: IpAddr },
 }
 
-struct ServerEntry {
-    transaction: ServerTransaction,
-    peer: SocketAddr,
-    transport: Transport,
+pub(super) struct ServerEntry {
+    pub(super) transaction: ServerTransaction,
+    pub(super) peer: SocketAddr,
+    pub(super) transport: Transport,
+}
+
+pub(super) struct ClientEntry {
+    pub(super) transaction: ClientTransaction,
+    pub(super) destination: SocketAddr,
+    pub(super) transport: Transport,
 }
 
 struct PendingLookup {
@@ -86,14 +116,18 @@ struct PendingLookup {
 
 /// The node's state: live server transactions, pending lookups, nonce and abuse memory.
 pub struct SipNode {
-    config: NodeConfig,
-    verifier: DigestVerifier,
-    abuse: AbuseGuard,
-    server: HashMap<TransactionKey, ServerEntry>,
+    pub(super) config: NodeConfig,
+    pub(super) verifier: DigestVerifier,
+    pub(super) abuse: AbuseGuard,
+    pub(super) server: HashMap<TransactionKey, ServerEntry>,
+    pub(super) client: HashMap<TransactionKey, ClientEntry>,
     pending: HashMap<LookupId, PendingLookup>,
-    next_lookup: u64,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<NodeEvent>,
+    pub(super) next_lookup: u64,
+    pub(super) transmits: VecDeque<Transmit>,
+    pub(super) events: VecDeque<NodeEvent>,
+    pub(super) calls: Calls,
+    /// Ended calls, with when to forget them, oldest first.
+    pub(super) finished: VecDeque<(Instant, Uuid)>,
 }
 
 impl SipNode {
@@ -103,6 +137,9 @@ impl SipNode {
             abuse: AbuseGuard::new(config.abuse.clone()),
             config,
             server: HashMap::new(),
+            client: HashMap::new(),
+            calls: Calls::default(),
+            finished: VecDeque::new(),
             pending: HashMap::new(),
             next_lookup: 0,
             transmits: VecDeque::new(),
@@ -120,7 +157,13 @@ impl SipNode {
             return;
         };
         let Some(method) = message.method() else {
-            // Responses belong to client transactions, which arrive with the call layer.
+            // A response belongs to one of our client transactions, or to nothing.
+            if let Some(key) = TransactionKey::of(&message) {
+                if let Some(entry) = self.client.get_mut(&key) {
+                    let _ = entry.transaction.handle_message(now.mono, message);
+                    self.flush_client(now, &key);
+                }
+            }
             return;
         };
         let Some(key) = TransactionKey::of(&message) else {
@@ -138,11 +181,7 @@ impl SipNode {
         }
         if method == rsip::Method::Ack {
             // An ACK for a 2xx has its own branch and belongs to the dialog.
-            self.events.push_back(NodeEvent::Request {
-                key: None,
-                source,
-                request: Box::new(message),
-            });
+            self.on_call_request(now, None, source, transport, message);
             return;
         }
         if self.server.len() >= self.config.max_server_transactions {
@@ -166,13 +205,7 @@ impl SipNode {
             Screening::Pass if method == rsip::Method::Register => {
                 self.start_register(now, key.clone(), message, source)
             }
-            Screening::Pass => {
-                self.events.push_back(NodeEvent::Request {
-                    key: Some(key.clone()),
-                    source,
-                    request: Box::new(message),
-                });
-            }
+            Screening::Pass => self.on_call_request(now, Some(key.clone()), source, transport, message),
         }
         self.flush(&key);
     }
@@ -249,6 +282,20 @@ impl SipNode {
             }
             self.flush(&key);
         }
+        let due: Vec<TransactionKey> = self
+            .client
+            .iter()
+            .filter(|(_, entry)| entry.transaction.poll_timeout().is_some_and(|at| at <= now.mono))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            if let Some(entry) = self.client.get_mut(&key) {
+                entry.transaction.handle_timeout(now.mono);
+            }
+            self.flush_client(now, &key);
+        }
+        self.call_timeouts(now);
+        self.forget_finished(now.mono);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -261,10 +308,18 @@ impl SipNode {
 
     /// The earliest transaction deadline on the monotonic clock.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.server
-            .values()
-            .filter_map(|entry| entry.transaction.poll_timeout())
+        let server = self.server.values().filter_map(|e| e.transaction.poll_timeout());
+        let client = self.client.values().filter_map(|e| e.transaction.poll_timeout());
+        server
+            .chain(client)
+            .chain(self.calls.poll_timeout())
+            .chain(self.finished.front().map(|(at, _)| *at))
             .min()
+    }
+
+    /// Calls being set up or in progress on this node.
+    pub fn calls_in_progress(&self) -> usize {
+        self.calls.len()
     }
 
     /// How many server transactions are alive (for metrics and tests).
@@ -301,8 +356,36 @@ impl SipNode {
         }
     }
 
+    /// Moves a client transaction's output into the node's queues and its responses and
+    /// timeouts to the call layer; forgets it once terminated.
+    pub(super) fn flush_client(&mut self, now: Now, key: &TransactionKey) {
+        let Some(entry) = self.client.get_mut(key) else {
+            return;
+        };
+        while let Some(bytes) = entry.transaction.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                destination: entry.destination,
+                transport: entry.transport,
+                bytes,
+            });
+        }
+        let events: Vec<TransactionEvent> = std::iter::from_fn(|| entry.transaction.poll_event()).collect();
+        let mut terminated = false;
+        for event in events {
+            match event {
+                TransactionEvent::Response(response) => self.on_client_response(now, key, *response),
+                TransactionEvent::TimedOut => self.on_client_timeout(now, key),
+                TransactionEvent::Terminated => terminated = true,
+            }
+        }
+        if terminated {
+            self.client.remove(key);
+            self.calls.purposes.remove(key);
+        }
+    }
+
     /// Moves a transaction's output into the node's queues and forgets it once terminated.
-    fn flush(&mut self, key: &TransactionKey) {
+    pub(super) fn flush(&mut self, key: &TransactionKey) {
         let Some(entry) = self.server.get_mut(key) else {
             return;
         };
@@ -334,7 +417,7 @@ impl SipNode {
 
 /// A To-tag derived from the request, so every retransmission and every node that answers
 /// the same request uses the same tag.
-fn to_tag_for(request: &SipMessage) -> String {
+pub(super) fn to_tag_for(request: &SipMessage) -> String {
     let mut hash = Sha256::new();
     hash.update(request.call_id.as_bytes());
     hash.update(b"\0");
@@ -378,6 +461,7 @@ mod tests {
             },
             max_server_transactions: 100,
             max_pending_lookups: 100,
+            calls: crate::sip::b2bua::CallConfig::default(),
         }
     }
 
@@ -546,20 +630,16 @@ Content-Length: 0\r\n\r\n";
 
         let invite = String::from_utf8(options.to_vec())
             .unwrap()
+            .replace("OPTIONS sip:", "INVITE sip:1002@")
             .replace("OPTIONS", "INVITE");
         node.handle_datagram(now(0), phone(), Transport::Unreliable, invite.as_bytes());
         assert_eq!(transmitted(&mut node)[0].status(), Some(100));
-        let Some(NodeEvent::Request {
-            key: Some(key),
-            request,
-            ..
-        }) = node.poll_event()
-        else {
+        let Some(NodeEvent::CallLookup { id, domain, callee, .. }) = node.poll_event() else {
             panic!("the INVITE must reach the call layer");
         };
-        assert_eq!(request.method(), Some(rsip::Method::Invite));
-        node.handle_response_command(now(10), &key, build_response(&request, 486, "x", &[]));
-        assert_eq!(transmitted(&mut node)[0].status(), Some(486));
+        assert_eq!((domain.as_str(), callee.as_str()), ("acme.example.com", "1002"));
+        node.handle_call_lookup(now(10), id, crate::sip::b2bua::CallLookup::UnknownDomain, [0; 16]);
+        assert_eq!(transmitted(&mut node)[0].status(), Some(404));
     }
 
     #[test]
