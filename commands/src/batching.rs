@@ -61,7 +61,10 @@ impl BatchingWriter {
     /// Queue one stream write and return at once with the receiver of its result: writes
     /// submitted one after another from one task keep their order, without waiting for
     /// each commit (how the SIP node keeps a call's events in order yet batched).
-    pub async fn submit(&self, write: StreamWrite) -> Result<oneshot::Receiver<Result<Written, StoreError>>, StoreError> {
+    pub async fn submit(
+        &self,
+        write: StreamWrite,
+    ) -> Result<oneshot::Receiver<Result<Written, StoreError>>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Request { write, reply })

@@ -11,6 +11,7 @@ pub mod event;
 pub mod extension;
 pub mod registration;
 pub mod registry;
+pub mod routing;
 pub mod tenant;
 
 pub use decider::Aggregate;

@@ -7,6 +7,7 @@ use crate::call::CallEvent;
 use crate::event::{DomainEvent, SchemaError};
 use crate::extension::ExtensionEvent;
 use crate::registration::RegistrationEvent;
+use crate::routing::RoutingEvent;
 use crate::tenant::{SipDomainEvent, TenantEvent};
 
 /// Check that `(event_type, schema_version, payload)` is an event we know and that the
@@ -24,6 +25,9 @@ pub fn validate(event_type: &str, schema_version: u32, payload: &Value) -> Resul
     if CallEvent::event_types().contains(&event_type) {
         return CallEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
+    if RoutingEvent::event_types().contains(&event_type) {
+        return RoutingEvent::from_stored(event_type, schema_version, payload).map(drop);
+    }
     if SipDomainEvent::event_types().contains(&event_type) {
         return SipDomainEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
@@ -37,6 +41,7 @@ pub fn json_schemas() -> Vec<(&'static str, u32, Value)> {
     all.extend(SipDomainEvent::json_schemas());
     all.extend(CallEvent::json_schemas());
     all.extend(RegistrationEvent::json_schemas());
+    all.extend(RoutingEvent::json_schemas());
     all.sort_by(|a, b| a.0.cmp(b.0));
     all
 }
@@ -76,6 +81,7 @@ mod tests {
                 + ExtensionEvent::event_types().len()
                 + CallEvent::event_types().len()
                 + RegistrationEvent::event_types().len()
+                + RoutingEvent::event_types().len()
                 + 1
         );
     }

@@ -167,7 +167,10 @@ async fn outbound_route(pool: &PgPool, tenant_id: Uuid, number: &str) -> Result<
     let trunk_ids: Vec<Uuid> = route.get("trunk_ids");
     let dialled = format!(
         "{prepend}{}",
-        number.chars().skip(usize::try_from(strip).unwrap_or(0)).collect::<String>()
+        number
+            .chars()
+            .skip(usize::try_from(strip).unwrap_or(0))
+            .collect::<String>()
     );
     let rows = sqlx::query(
         "SELECT trunk_id, host, port, transport, username, password, enabled FROM rm_trunks \
@@ -276,11 +279,12 @@ async fn call_limit(pool: &PgPool, tenant_id: Uuid) -> Result<Option<u32>, sqlx:
 
 /// The tenant's billing account: its first opened one.
 async fn account(pool: &PgPool, tenant_id: Uuid) -> Result<Option<AccountRef>, sqlx::Error> {
-    let row =
-        sqlx::query("SELECT account_id, kind FROM rm_balances WHERE tenant_id = $1 ORDER BY opened_at, account_id LIMIT 1")
-            .bind(tenant_id)
-            .fetch_optional(pool)
-            .await?;
+    let row = sqlx::query(
+        "SELECT account_id, kind FROM rm_balances WHERE tenant_id = $1 ORDER BY opened_at, account_id LIMIT 1",
+    )
+    .bind(tenant_id)
+    .fetch_optional(pool)
+    .await?;
     Ok(row.map(|r| AccountRef {
         account_id: r.get("account_id"),
         prepaid: r.get::<String, _>("kind") == "prepaid",
@@ -332,7 +336,10 @@ impl CallBilling {
         callee: &str,
         at: DateTime<Utc>,
     ) -> Authorization {
-        match self.try_authorize(tenant_id, call_id, account_id, direction, callee, at).await {
+        match self
+            .try_authorize(tenant_id, call_id, account_id, direction, callee, at)
+            .await
+        {
             Ok(authorization) => authorization,
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "prepaid authorization failed");
@@ -394,15 +401,19 @@ impl CallBilling {
         let context = CommandContext::new(reservation_id, "sip-b2bua", &self.node_id, at);
         let outcome = self
             .handler
-            .execute::<Account, _>(&context, StreamRef::of::<Account>(tenant_id, &account_id), |s: &AccountState| {
-                let events = account::decide(&command, s)?;
-                for event in &events {
-                    if let AccountEvent::Reserved(r) = event {
-                        *granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.max_duration.actual_s);
+            .execute::<Account, _>(
+                &context,
+                StreamRef::of::<Account>(tenant_id, &account_id),
+                |s: &AccountState| {
+                    let events = account::decide(&command, s)?;
+                    for event in &events {
+                        if let AccountEvent::Reserved(r) = event {
+                            *granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.max_duration.actual_s);
+                        }
                     }
-                }
-                Ok::<_, account::AccountRejection>(events)
-            })
+                    Ok::<_, account::AccountRejection>(events)
+                },
+            )
             .await;
         match outcome {
             Ok(_) => {}
@@ -484,7 +495,8 @@ impl CallBilling {
                 CallEvent::CallRejected(rejected) => {
                     let reservation = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&call_id);
                     if let Some(r) = reservation {
-                        self.release(r.tenant_id, r.account_id, r.reservation_id, rejected.at).await;
+                        self.release(r.tenant_id, r.account_id, r.reservation_id, rejected.at)
+                            .await;
                     }
                 }
                 _ => {}
@@ -494,7 +506,9 @@ impl CallBilling {
 
     async fn settle(&self, call_id: Uuid, r: Reservation, ended_at: DateTime<Utc>) {
         let Some(answered_at) = r.answered_at else {
-            return self.release(r.tenant_id, r.account_id, r.reservation_id, ended_at).await;
+            return self
+                .release(r.tenant_id, r.account_id, r.reservation_id, ended_at)
+                .await;
         };
         let duration_s = u32::try_from((ended_at - answered_at).num_seconds().max(0)).unwrap_or(MAX_CALL_S);
         let leg = Leg {
@@ -506,7 +520,9 @@ impl CallBilling {
             Ok(charge) => charge,
             Err(e) => {
                 tracing::warn!(%call_id, error = %e, "rating a prepaid call failed; releasing");
-                return self.release(r.tenant_id, r.account_id, r.reservation_id, ended_at).await;
+                return self
+                    .release(r.tenant_id, r.account_id, r.reservation_id, ended_at)
+                    .await;
             }
         };
         let command = AccountCommand::Settle {
@@ -530,7 +546,12 @@ impl CallBilling {
 
     async fn release(&self, tenant_id: Uuid, account_id: Uuid, reservation_id: Uuid, at: DateTime<Utc>) {
         let command = AccountCommand::Release { reservation_id };
-        let context = CommandContext::new(Uuid::new_v5(&reservation_id, b"release"), "sip-b2bua", &self.node_id, at);
+        let context = CommandContext::new(
+            Uuid::new_v5(&reservation_id, b"release"),
+            "sip-b2bua",
+            &self.node_id,
+            at,
+        );
         if let Err(e) = self
             .handler
             .execute::<Account, _>(&context, StreamRef::of::<Account>(tenant_id, &account_id), |s| {

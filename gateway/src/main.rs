@@ -16,6 +16,7 @@ mod bench_store;
 mod cli_directory;
 mod cli_events;
 mod cli_replay;
+mod cli_routing;
 mod projectors;
 mod rate_bench;
 mod rate_cli;
@@ -53,7 +54,7 @@ pub struct Cli {
 enum Command {
     /// Migrate, then run every role in one process until Ctrl-C.
     Up(roles::UpArgs),
-    /// Run the SIP signaling role alone (registrar; calls arrive with the SIP issue's B2BUA).
+    /// Run the SIP signaling role alone (registrar and B2BUA).
     Sip(roles::SipRoleArgs),
     /// Run the projector role alone (follows the log and builds the read models).
     Projector(roles::ProjectorArgs),
@@ -65,6 +66,15 @@ enum Command {
     /// Provision, list and change extensions.
     #[command(subcommand)]
     Extension(cli_directory::ExtensionCommand),
+    /// Add, list and remove a tenant's SIP trunks.
+    #[command(subcommand)]
+    Trunk(cli_routing::TrunkCommand),
+    /// Add, list and remove outbound routes (prefix → trunks in failover order).
+    #[command(subcommand)]
+    Route(cli_routing::RouteCommand),
+    /// Add, list and remove inbound DIDs (DID → extension).
+    #[command(subcommand)]
+    Did(cli_routing::DidCommand),
     /// Read the event log.
     #[command(subcommand)]
     Events(cli_events::EventsCommand),
@@ -130,6 +140,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Tenant(cmd) => cli_directory::tenant(&data_dir, cmd).await,
         Command::Extension(cmd) => cli_directory::extension(&data_dir, cmd).await,
+        Command::Trunk(cmd) => cli_routing::trunk(&data_dir, cmd).await,
+        Command::Route(cmd) => cli_routing::route(&data_dir, cmd).await,
+        Command::Did(cmd) => cli_routing::did(&data_dir, cmd).await,
         Command::Events(cmd) => cli_events::events(&data_dir, cmd).await,
         Command::Audit(cmd) => cli_events::audit(&data_dir, cmd).await,
         Command::Bench(BenchCommand::Store(args)) => bench_store::run(&data_dir, args).await,

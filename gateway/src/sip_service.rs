@@ -19,17 +19,17 @@ use uuid::Uuid;
 
 use crate::call_directory::CallBilling;
 use crate::location::{self, Location, Saved};
-use commands::CommandHandler;
-use domain::call::CallEvent;
-use domain::decider::Aggregate;
 use crate::sip::abuse::AbuseConfig;
-use crate::sip::digest::DigestConfig;
 use crate::sip::b2bua::{Authorization, CallConfig, CallLookup};
+use crate::sip::digest::DigestConfig;
 use crate::sip::node::{LookupId, NodeConfig, NodeEvent, Now, SipNode};
 use crate::sip::registrar::{self, BindingChange, ExtensionRecord, Lookup, RegistrarConfig, RemovalReason};
 use crate::sip::screening::NodeIdentity;
 use crate::sip::transaction::{Timers, Transport};
 use crate::transport::{Protocol, TransportOptions, Transports};
+use commands::CommandHandler;
+use domain::call::CallEvent;
+use domain::decider::Aggregate;
 
 #[derive(Debug, Clone)]
 pub struct SipConfig {
@@ -112,7 +112,11 @@ impl SipService {
             pool,
             writer,
             calls,
-            billing: CallBilling::new(pool_for_billing, CommandHandler::new(store_for_billing), config.node_id.clone()),
+            billing: CallBilling::new(
+                pool_for_billing,
+                CommandHandler::new(store_for_billing),
+                config.node_id.clone(),
+            ),
             node_id: config.node_id.clone(),
         };
         tokio::spawn(shell.clone().purge_loop(shutdown.clone()));
@@ -295,7 +299,17 @@ impl Shell {
                 let call_tx = call_tx.clone();
                 tokio::spawn(async move {
                     let at = now(epoch).wall;
-                    let lookup = match crate::call_directory::lookup(&shell.pool, &shell.location, &domain, &caller, &callee, source, at).await {
+                    let lookup = match crate::call_directory::lookup(
+                        &shell.pool,
+                        &shell.location,
+                        &domain,
+                        &caller,
+                        &callee,
+                        source,
+                        at,
+                    )
+                    .await
+                    {
                         Ok(lookup) => lookup,
                         Err(e) => {
                             tracing::warn!(error = %e, "call lookup failed");
@@ -317,7 +331,10 @@ impl Shell {
                 let shell = self.clone();
                 let call_tx = call_tx.clone();
                 tokio::spawn(async move {
-                    let authorization = shell.billing.authorize(tenant_id, call_id, account_id, direction, &callee, at).await;
+                    let authorization = shell
+                        .billing
+                        .authorize(tenant_id, call_id, account_id, direction, &callee, at)
+                        .await;
                     let _ = call_tx.send(CallDone::Authorized(id, authorization)).await;
                 });
             }
@@ -344,9 +361,12 @@ impl Shell {
                 if self.calls.send(write).await.is_err() {
                     tracing::warn!(%call_id, "the call event appender stopped");
                 }
-                let settles = events
-                    .iter()
-                    .any(|e| matches!(e, CallEvent::CallAnswered(_) | CallEvent::CallEnded(_) | CallEvent::CallRejected(_)));
+                let settles = events.iter().any(|e| {
+                    matches!(
+                        e,
+                        CallEvent::CallAnswered(_) | CallEvent::CallEnded(_) | CallEvent::CallRejected(_)
+                    )
+                });
                 if settles {
                     let billing = self.billing.clone();
                     tokio::spawn(async move { billing.observe(call_id, &events).await });

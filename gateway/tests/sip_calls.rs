@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 mod common;
 
 use commands::testing::TestDb;
-use common::{ledgerline, ok, scenario, sipp, start, tenant_with_extensions, until, Node};
+use common::{ledgerline, ok, scenario, sipp, sipp_at, start, tenant_with_extensions, until, Node};
 
 /// A sipp callee on a port of its own, running one scenario once.
 struct Callee {
@@ -151,7 +151,12 @@ async fn calls_are_authorized_routed_answered_cancelled_and_refused_with_their_e
     // 2. Cancelled before the answer.
     let callee = Callee::start("uas_ring.xml");
     register(&node, 1002, callee.port);
-    assert!(sipp(&node, "uac_cancel.xml", &[caller_line(1000, "1002", "pass-1000")], 1));
+    assert!(sipp(
+        &node,
+        "uac_cancel.xml",
+        &[caller_line(1000, "1002", "pass-1000")],
+        1
+    ));
     assert!(callee.passed(), "the callee's leg was cancelled");
     wait_for_end(&db, "1002").await;
     assert_eq!(
@@ -169,18 +174,25 @@ async fn calls_are_authorized_routed_answered_cancelled_and_refused_with_their_e
     // 3. Busy.
     let callee = Callee::start("uas_busy.xml");
     register(&node, 1003, callee.port);
-    assert!(sipp(&node, "uac_busy.xml", &[caller_line(1000, "1003", "pass-1000")], 1));
+    assert!(sipp(
+        &node,
+        "uac_busy.xml",
+        &[caller_line(1000, "1003", "pass-1000")],
+        1
+    ));
     assert!(callee.passed());
     wait_for_end(&db, "1003").await;
     assert_eq!(ended(&db, "1003").await, ("busy".into(), "callee".into(), 486));
 
     // 4. Nobody registered (480) and no such number (404): rejected after authentication.
-    assert!(sipp(&node, "uac_expect_404.xml", &[caller_line(1000, "5555", "pass-1000")], 1));
+    assert!(sipp(
+        &node,
+        "uac_expect_404.xml",
+        &[caller_line(1000, "5555", "pass-1000")],
+        1
+    ));
     wait_for_end(&db, "5555").await;
-    assert_eq!(
-        call_events(&db, "5555").await,
-        ["CallInitiated", "CallRejected"]
-    );
+    assert_eq!(call_events(&db, "5555").await, ["CallInitiated", "CallRejected"]);
 
     // 5. A wrong password and an unknown caller are challenged again, and leave no call.
     let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'CallInitiated'")
@@ -205,7 +217,170 @@ async fn calls_are_authorized_routed_answered_cancelled_and_refused_with_their_e
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    ok(ledgerline(&db, &["extension", "disable", "--tenant", &tenant, "--extension", &extension]));
-    until(&db.pool, 30, "SELECT NOT enabled FROM rm_extensions WHERE number = '1004'").await;
-    assert!(sipp(&node, "uac_expect_403.xml", &[caller_line(1004, "1001", "pass-1004")], 1));
+    ok(ledgerline(
+        &db,
+        &["extension", "disable", "--tenant", &tenant, "--extension", &extension],
+    ));
+    until(
+        &db.pool,
+        30,
+        "SELECT NOT enabled FROM rm_extensions WHERE number = '1004'",
+    )
+    .await;
+    assert!(sipp(
+        &node,
+        "uac_expect_403.xml",
+        &[caller_line(1004, "1001", "pass-1004")],
+        1
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_calls_fail_over_between_trunks_and_dids_bring_calls_in() {
+    let db = TestDb::new().await.unwrap();
+    let node = start(&db);
+    let tenant = tenant_with_extensions(&db, 2).await;
+
+    let failing = Callee::start("uas_503.xml");
+    let answering = Callee::start("uas_answer.xml");
+    let trunk = |name: &str, port: u16, extra: &[&str]| {
+        let port = port.to_string();
+        let mut args = vec![
+            "trunk",
+            "add",
+            "--tenant",
+            &tenant,
+            "--name",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ];
+        args.extend_from_slice(extra);
+        ok(ledgerline(&db, &args)).trim().to_string()
+    };
+    let ports = (failing.port, answering.port);
+    let first = trunk("primary", failing.port, &[]);
+    let second = trunk("backup", answering.port, &["--allow-ip", "127.0.0.2"]);
+    let trunks = format!("{first},{second}");
+    ok(ledgerline(
+        &db,
+        &[
+            "route",
+            "add",
+            "--tenant",
+            &tenant,
+            "--prefix",
+            "0",
+            "--strip",
+            "1",
+            "--prepend",
+            "49",
+            "--trunks",
+            &trunks,
+        ],
+    ));
+    ok(ledgerline(
+        &db,
+        &[
+            "did",
+            "add",
+            "--tenant",
+            &tenant,
+            "--did",
+            "+4930555",
+            "--extension",
+            "1001",
+        ],
+    ));
+    // A route naming a trunk that does not exist is refused, and changes nothing.
+    let refused = ledgerline(
+        &db,
+        &[
+            "route",
+            "add",
+            "--tenant",
+            &tenant,
+            "--prefix",
+            "1",
+            "--trunks",
+            &uuid::Uuid::new_v4().to_string(),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    until(&db.pool, 30, "SELECT count(*) = 1 FROM rm_routes").await;
+    until(&db.pool, 30, "SELECT count(*) = 1 FROM rm_dids").await;
+
+    // Out: the primary answers 503, the backup answers; the caller hears one answered call.
+    assert!(sipp(
+        &node,
+        "uac_call.xml",
+        &[caller_line(1000, "0301234", "pass-1000")],
+        1
+    ));
+    assert!(failing.passed(), "the primary trunk was tried first");
+    assert!(answering.passed(), "the backup trunk carried the call");
+    wait_for_end(&db, "0301234").await;
+    assert_eq!(
+        call_events(&db, "0301234").await,
+        [
+            "CallInitiated",
+            "CallAuthorized",
+            "LegCreated",
+            "LegCreated",
+            "CallRinging",
+            "CallAnswered",
+            "CallEnded"
+        ]
+    );
+    let targets: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT payload->>'target', payload->>'trunk_id' FROM events WHERE event_type = 'LegCreated' ORDER BY global_position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        targets,
+        [
+            (format!("sip:49301234@127.0.0.1:{}", ports.0), Some(first.clone())),
+            (format!("sip:49301234@127.0.0.1:{}", ports.1), Some(second.clone())),
+        ]
+    );
+    let direction: String = sqlx::query_scalar(
+        "SELECT payload->>'direction' FROM events WHERE event_type = 'CallInitiated' AND payload->>'callee' = '0301234'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(direction, "outbound");
+
+    // In: the carrier (at 127.0.0.2, the backup trunk's allowed address) calls the DID
+    // without digest; extension 1001 answers.
+    let phone = Callee::start("uas_answer.xml");
+    register(&node, 1001, phone.port);
+    assert!(sipp_at(
+        &node,
+        "127.0.0.2",
+        "uac_inbound.xml",
+        &["carrier;acme.test;+4930555".to_string()],
+        1
+    ));
+    assert!(phone.passed());
+    wait_for_end(&db, "+4930555").await;
+    let (direction, did, trunk_id): (String, String, String) = sqlx::query_as(
+        "SELECT payload->>'direction', payload->>'did', payload->>'trunk_id' FROM events \
+         WHERE event_type = 'CallInitiated' AND payload->>'callee' = '+4930555'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (direction.as_str(), did.as_str(), trunk_id),
+        ("inbound", "+4930555", second)
+    );
+    assert_eq!(
+        ended(&db, "+4930555").await,
+        ("normal_clearing".into(), "caller".into(), 200)
+    );
 }

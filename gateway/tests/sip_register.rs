@@ -2,7 +2,6 @@
 //! `ledgerline up`; refreshes stay silent in the log; wrong passwords and unknown users get
 //! the same answer; a replayed authorization is refused.
 
-
 mod common;
 
 use commands::testing::TestDb;

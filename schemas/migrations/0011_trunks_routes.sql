@@ -35,4 +35,3 @@ CREATE TABLE rm_dids (
     extension_number text NOT NULL,
     PRIMARY KEY (tenant_id, did)
 );
-CREATE UNIQUE INDEX rm_dids_unique_did ON rm_dids (did);

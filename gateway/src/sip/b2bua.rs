@@ -419,10 +419,9 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 .get(key)
                 .map(|e| e.transport)
                 .unwrap_or(Transport::Unreliable);
-            response.headers.push(rsip::Header::Other(
-                "Contact".into(),
-                self.contact_header(transport),
-            ));
+            response
+                .headers
+                .push(rsip::Header::Other("Contact".into(), self.contact_header(transport)));
         }
         if let Some((body, content_type)) = body.filter(|(b, _)| !b.is_empty()) {
             response
@@ -832,7 +831,10 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         let from = if caller_name.is_empty() {
             format!("<sip:{caller}@{from_host}>;tag={from_tag}")
         } else {
-            format!("\"{}\" <sip:{caller}@{from_host}>;tag={from_tag}", caller_name.replace('"', ""))
+            format!(
+                "\"{}\" <sip:{caller}@{from_host}>;tag={from_tag}",
+                caller_name.replace('"', "")
+            )
         };
         let sip_call_id = format!("{}@ll", leg_id.simple());
         let body = call.a_invite.body.clone();
@@ -884,7 +886,13 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 at,
             },
         );
-        self.send_request(now, destination, transport, invite, Purpose::Invite { call: id, leg: index });
+        self.send_request(
+            now,
+            destination,
+            transport,
+            invite,
+            Purpose::Invite { call: id, leg: index },
+        );
     }
 
     /// A response for one of our client transactions.
@@ -1037,8 +1045,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         leg.dialog.cseq += 1;
         leg.state = LegState::Calling;
         let uri = leg.dialog.target.clone();
-        let Some(authorization) = super::digest::answer_challenge(&challenge, &user, &password, "INVITE", &uri)
-        else {
+        let Some(authorization) = super::digest::answer_challenge(&challenge, &user, &password, "INVITE", &uri) else {
             leg.state = LegState::Done;
             return self.leg_failed(now, id, index, code);
         };
@@ -1074,7 +1081,13 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         if let Some(call) = self.calls.active.get_mut(&id) {
             call.legs[index].invite = invite.clone();
         }
-        self.send_request(now, destination, transport, invite, Purpose::Invite { call: id, leg: index });
+        self.send_request(
+            now,
+            destination,
+            transport,
+            invite,
+            Purpose::Invite { call: id, leg: index },
+        );
     }
 
     /// A leg failed with `code`: fail over to the next trunk, or end the call when no leg
@@ -1265,7 +1278,8 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
     fn on_cancel(&mut self, now: Now, key: TransactionKey, request: SipMessage) {
         let tag = super::node::to_tag_for(&request);
         let branch = request.branch().map(str::to_string);
-        let matches = |invite: &SipMessage| invite.call_id == request.call_id && invite.branch().map(str::to_string) == branch;
+        let matches =
+            |invite: &SipMessage| invite.call_id == request.call_id && invite.branch().map(str::to_string) == branch;
         // Still waiting for the directory or billing: drop it and answer 487.
         let pending = self
             .calls

@@ -410,7 +410,10 @@ mod tests {
             let challenge = verifier.challenge("carrier.example", at(0), [9; 16], false);
             let fields = challenge.header_fields(false);
             let wanted = if sha256 { "SHA-256" } else { "MD5" };
-            let (_, value) = fields.iter().find(|(_, v)| v.contains(&format!("algorithm={wanted}"))).unwrap();
+            let (_, value) = fields
+                .iter()
+                .find(|(_, v)| v.contains(&format!("algorithm={wanted}")))
+                .unwrap();
             let answer = answer_challenge(value, "trunk1", "secret-pw", "INVITE", "sip:100@carrier.example").unwrap();
             let credentials = parse_digest_credentials(&answer).unwrap();
             let ha1 = Ha1::compute("trunk1", "carrier.example", "secret-pw");
@@ -420,7 +423,14 @@ mod tests {
             );
         }
         assert!(answer_challenge("Basic realm=\"x\"", "u", "p", "INVITE", "sip:x").is_none());
-        assert!(answer_challenge("Digest realm=\"x\", nonce=\"n\", algorithm=SHA-512", "u", "p", "INVITE", "sip:x").is_none());
+        assert!(answer_challenge(
+            "Digest realm=\"x\", nonce=\"n\", algorithm=SHA-512",
+            "u",
+            "p",
+            "INVITE",
+            "sip:x"
+        )
+        .is_none());
     }
 
     #[test]

@@ -6,14 +6,14 @@
 
 use super::abuse::{AbuseConfig, AbuseGuard};
 use super::b2bua::{CallConfig, Calls};
-use super::transaction::ClientTransaction;
-use domain::call::{CallEvent, Direction};
 use super::digest::{DigestConfig, DigestVerifier};
 use super::message::{build_response, to_bytes, uri_user_host, SipMessage};
 use super::registrar::{decide_register, Binding, BindingChange, Lookup, RegisterContext, RegistrarConfig};
 use super::screening::{screen_request, NodeIdentity, Screening};
+use super::transaction::ClientTransaction;
 use super::transaction::{Instant, ServerTransaction, Timers, TransactionEvent, TransactionKey, Transport};
 use chrono::{DateTime, Utc};
+use domain::call::{CallEvent, Direction};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};

@@ -136,6 +136,11 @@ pub fn scenario(name: &str) -> PathBuf {
 
 /// Run sipp against the node with `lines` as its injection file; true when every call passed.
 pub fn sipp(node: &Node, scenario_file: &str, lines: &[String], calls: usize) -> bool {
+    sipp_at(node, "127.0.0.1", scenario_file, lines, calls)
+}
+
+/// Like [`sipp`], from the local address `ip` (another loopback address plays a carrier).
+pub fn sipp_at(node: &Node, ip: &str, scenario_file: &str, lines: &[String], calls: usize) -> bool {
     let dir = std::env::temp_dir().join(format!("ledgerline-sipp-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let csv = dir.join("users.csv");
@@ -146,18 +151,7 @@ pub fn sipp(node: &Node, scenario_file: &str, lines: &[String], calls: usize) ->
         .arg(scenario(scenario_file))
         .arg("-inf")
         .arg(&csv)
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "-m",
-            &calls.to_string(),
-            "-r",
-            "50",
-            "-l",
-            "20",
-        ])
+        .args(["-i", ip, "-p", "0", "-m", &calls.to_string(), "-r", "50", "-l", "20"])
         .args(["-recv_timeout", "5000", "-timeout", "60", "-nostdin", "-trace_err"])
         .current_dir(&dir)
         .stdout(Stdio::null())
@@ -174,4 +168,3 @@ pub fn sipp(node: &Node, scenario_file: &str, lines: &[String], calls: usize) ->
     std::fs::remove_dir_all(&dir).ok();
     status.success()
 }
-
