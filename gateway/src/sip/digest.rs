@@ -407,7 +407,7 @@ mod tests {
     fn our_answer_to_a_challenge_verifies_with_our_own_verifier() {
         let mut verifier = DigestVerifier::new(config());
         for sha256 in [false, true] {
-            let challenge = verifier.challenge("carrier.example", at(0), [9; 16], false);
+            let challenge = verifier.challenge("carrier.example", at(0), [9 + u8::from(sha256); 16], false);
             let fields = challenge.header_fields(false);
             let wanted = if sha256 { "SHA-256" } else { "MD5" };
             let (_, value) = fields
