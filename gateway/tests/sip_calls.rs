@@ -2,66 +2,10 @@
 //! `ledgerline up`, with INVITE digest auth, and after each call its events in the log in
 //! the right order.
 
-use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
-
 mod common;
 
 use commands::testing::TestDb;
-use common::{ledgerline, ok, scenario, sipp, sipp_at, start, tenant_with_extensions, until, Node};
-
-/// A sipp callee on a port of its own, running one scenario once.
-struct Callee {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Callee {
-    fn start(scenario_file: &str) -> Callee {
-        // A free port: bind, read, release (sipp binds it right after).
-        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("ledgerline-uas-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("sipp")
-            .arg("-sf")
-            .arg(scenario(scenario_file))
-            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"])
-            .args(["-recv_timeout", "20000", "-timeout", "40", "-nostdin", "-trace_err"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp is installed (apt-get install sip-tester)");
-        Callee { child, port, dir }
-    }
-
-    /// Waits for the scenario to end; true when it passed.
-    fn passed(mut self) -> bool {
-        let status = self.child.wait().unwrap();
-        if !status.success() {
-            for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
-                if entry.file_name().to_string_lossy().ends_with("errors.log") {
-                    eprintln!("callee: {}", std::fs::read_to_string(entry.path()).unwrap_or_default());
-                }
-            }
-        }
-        status.success()
-    }
-}
-
-impl Drop for Callee {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
-}
-
-fn register(node: &Node, number: u32, contact_port: u16) {
-    let line = format!("{number};acme.test;[authentication username={number} password=pass-{number}];{contact_port}");
-    assert!(sipp(node, "reg_auth.xml", &[line], 1), "{number} registers");
-}
+use common::{ledgerline, ok, register, sipp, sipp_at, start, tenant_with_extensions, until, Callee};
 
 fn caller_line(caller: u32, callee: &str, password: &str) -> String {
     format!("{caller};acme.test;{callee};[authentication username={caller} password={password}]")
