@@ -95,7 +95,7 @@ async fn prepaid_calls_are_cut_at_their_maximum_duration_and_refused_without_fun
     register(&node, 1001, callee.port);
     let line = "1000;acme.test;1001;[authentication username=1000 password=pass-1000]".to_string();
     assert!(
-        sipp(&node, "uac_cut.xml", &[line.clone()], 1),
+        sipp(&node, "uac_cut.xml", std::slice::from_ref(&line), 1),
         "the caller is hung up by the node"
     );
     assert!(callee.passed(), "the callee is hung up by the node");
