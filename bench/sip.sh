@@ -23,7 +23,7 @@ for tool in sipp kamailio bc; do
 done
 cargo build --release -q -p gateway || exit 2
 bin=$root/target/release/ledgerline
-tmp=$(mktemp -d)
+tmp=$(mktemp -d); chmod 755 "$tmp"  # the embedded cluster runs as `postgres` when we are root
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT

@@ -42,6 +42,14 @@ pub struct SipArgs {
     /// Seconds a call may ring before it ends unanswered (408).
     #[arg(long, env = "LEDGERLINE_SIP_NO_ANSWER", default_value_t = 60)]
     pub sip_no_answer_secs: u64,
+    /// Block a source address after this many failed authentications within the window.
+    #[arg(long, env = "LEDGERLINE_SIP_BLOCK_AFTER", default_value_t = 10)]
+    pub sip_block_after: usize,
+    #[arg(long, env = "LEDGERLINE_SIP_BLOCK_WINDOW", default_value_t = 300)]
+    pub sip_block_window_secs: i64,
+    /// How long a blocked address stays blocked.
+    #[arg(long, env = "LEDGERLINE_SIP_BLOCK_FOR", default_value_t = 900)]
+    pub sip_block_for_secs: i64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -70,7 +78,12 @@ fn sip_config(node_id: &str, args: &SipArgs) -> SipConfig {
         advertise: args.sip_advertise.clone(),
         no_answer: std::time::Duration::from_secs(args.sip_no_answer_secs.max(1)),
         registrar: RegistrarConfig::default(),
-        abuse: AbuseConfig::default(),
+        abuse: AbuseConfig {
+            max_failures: args.sip_block_after.max(1),
+            window: chrono::Duration::seconds(args.sip_block_window_secs.max(1)),
+            block_for: chrono::Duration::seconds(args.sip_block_for_secs.max(1)),
+            ..AbuseConfig::default()
+        },
     }
 }
 

@@ -30,6 +30,7 @@ use crate::transport::{Protocol, TransportOptions, Transports};
 use commands::CommandHandler;
 use domain::call::CallEvent;
 use domain::decider::Aggregate;
+use domain::security::{SecurityEvent, SourceBlocked};
 
 #[derive(Debug, Clone)]
 pub struct SipConfig {
@@ -112,6 +113,7 @@ impl SipService {
             pool,
             writer,
             calls,
+            abuse: config.abuse.clone(),
             billing: CallBilling::new(
                 pool_for_billing,
                 CommandHandler::new(store_for_billing),
@@ -134,6 +136,7 @@ struct Shell {
     /// Call events, in order, to the batching writer.
     calls: mpsc::Sender<StreamWrite>,
     billing: CallBilling,
+    abuse: AbuseConfig,
     node_id: String,
 }
 
@@ -374,6 +377,28 @@ impl Shell {
             }
             NodeEvent::SourceBlocked { ip } => {
                 tracing::warn!(%ip, "blocking a source after repeated failed authentications");
+                let at = now(epoch).wall;
+                let event = SecurityEvent::SourceBlocked(SourceBlocked {
+                    ip: ip.to_string(),
+                    failures: u32::try_from(self.abuse.max_failures).unwrap_or(u32::MAX),
+                    blocked_at: at,
+                    blocked_until: at + self.abuse.block_for,
+                    node_id: self.node_id.clone(),
+                });
+                let metadata = Metadata {
+                    node_id: Some(self.node_id.clone()),
+                    actor: Some("sip-abuse-guard".into()),
+                    ..Metadata::default()
+                };
+                let write = StreamWrite {
+                    tenant_id: domain::SYSTEM_TENANT,
+                    stream_id: domain::security::stream_id(&ip.to_string()),
+                    expected: Expected::Any,
+                    events: vec![NewEvent::from_domain(Uuid::new_v4(), &event, metadata, at)],
+                };
+                if self.calls.send(write).await.is_err() {
+                    tracing::warn!(%ip, "the event appender stopped");
+                }
             }
         }
     }

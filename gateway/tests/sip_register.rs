@@ -5,7 +5,7 @@
 mod common;
 
 use commands::testing::TestDb;
-use common::{sipp, start, tenant_with_extensions, until};
+use common::{sipp, start, start_with, tenant_with_extensions, until};
 
 fn user_line(user: u32, password: &str) -> String {
     format!("{user};acme.test;[authentication username={user} password={password}];5080")
@@ -148,15 +148,26 @@ mod raw {
         }
 
         pub async fn send(&self, message: &str) -> Reply {
-            self.socket.send_to(message.as_bytes(), self.node).await.unwrap();
-            let mut buffer = vec![0u8; 65_535];
-            let (n, _) = tokio::time::timeout(Duration::from_secs(5), self.socket.recv_from(&mut buffer))
+            self.exchange(message, Duration::from_secs(5))
                 .await
                 .expect("the node answers within 5 s")
+        }
+
+        /// Sends and waits briefly: `None` when no answer comes (a blocked source).
+        pub async fn try_send(&self, message: &str) -> Option<Reply> {
+            self.exchange(message, Duration::from_secs(2)).await
+        }
+
+        async fn exchange(&self, message: &str, wait: Duration) -> Option<Reply> {
+            self.socket.send_to(message.as_bytes(), self.node).await.unwrap();
+            let mut buffer = vec![0u8; 65_535];
+            let (n, _) = tokio::time::timeout(wait, self.socket.recv_from(&mut buffer))
+                .await
+                .ok()?
                 .unwrap();
             let text = String::from_utf8_lossy(&buffer[..n]).to_string();
             let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            Reply { status, text }
+            Some(Reply { status, text })
         }
     }
 
@@ -220,4 +231,34 @@ async fn unknown_users_look_like_wrong_passwords_and_replays_are_refused() {
     let next = raw::authorization(&challenge, "1000", "pass-1000", "00000002");
     let refresh = client.send(&client.register("1000", "good", 3, Some(&next))).await;
     assert_eq!(refresh.status, 200, "{}", refresh.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_block_the_source_and_the_block_is_an_event() {
+    let db = TestDb::new().await.unwrap();
+    let node = start_with(&db, &["--sip-block-after", "3", "--sip-block-for-secs", "600"]);
+    tenant_with_extensions(&db, 1).await;
+    let client = raw::Client::new(node.sip).await;
+    for attempt in 0..3 {
+        let call_id = format!("guess-{attempt}");
+        let challenge = client.send(&client.register("1000", &call_id, 1, None)).await;
+        let auth = raw::authorization(&challenge, "1000", "guess-password", "00000001");
+        let answer = client.send(&client.register("1000", &call_id, 2, Some(&auth))).await;
+        assert_eq!(answer.status, 401);
+    }
+    until(
+        &db.pool,
+        30,
+        "SELECT count(*) = 1 FROM events WHERE event_type = 'SourceBlocked' AND payload->>'ip' = '127.0.0.1' \
+         AND stream_id = 'sip-abuse-127.0.0.1'",
+    )
+    .await;
+    // Blocked: even the right password gets no answer now.
+    assert!(
+        client
+            .try_send(&client.register("1000", "honest", 1, None))
+            .await
+            .is_none(),
+        "a blocked source is not answered"
+    );
 }

@@ -70,8 +70,14 @@ impl Drop for Node {
 }
 
 pub fn start(db: &TestDb) -> Node {
+    start_with(db, &[])
+}
+
+/// Like [`start`], with more arguments for `ledgerline up`.
+pub fn start_with(db: &TestDb, extra: &[&str]) -> Node {
     let mut child = Command::new(BIN)
         .args(["up", "--sip-bind", "127.0.0.1:0", "--sip-secret", "test-secret"])
+        .args(extra)
         .env("DATABASE_URL", &db.url)
         .env("LEDGERLINE_LOG", "warn")
         .stdout(Stdio::piped())
