@@ -328,3 +328,53 @@ async fn outbound_calls_fail_over_between_trunks_and_dids_bring_calls_in() {
         ("normal_clearing".into(), "caller".into(), 200)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blind_transfer_connects_the_caller_to_the_refer_to_target() {
+    let db = TestDb::new().await.unwrap();
+    let node = start(&db);
+    tenant_with_extensions(&db, 3).await;
+
+    // 1001 answers and transfers the caller to 1002 (field0 of the callee's CSV is the target).
+    let transferor_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let transferor = Callee::start_with("uas_refer.xml", transferor_port, &["1002;acme.test".to_string()]);
+    register(&node, 1001, transferor.port);
+    let target = Callee::start("uas_answer.xml");
+    register(&node, 1002, target.port);
+
+    assert!(sipp(
+        &node,
+        "uac_transferred.xml",
+        &[caller_line(1000, "1001", "pass-1000")],
+        1
+    ));
+    assert!(transferor.passed(), "the transferor got 202 and was released");
+    assert!(target.passed(), "the target answered and got the caller's BYE");
+    wait_for_end(&db, "1001").await;
+    assert_eq!(
+        call_events(&db, "1001").await,
+        [
+            "CallInitiated",
+            "CallAuthorized",
+            "LegCreated",
+            "CallAnswered",
+            "CallTransferred",
+            "LegCreated",
+            "CallEnded"
+        ]
+    );
+    let (by, to): (String, String) =
+        sqlx::query_as("SELECT payload->>'by', payload->>'to' FROM events WHERE event_type = 'CallTransferred'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((by.as_str(), to.as_str()), ("callee", "1002"));
+    assert_eq!(
+        ended(&db, "1001").await,
+        ("normal_clearing".into(), "caller".into(), 200)
+    );
+}

@@ -175,6 +175,10 @@ struct Leg {
     cancel_pending: bool,
     trunk: Option<TrunkTarget>,
     auth_tried: bool,
+    /// The SDP of the leg's answer.
+    sdp: Vec<u8>,
+    /// A leg to a blind transfer's target.
+    transfer: bool,
 }
 
 /// Which side of a call a SIP dialog is.
@@ -200,6 +204,11 @@ pub(super) struct ActiveCall {
     a_dialog: Dialog,
     legs: Vec<Leg>,
     answered: Option<usize>,
+    /// The two dialogs whose media and requests are joined: the caller and the answered
+    /// leg, until a transfer replaces one of them.
+    bridge: Option<[Side; 2]>,
+    /// A blind transfer in progress: who is left waiting for the new party.
+    transfer: Option<Side>,
     failover: Vec<TrunkTarget>,
     best_failure: Option<u16>,
     ring_deadline: Option<Instant>,
@@ -226,6 +235,8 @@ pub(super) struct Calls {
     /// SIP Call-ID → the call and the side that dialog is.
     by_sip_call_id: HashMap<String, (Uuid, Side)>,
     pub(super) purposes: HashMap<TransactionKey, Purpose>,
+    /// REFERs waiting for the directory: the call, and who asked.
+    transfers: HashMap<LookupId, (Uuid, Side)>,
     per_tenant: HashMap<Uuid, u32>,
     next_branch: u64,
 }
@@ -481,6 +492,9 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
     /// The directory's answer for an INVITE announced by [`NodeEvent::CallLookup`].
     /// `random` comes from the shell's CSPRNG (nonces and the call's id).
     pub fn handle_call_lookup(&mut self, now: Now, id: LookupId, lookup: CallLookup, random: [u8; 16]) {
+        if let Some((call, transferor)) = self.calls.transfers.remove(&id) {
+            return self.transfer_lookup(now, call, transferor, lookup);
+        }
         let Some(pending) = self.calls.pending.remove(&id) else {
             return;
         };
@@ -679,6 +693,8 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             a_dialog,
             legs: Vec::new(),
             answered: None,
+            bridge: None,
+            transfer: None,
             failover: Vec::new(),
             best_failure: None,
             ring_deadline: None,
@@ -816,6 +832,26 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         let Some(call) = self.calls.active.get(&id) else {
             return;
         };
+        let body = call.a_invite.body.clone();
+        self.create_leg_with(now, id, uri, destination, transport, to, trunk, body, false);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_leg_with(
+        &mut self,
+        now: Now,
+        id: Uuid,
+        uri: String,
+        destination: SocketAddr,
+        transport: Transport,
+        to: String,
+        trunk: Option<TrunkTarget>,
+        body: Vec<u8>,
+        transfer: bool,
+    ) {
+        let Some(call) = self.calls.active.get(&id) else {
+            return;
+        };
         let index = call.legs.len();
         let leg_id = Uuid::new_v5(&id, format!("leg-{index}").as_bytes());
         let initiated = call.state.initiated.clone();
@@ -837,7 +873,6 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             )
         };
         let sip_call_id = format!("{}@ll", leg_id.simple());
-        let body = call.a_invite.body.clone();
         let content_type = call.a_invite.header("Content-Type").map(str::to_string);
         let Some(invite) = self.compose(
             "INVITE",
@@ -870,6 +905,8 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             cancel_pending: false,
             trunk: trunk.clone(),
             auth_tried: false,
+            sdp: Vec::new(),
+            transfer,
         };
         if let Some(call) = self.calls.active.get_mut(&id) {
             call.legs.push(leg);
@@ -973,14 +1010,19 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 if let Some(target) = contact_uri(&response) {
                     leg.dialog.target = target;
                 }
+                leg.sdp = response.body.clone();
                 let dialog = leg.dialog.clone();
                 let cseq = leg.invite.cseq.seq;
                 let was_answered = leg.state == LegState::Answered;
                 leg.state = LegState::Answered;
                 let leg_id = leg.leg_id;
+                let is_transfer = leg.transfer;
                 self.ack_leg(&dialog, cseq);
                 if was_answered {
                     return; // a retransmitted 2xx: the ACK above answers it
+                }
+                if is_transfer {
+                    return self.transfer_answered(now, id, index);
                 }
                 let call = self.calls.active.get_mut(&id).expect("looked up above");
                 if call.answered.is_some() || call.finished {
@@ -992,6 +1034,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                     return;
                 }
                 call.answered = Some(index);
+                call.bridge = Some([Side::Caller, Side::Leg(index)]);
                 call.ring_deadline = None;
                 if let Some(max) = call.state.max_duration_s {
                     call.cut_deadline = Some(now.mono + Duration::from_secs(u64::from(max)));
@@ -1098,6 +1141,14 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         };
         if let Some(leg) = call.legs.get_mut(index) {
             leg.state = LegState::Done;
+        }
+        let transfer_leg = call.legs.get(index).is_some_and(|l| l.transfer);
+        if transfer_leg && call.transfer.is_some() && !call.finished {
+            let pending = call.legs.iter().any(|l| l.transfer && l.state != LegState::Done);
+            if !pending {
+                return self.transfer_failed(now, id, code);
+            }
+            return;
         }
         if call.answered.is_some() || call.finished {
             return;
@@ -1237,6 +1288,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         match method {
             rsip::Method::Bye => self.on_bye(now, key, request, id, side),
             rsip::Method::Invite => self.on_reinvite(now, key, request, id, side),
+            rsip::Method::Refer => self.on_refer(now, key, request, id, side),
             rsip::Method::Info | rsip::Method::Options | rsip::Method::Notify => {
                 self.reply(now, &key, &request, 200, &tag, &[], None)
             }
@@ -1345,13 +1397,27 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         self.finish(now, id);
     }
 
-    fn other_side(call: &ActiveCall, side: Side) -> Option<(Side, Dialog)> {
-        let answered = call.answered?;
+    fn dialog_of(call: &ActiveCall, side: Side) -> Option<Dialog> {
         match side {
-            Side::Caller => Some((Side::Leg(answered), call.legs[answered].dialog.clone())),
-            Side::Leg(i) if i == answered => Some((Side::Caller, call.a_dialog.clone())),
-            Side::Leg(_) => None,
+            Side::Caller => Some(call.a_dialog.clone()),
+            Side::Leg(i) => call.legs.get(i).map(|l| l.dialog.clone()),
         }
+    }
+
+    fn other_side(call: &ActiveCall, side: Side) -> Option<(Side, Dialog)> {
+        let [a, b] = call.bridge?;
+        if a == b {
+            // One party waiting alone while a transfer rings.
+            return None;
+        }
+        let other = if side == a {
+            b
+        } else if side == b {
+            a
+        } else {
+            return None;
+        };
+        Some((other, Self::dialog_of(call, other)?))
     }
 
     fn on_bye(&mut self, now: Now, key: TransactionKey, request: SipMessage, id: Uuid, side: Side) {
@@ -1360,12 +1426,37 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         let Some(call) = self.calls.active.get(&id) else {
             return;
         };
-        let Some((_, other)) = Self::other_side(call, side) else {
-            return;
-        };
         if call.finished {
             return;
         }
+        let Some((_, other)) = Self::other_side(call, side) else {
+            if call.transfer.is_some() && call.bridge == Some([side, side]) {
+                // The party waiting for a transfer gave up: stop ringing the target.
+                let legs: Vec<usize> = (0..call.legs.len()).filter(|i| call.legs[*i].transfer).collect();
+                for index in legs {
+                    self.cancel_leg(now, id, index);
+                }
+                let at = self.at(now, id);
+                let hangup_by = if side == Side::Caller {
+                    Party::Caller
+                } else {
+                    Party::Callee
+                };
+                self.apply(
+                    now,
+                    id,
+                    CallCommand::End {
+                        hangup_by,
+                        sip_status: 200,
+                        reason: None,
+                        at,
+                        media: vec![],
+                    },
+                );
+                self.finish(now, id);
+            }
+            return;
+        };
         self.bye(now, &other, id);
         let at = self.at(now, id);
         let hangup_by = if side == Side::Caller {
@@ -1491,6 +1582,211 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         );
     }
 
+    /// A blind transfer (RFC 3515): the party that sends REFER is released, the other one
+    /// stays and is connected to the Refer-To target once it answers.
+    fn on_refer(&mut self, now: Now, key: TransactionKey, request: SipMessage, id: Uuid, side: Side) {
+        let tag = request.to.tag.clone().unwrap_or_default();
+        let target = request
+            .header("Refer-To")
+            .map(|v| {
+                v.trim()
+                    .trim_start_matches('<')
+                    .split(['>', ';', '?'])
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .and_then(|uri| uri_user_host(&uri))
+            .and_then(|(user, _)| user);
+        let Some(target) = target else {
+            return self.reply(now, &key, &request, 400, &tag, &[], None);
+        };
+        let Some(call) = self.calls.active.get(&id) else {
+            return self.reply(now, &key, &request, 481, &tag, &[], None);
+        };
+        if call.finished || call.transfer.is_some() || Self::other_side(call, side).is_none() {
+            return self.reply(now, &key, &request, 491, &tag, &[], None);
+        }
+        let (domain, caller) = (
+            call.sip_domain.clone(),
+            call.state
+                .initiated
+                .as_ref()
+                .map(|i| i.caller.clone())
+                .unwrap_or_default(),
+        );
+        self.reply(now, &key, &request, 202, &tag, &[], None);
+        let by = if side == Side::Caller {
+            Party::Caller
+        } else {
+            Party::Callee
+        };
+        let at = self.at(now, id);
+        self.apply(
+            now,
+            id,
+            CallCommand::Transfer {
+                by,
+                to: target.clone(),
+                at,
+            },
+        );
+        if let Some(call) = self.calls.active.get_mut(&id) {
+            call.transfer = Some(side);
+        }
+        self.next_lookup += 1;
+        let lookup = LookupId(self.next_lookup);
+        self.calls.transfers.insert(lookup, (id, side));
+        self.events.push_back(NodeEvent::CallLookup {
+            id: lookup,
+            domain,
+            caller,
+            callee: target,
+            // Not a trunk's address: the target is looked up in the tenant's own numbers.
+            source: SocketAddr::from(([0, 0, 0, 0], 0)),
+        });
+    }
+
+    fn transfer_lookup(&mut self, now: Now, id: Uuid, transferor: Side, lookup: CallLookup) {
+        let Some(call) = self.calls.active.get(&id) else {
+            return;
+        };
+        if call.finished {
+            return;
+        }
+        let Some((remaining, _)) = Self::other_side(call, transferor) else {
+            return;
+        };
+        let contacts = match lookup {
+            CallLookup::Tenant(tenant) => match tenant.route {
+                Route::Extension { number, contacts, .. } if !contacts.is_empty() => Some((number, contacts)),
+                _ => None,
+            },
+            CallLookup::UnknownDomain => None,
+        };
+        let Some((number, contacts)) = contacts else {
+            return self.transfer_failed(now, id, 404);
+        };
+        let body = match remaining {
+            Side::Caller => call.a_invite.body.clone(),
+            Side::Leg(i) => call.legs[i].sdp.clone(),
+        };
+        let domain = call.sip_domain.clone();
+        // Blind: the transferor is done as soon as the target is known.
+        if let Some(dialog) = Self::dialog_of(call, transferor) {
+            self.bye(now, &dialog, id);
+        }
+        if let Some(call) = self.calls.active.get_mut(&id) {
+            call.bridge = Some([remaining, remaining]);
+            call.ring_deadline = Some(now.mono + self.config.calls.no_answer);
+        }
+        for contact in contacts {
+            let to = format!("<sip:{number}@{domain}>");
+            self.create_leg_with(
+                now,
+                id,
+                contact.uri,
+                contact.destination,
+                contact.transport,
+                to,
+                None,
+                body.clone(),
+                true,
+            );
+        }
+    }
+
+    /// The transfer target answered: join it to the party left waiting, whose media is
+    /// pointed at the new party by a re-INVITE.
+    fn transfer_answered(&mut self, now: Now, id: Uuid, index: usize) {
+        let Some(call) = self.calls.active.get_mut(&id) else {
+            return;
+        };
+        let Some([remaining, _]) = call.bridge else {
+            return;
+        };
+        if call.transfer.is_none() || call.finished {
+            // Another target answered first: hang this one up.
+            let dialog = call.legs[index].dialog.clone();
+            return self.bye(now, &dialog, id);
+        }
+        call.transfer = None;
+        call.ring_deadline = None;
+        call.answered = Some(index);
+        call.bridge = Some([remaining, Side::Leg(index)]);
+        let others: Vec<usize> = (0..call.legs.len())
+            .filter(|i| *i != index && call.legs[*i].transfer)
+            .collect();
+        let sdp = call.legs[index].sdp.clone();
+        let Some(mut dialog) = Self::dialog_of(call, remaining) else {
+            return;
+        };
+        dialog.cseq += 1;
+        match remaining {
+            Side::Caller => call.a_dialog.cseq = dialog.cseq,
+            Side::Leg(i) => call.legs[i].dialog.cseq = dialog.cseq,
+        }
+        for other in others {
+            self.cancel_leg(now, id, other);
+        }
+        if let Some(invite) = self.compose(
+            "INVITE",
+            &dialog.target,
+            dialog.transport,
+            &dialog.local,
+            &dialog.remote,
+            &dialog.call_id,
+            dialog.cseq,
+            &[],
+            &sdp,
+            None,
+        ) {
+            self.send_request(
+                now,
+                dialog.destination,
+                dialog.transport,
+                invite,
+                Purpose::ReInvite {
+                    call: id,
+                    to: remaining,
+                },
+            );
+        }
+    }
+
+    /// Nobody took the transfer: the party left waiting is hung up.
+    fn transfer_failed(&mut self, now: Now, id: Uuid, status: u16) {
+        let Some(call) = self.calls.active.get_mut(&id) else {
+            return;
+        };
+        let transferor = call.transfer.take();
+        let Some([remaining, _]) = call.bridge else {
+            return;
+        };
+        let mut dialogs: Vec<Dialog> = Self::dialog_of(call, remaining).into_iter().collect();
+        if let Some(transferor) = transferor {
+            if transferor != remaining {
+                dialogs.extend(Self::dialog_of(call, transferor));
+            }
+        }
+        for dialog in dialogs {
+            self.bye(now, &dialog, id);
+        }
+        let at = self.at(now, id);
+        self.apply(
+            now,
+            id,
+            CallCommand::End {
+                hangup_by: Party::System,
+                sip_status: status,
+                reason: Some(EndReason::from_sip_status(status)),
+                at,
+                media: vec![],
+            },
+        );
+        self.finish(now, id);
+    }
+
     /// Call timers: ringing too long, and prepaid calls at their maximum duration.
     pub(super) fn call_timeouts(&mut self, now: Now) {
         let due: Vec<(Uuid, bool)> = self
@@ -1552,10 +1848,12 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             return;
         };
         call.cut_deadline = None;
-        let mut dialogs = vec![call.a_dialog.clone()];
-        if let Some(answered) = call.answered {
-            dialogs.push(call.legs[answered].dialog.clone());
+        let sides = call.bridge.unwrap_or([Side::Caller, Side::Caller]);
+        let mut dialogs = vec![Self::dialog_of(call, sides[0])];
+        if sides[1] != sides[0] {
+            dialogs.push(Self::dialog_of(call, sides[1]));
         }
+        let dialogs: Vec<Dialog> = dialogs.into_iter().flatten().collect();
         for dialog in dialogs {
             self.bye(now, &dialog, id);
         }

@@ -190,9 +190,20 @@ impl Callee {
             .local_addr()
             .unwrap()
             .port();
+        Callee::start_with(scenario_file, port, &[])
+    }
+
+    /// A callee on `port`, with `lines` as its injection file when not empty.
+    pub fn start_with(scenario_file: &str, port: u16, lines: &[String]) -> Callee {
         let dir = std::env::temp_dir().join(format!("ledgerline-uas-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("sipp")
+        let mut command = Command::new("sipp");
+        if !lines.is_empty() {
+            let csv = dir.join("fields.csv");
+            std::fs::write(&csv, format!("SEQUENTIAL\n{}\n", lines.join("\n"))).unwrap();
+            command.arg("-inf").arg(csv);
+        }
+        let child = command
             .arg("-sf")
             .arg(scenario(scenario_file))
             .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"])
