@@ -35,6 +35,10 @@ pub struct SipArgs {
     /// phones (and sipp 3.6) read only the first challenge and know only MD5.
     #[arg(long, env = "LEDGERLINE_SIP_PREFER_SHA256")]
     pub sip_prefer_sha256: bool,
+    /// Challenge with MD5 only, for phones that fail on a SHA-256 challenge instead of
+    /// skipping it (baresip 1.0); SHA-256 credentials are still accepted.
+    #[arg(long, env = "LEDGERLINE_SIP_MD5_ONLY", conflicts_with = "sip_prefer_sha256")]
+    pub sip_md5_only: bool,
     /// The `host:port` this node writes in Via and Contact (default: the bind address, or
     /// this machine's outward address when bound to 0.0.0.0).
     #[arg(long, env = "LEDGERLINE_SIP_ADVERTISE")]
@@ -75,6 +79,7 @@ fn sip_config(node_id: &str, args: &SipArgs) -> SipConfig {
         node_id: node_id.to_string(),
         secret,
         prefer_sha256: args.sip_prefer_sha256,
+        offer_sha256: !args.sip_md5_only,
         advertise: args.sip_advertise.clone(),
         no_answer: std::time::Duration::from_secs(args.sip_no_answer_secs.max(1)),
         registrar: RegistrarConfig::default(),

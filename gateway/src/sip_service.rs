@@ -40,6 +40,8 @@ pub struct SipConfig {
     pub secret: Vec<u8>,
     /// Offer SHA-256 digest before MD5 (see `DigestConfig::prefer_sha256`).
     pub prefer_sha256: bool,
+    /// Offer SHA-256 at all (see `DigestConfig::offer_sha256`).
+    pub offer_sha256: bool,
     /// `host:port` for Via and Contact; `None`: the bound address (or the outward one).
     pub advertise: Option<String>,
     /// How long a call may ring unanswered.
@@ -83,6 +85,7 @@ impl SipService {
                 nonce_lifetime_secs: 300,
                 max_tracked_nonces: 100_000,
                 prefer_sha256: config.prefer_sha256,
+                offer_sha256: config.offer_sha256,
             },
             abuse: config.abuse.clone(),
             identity: NodeIdentity {

@@ -28,6 +28,9 @@ pub struct DigestConfig {
     /// deployed phones read only the first challenge and cannot do SHA-256; with MD5 first,
     /// SHA-256 is still offered to clients that look further.
     pub prefer_sha256: bool,
+    /// Offer SHA-256 at all. Off for phones that fail on a challenge they cannot answer
+    /// instead of skipping it (baresip 1.0 does); SHA-256 credentials still verify.
+    pub offer_sha256: bool,
 }
 
 impl std::fmt::Debug for DigestConfig {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for DigestConfig {
             .field("nonce_lifetime_secs", &self.nonce_lifetime_secs)
             .field("max_tracked_nonces", &self.max_tracked_nonces)
             .field("prefer_sha256", &self.prefer_sha256)
+            .field("offer_sha256", &self.offer_sha256)
             .finish()
     }
 }
@@ -50,6 +54,7 @@ pub struct Challenge {
     pub opaque: String,
     pub stale: bool,
     pub sha256_first: bool,
+    pub offer_sha256: bool,
 }
 
 impl Challenge {
@@ -63,10 +68,10 @@ impl Challenge {
             "WWW-Authenticate"
         };
         let stale = if self.stale { ", stale=true" } else { "" };
-        let order = if self.sha256_first {
-            ["SHA-256", "MD5"]
-        } else {
-            ["MD5", "SHA-256"]
+        let order: &[&str] = match (self.offer_sha256, self.sha256_first) {
+            (false, _) => &["MD5"],
+            (true, true) => &["SHA-256", "MD5"],
+            (true, false) => &["MD5", "SHA-256"],
         };
         order
             .iter()
@@ -142,6 +147,7 @@ impl DigestVerifier {
             opaque: self.opaque(realm),
             stale,
             sha256_first: self.config.prefer_sha256,
+            offer_sha256: self.config.offer_sha256,
         }
     }
 
@@ -434,6 +440,22 @@ mod tests {
     }
 
     #[test]
+    fn md5_only_offers_one_challenge_and_still_accepts_sha256() {
+        let mut config = config();
+        config.offer_sha256 = false;
+        let mut verifier = DigestVerifier::new(config);
+        let challenge = verifier.challenge(REALM, at(0), [3; 16], false);
+        let fields = challenge.header_fields(false);
+        assert_eq!(fields.len(), 1);
+        assert!(fields[0].1.contains("algorithm=MD5"));
+        let credentials = answer(&challenge, "s3cret", true, 1);
+        assert_eq!(
+            verifier.verify(&credentials, "REGISTER", REALM, Some(&ha1()), at(1)),
+            Verdict::Ok
+        );
+    }
+
+    #[test]
     fn rfc_2617_example_response() {
         let ha1 = Ha1::compute("Mufasa", "testrealm@host.com", "Circle Of Life");
         let response = compute_response(
@@ -487,6 +509,7 @@ mod tests {
             nonce_lifetime_secs: 300,
             max_tracked_nonces: 3,
             prefer_sha256: true,
+            offer_sha256: true,
         }
     }
 
@@ -540,6 +563,7 @@ algorithm={}, qop=auth, nc={nc_text}, cnonce=\"cn0nce\", opaque=\"{}\"",
         assert!(!proxy[0].1.contains("stale"));
         let compatible = DigestVerifier::new(DigestConfig {
             prefer_sha256: false,
+            offer_sha256: true,
             ..config()
         });
         let fields = compatible.challenge(REALM, at(0), [7; 16], false).header_fields(false);

@@ -448,6 +448,7 @@ mod tests {
                 nonce_lifetime_secs: 300,
                 max_tracked_nonces: 1000,
                 prefer_sha256: true,
+                offer_sha256: true,
             },
             abuse: AbuseConfig {
                 max_failures: 3,
