@@ -43,7 +43,7 @@ fn free_port_pair() -> u16 {
 fn tone(path: &Path) {
     let samples: Vec<i16> = (0..160_000)
         .map(|i| {
-            let phase = (i * 440 % 8000) as i32; // position within the period, in 1/8000ths
+            let phase: i32 = i * 440 % 8000; // position within the period, in 1/8000ths
                                                  // A triangle wave: integer arithmetic, audible enough for RTP to flow.
             let tri = if phase < 4000 { phase - 2000 } else { 6000 - phase };
             (tri * 4) as i16
