@@ -44,7 +44,7 @@ fn tone(path: &Path) {
     let samples: Vec<i16> = (0..160_000)
         .map(|i| {
             let phase: i32 = i * 440 % 8000; // position within the period, in 1/8000ths
-                                                 // A triangle wave: integer arithmetic, audible enough for RTP to flow.
+                                             // A triangle wave: integer arithmetic, audible enough for RTP to flow.
             let tri = if phase < 4000 { phase - 2000 } else { 6000 - phase };
             (tri * 4) as i16
         })

@@ -657,4 +657,225 @@ Content-Length: 0\r\n\r\n";
         node.handle_datagram(now(0), phone(), Transport::Unreliable, old.as_bytes());
         assert_eq!(transmitted(&mut node)[0].status(), Some(400));
     }
+
+    mod calls {
+        //! The call layer on a virtual clock: forking with the first answer winning, and the
+        //! tenant's call limit.
+
+        use super::*;
+        use crate::sip::b2bua::{CallLookup, ContactTarget, Route, TenantCall};
+        use domain::call::CallEvent;
+
+        fn invite(branch: &str, call_id: &str, cseq: u32, auth: Option<&str>) -> Vec<u8> {
+            let authorization = match auth {
+                Some(nonce) => {
+                    let ha1 = Ha1::compute("1001", DOMAIN, "pw");
+                    let uri = "sip:1002@acme.example.com";
+                    let response = compute_response(true, &ha1.sha256, nonce, "00000001", "c", "auth", "INVITE", uri);
+                    format!(
+                        "Proxy-Authorization: Digest username=\"1001\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", \
+uri=\"{uri}\", response=\"{response}\", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"c\"\r\n"
+                    )
+                }
+                None => String::new(),
+            };
+            let sdp =
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+            format!(
+                "INVITE sip:1002@acme.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch={branch}\r\n\
+Max-Forwards: 70\r\nFrom: \"Alice\" <sip:1001@acme.example.com>;tag=a\r\nTo: <sip:1002@acme.example.com>\r\n\
+Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:1001@192.0.2.10>\r\n{authorization}\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            )
+            .into_bytes()
+        }
+
+        fn contact(n: u8) -> ContactTarget {
+            ContactTarget {
+                uri: format!("sip:1002@192.0.2.{n}:5060"),
+                destination: SocketAddr::from(([192, 0, 2, n], 5060)),
+                transport: Transport::Unreliable,
+            }
+        }
+
+        fn lookup(contacts: Vec<ContactTarget>, call_limit: Option<u32>) -> CallLookup {
+            let Lookup::Tenant { extension, .. } = super::lookup() else {
+                unreachable!()
+            };
+            CallLookup::Tenant(Box::new(TenantCall {
+                tenant_id: Uuid::from_u128(1),
+                sip_domain: DOMAIN.into(),
+                suspended: false,
+                caller: extension,
+                from_trunk: None,
+                did: None,
+                route: Route::Extension {
+                    extension_id: Uuid::from_u128(3),
+                    number: "1002".into(),
+                    contacts,
+                },
+                call_limit,
+                account: None,
+            }))
+        }
+
+        fn call_lookup_id(node: &mut SipNode) -> LookupId {
+            match node.poll_event() {
+                Some(NodeEvent::CallLookup { id, callee, .. }) => {
+                    assert_eq!(callee, "1002");
+                    id
+                }
+                other => panic!("expected a call lookup, got {other:?}"),
+            }
+        }
+
+        /// Challenge, then the authenticated INVITE; returns what the node sent after it.
+        fn place_call(node: &mut SipNode, call_id: &str, lookup: impl Fn() -> CallLookup) -> Vec<Transmit> {
+            node.handle_datagram(
+                now(0),
+                phone(),
+                Transport::Unreliable,
+                &invite(&format!("z9hG4bK{call_id}1"), call_id, 1, None),
+            );
+            let id = call_lookup_id(node);
+            let seed = call_id.len() as u8;
+            node.handle_call_lookup(now(1), id, lookup(), [seed; 16]);
+            let challenge = transmitted(node).into_iter().find(|m| m.status() == Some(407)).unwrap();
+            let value = challenge.header("Proxy-Authenticate").unwrap();
+            let start = value.find("nonce=\"").unwrap() + 7;
+            let nonce = value[start..].split('"').next().unwrap().to_string();
+            assert!(
+                node.poll_event().is_none(),
+                "a challenged INVITE leaves nothing in the log"
+            );
+            node.handle_datagram(
+                now(2),
+                phone(),
+                Transport::Unreliable,
+                &invite(&format!("z9hG4bK{call_id}2"), call_id, 2, Some(&nonce)),
+            );
+            let id = call_lookup_id(node);
+            node.handle_call_lookup(now(3), id, lookup(), [seed + 100; 16]);
+            std::iter::from_fn(|| node.poll_transmit()).collect()
+        }
+
+        fn call_events(node: &mut SipNode) -> Vec<&'static str> {
+            let mut names = Vec::new();
+            while let Some(event) = node.poll_event() {
+                if let NodeEvent::CallEvents { events, .. } = event {
+                    names.extend(events.iter().map(|e| match e {
+                        CallEvent::CallInitiated(_) => "initiated",
+                        CallEvent::CallAuthorized(_) => "authorized",
+                        CallEvent::CallRejected(_) => "rejected",
+                        CallEvent::LegCreated(_) => "leg",
+                        CallEvent::CallRinging(_) => "ringing",
+                        CallEvent::CallAnswered(_) => "answered",
+                        CallEvent::CallHeld(_) => "held",
+                        CallEvent::CallResumed(_) => "resumed",
+                        CallEvent::CallTransferred(_) => "transferred",
+                        CallEvent::CallEnded(_) => "ended",
+                    }));
+                }
+            }
+            names
+        }
+
+        /// A response from a contact to one of the node's INVITEs.
+        fn answer(request: &SipMessage, code: u16, tag: &str) -> Vec<u8> {
+            let mut response = build_response(request, code, tag, &[]);
+            if code == 200 {
+                response.headers.push(rsip::Header::Other(
+                    "Contact".into(),
+                    format!("<{}>", request.request_uri.clone().unwrap()),
+                ));
+            }
+            to_bytes(&response.into())
+        }
+
+        #[test]
+        fn every_contact_rings_and_the_first_answer_wins() {
+            let mut node = SipNode::new(config());
+            let sent = place_call(&mut node, "fork", || lookup(vec![contact(21), contact(22)], None));
+            let invites: Vec<(SocketAddr, SipMessage)> = sent
+                .iter()
+                .filter_map(|t| {
+                    let m = SipMessage::parse(&t.bytes).ok()?;
+                    (m.method() == Some(rsip::Method::Invite)).then_some((t.destination, m))
+                })
+                .collect();
+            assert_eq!(
+                invites.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+                [contact(21).destination, contact(22).destination],
+                "both contacts are called at once"
+            );
+            assert!(
+                invites.iter().all(|(_, m)| m.body.starts_with(b"v=0")),
+                "the SDP passes through"
+            );
+            assert_eq!(call_events(&mut node), ["initiated", "authorized", "leg", "leg"]);
+
+            // The first rings, the second answers.
+            node.handle_datagram(
+                now(10),
+                contact(21).destination,
+                Transport::Unreliable,
+                &answer(&invites[0].1, 180, "r1"),
+            );
+            let to_caller = transmitted(&mut node);
+            assert_eq!(
+                to_caller.iter().filter_map(SipMessage::status).collect::<Vec<_>>(),
+                [180]
+            );
+            node.handle_datagram(
+                now(20),
+                contact(22).destination,
+                Transport::Unreliable,
+                &answer(&invites[1].1, 200, "r2"),
+            );
+            let out: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+            let parsed: Vec<(SocketAddr, SipMessage)> = out
+                .iter()
+                .map(|t| (t.destination, SipMessage::parse(&t.bytes).unwrap()))
+                .collect();
+            let kinds: Vec<(SocketAddr, String)> = parsed
+                .iter()
+                .map(|(d, m)| {
+                    let kind = match (m.method(), m.status()) {
+                        (Some(method), _) => method.to_string(),
+                        (None, Some(code)) => code.to_string(),
+                        _ => unreachable!(),
+                    };
+                    (*d, kind)
+                })
+                .collect();
+            assert!(kinds.contains(&(contact(22).destination, "ACK".into())), "{kinds:?}");
+            assert!(kinds.contains(&(phone(), "200".into())), "{kinds:?}");
+            assert!(
+                kinds.contains(&(contact(21).destination, "CANCEL".into())),
+                "the loser is cancelled: {kinds:?}"
+            );
+            assert_eq!(call_events(&mut node), ["ringing", "answered"]);
+            assert_eq!(node.active_calls(Uuid::from_u128(1)), 1);
+        }
+
+        #[test]
+        fn the_tenant_call_limit_refuses_the_next_call_with_503() {
+            let mut node = SipNode::new(config());
+            place_call(&mut node, "first", || lookup(vec![contact(21)], Some(1)));
+            assert_eq!(call_events(&mut node), ["initiated", "authorized", "leg"]);
+            let sent = place_call(&mut node, "second-call", || lookup(vec![contact(21)], Some(1)));
+            let statuses: Vec<u16> = sent
+                .iter()
+                .filter_map(|t| SipMessage::parse(&t.bytes).ok()?.status())
+                .collect();
+            assert!(statuses.contains(&503), "{statuses:?}");
+            assert_eq!(call_events(&mut node), ["initiated", "rejected"]);
+            assert_eq!(
+                node.active_calls(Uuid::from_u128(1)),
+                1,
+                "the refused call does not count"
+            );
+        }
+    }
 }
