@@ -144,9 +144,12 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let db = open(data_dir).await?;
     let store = EventStore::new(db.pool.clone());
     let shutdown = shutdown_signal();
+    // The SIP node's lookups get a pool of their own, so projections catching up never
+    // keep a phone waiting for a connection.
+    let sip_pool = commands::db::connect(&db.url, 8).await?;
     let sip = SipService::start(
         store.clone(),
-        db.pool.clone(),
+        sip_pool,
         sip_config(&args.node_id, &args.sip),
         shutdown.clone(),
     )
