@@ -13,18 +13,20 @@ use billing::tariff::{CompiledTariff, TariffVersion};
 use chrono::{DateTime, Utc};
 use commands::{CommandContext, CommandHandler, StreamRef};
 use domain::call::{CallEvent, Direction};
-use domain::digest::Ha1;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use crate::directory_cache::DirectoryCache;
 use crate::location::Location;
 use crate::sip::b2bua::{AccountRef, Authorization, CallLookup, ContactTarget, Route, TenantCall, TrunkTarget};
 use crate::sip::registrar::ExtensionRecord;
 use crate::sip::transaction::Transport;
 
 /// Tenant, caller, route and account for an INVITE.
+#[allow(clippy::too_many_arguments)]
 pub async fn lookup(
     pool: &PgPool,
+    directory: &DirectoryCache,
     location: &Location,
     domain: &str,
     caller: &str,
@@ -33,19 +35,15 @@ pub async fn lookup(
     at: DateTime<Utc>,
 ) -> Result<CallLookup, sqlx::Error> {
     // A trunk's allowed address comes first: carriers address us by IP, not by domain.
-    if let Some(inbound) = inbound_from_trunk(pool, location, callee, source, at).await? {
+    if let Some(inbound) = inbound_from_trunk(pool, directory, location, callee, source, at).await? {
         return Ok(inbound);
     }
-    let tenant = sqlx::query("SELECT tenant_id, sip_domain, suspended FROM rm_tenants WHERE sip_domain = lower($1)")
-        .bind(domain)
-        .fetch_optional(pool)
-        .await?;
-    let Some(tenant) = tenant else {
+    let Some(tenant) = directory.tenant(pool, domain).await? else {
         return Ok(CallLookup::UnknownDomain);
     };
-    let tenant_id: Uuid = tenant.get("tenant_id");
-    let caller = extension(pool, tenant_id, caller).await?;
-    let route = match extension(pool, tenant_id, callee).await? {
+    let tenant_id = tenant.tenant_id;
+    let caller = directory.extension(pool, tenant_id, caller).await?;
+    let route = match directory.extension(pool, tenant_id, callee).await? {
         Some(ext) if ext.enabled => extension_route(location, tenant_id, &ext, at).await?,
         Some(_) => Route::Extension {
             extension_id: Uuid::nil(),
@@ -56,34 +54,15 @@ pub async fn lookup(
     };
     Ok(CallLookup::Tenant(Box::new(TenantCall {
         tenant_id,
-        sip_domain: tenant.get("sip_domain"),
-        suspended: tenant.get("suspended"),
+        sip_domain: tenant.sip_domain,
+        suspended: tenant.suspended,
         caller,
         from_trunk: None,
         did: None,
         route,
-        call_limit: call_limit(pool, tenant_id).await?,
+        call_limit: Some(tenant.max_concurrent_calls),
         account: account(pool, tenant_id).await?,
     })))
-}
-
-async fn extension(pool: &PgPool, tenant_id: Uuid, number: &str) -> Result<Option<ExtensionRecord>, sqlx::Error> {
-    Ok(sqlx::query(
-        "SELECT extension_id, number, ha1_md5, ha1_sha256, enabled FROM rm_extensions WHERE tenant_id = $1 AND number = $2",
-    )
-    .bind(tenant_id)
-    .bind(number)
-    .fetch_optional(pool)
-    .await?
-    .map(|row| ExtensionRecord {
-        extension_id: row.get("extension_id"),
-        number: row.get("number"),
-        ha1: Ha1 {
-            md5: row.get("ha1_md5"),
-            sha256: row.get("ha1_sha256"),
-        },
-        enabled: row.get("enabled"),
-    }))
 }
 
 async fn extension_route(
@@ -222,6 +201,7 @@ async fn resolve(host: &str, port: i32) -> Option<SocketAddr> {
 /// An INVITE from a trunk's allowed address: the DID decides the tenant and the extension.
 async fn inbound_from_trunk(
     pool: &PgPool,
+    directory: &DirectoryCache,
     location: &Location,
     did: &str,
     source: SocketAddr,
@@ -247,7 +227,7 @@ async fn inbound_from_trunk(
     let route = match target {
         Some(row) => {
             let number: String = row.get("extension_number");
-            match extension(pool, tenant_id, &number).await? {
+            match directory.extension(pool, tenant_id, &number).await? {
                 Some(ext) if ext.enabled => extension_route(location, tenant_id, &ext, at).await?,
                 _ => Route::NotFound,
             }

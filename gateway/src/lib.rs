@@ -2,6 +2,7 @@
 //! without the binary.
 
 pub mod call_directory;
+pub mod directory_cache;
 pub mod location;
 pub mod sip;
 pub mod sip_service;

@@ -46,6 +46,10 @@ pub struct SipArgs {
     /// Seconds a call may ring before it ends unanswered (408).
     #[arg(long, env = "LEDGERLINE_SIP_NO_ANSWER", default_value_t = 60)]
     pub sip_no_answer_secs: u64,
+    /// How long (ms) the SIP node trusts a directory answer before asking Postgres again: a
+    /// suspension or disabled extension takes effect within this (plus the projection's lag).
+    #[arg(long, env = "LEDGERLINE_SIP_DIRECTORY_TTL_MS", default_value_t = 2000)]
+    pub sip_directory_ttl_ms: u64,
     /// Block a source address after this many failed authentications within the window.
     #[arg(long, env = "LEDGERLINE_SIP_BLOCK_AFTER", default_value_t = 10)]
     pub sip_block_after: usize,
@@ -82,6 +86,7 @@ fn sip_config(node_id: &str, args: &SipArgs) -> SipConfig {
         offer_sha256: !args.sip_md5_only,
         advertise: args.sip_advertise.clone(),
         no_answer: std::time::Duration::from_secs(args.sip_no_answer_secs.max(1)),
+        directory_ttl: std::time::Duration::from_millis(args.sip_directory_ttl_ms),
         registrar: RegistrarConfig::default(),
         abuse: AbuseConfig {
             max_failures: args.sip_block_after.max(1),

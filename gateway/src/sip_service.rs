@@ -9,21 +9,21 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use commands::batching::{BatchOptions, BatchingWriter};
 use commands::{EventStore, Expected, Metadata, NewEvent, StreamWrite};
-use domain::digest::Ha1;
 use domain::registration::{
     self, DeviceRegistered, DeviceRegistrationChanged, DeviceUnregistered, RegistrationEvent, UnregisterReason,
 };
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::call_directory::CallBilling;
+use crate::directory_cache::DirectoryCache;
 use crate::location::{self, Location, Saved};
 use crate::sip::abuse::AbuseConfig;
 use crate::sip::b2bua::{Authorization, CallConfig, CallLookup};
 use crate::sip::digest::DigestConfig;
 use crate::sip::node::{LookupId, NodeConfig, NodeEvent, Now, SipNode};
-use crate::sip::registrar::{self, BindingChange, ExtensionRecord, Lookup, RegistrarConfig, RemovalReason};
+use crate::sip::registrar::{self, BindingChange, Lookup, RegistrarConfig, RemovalReason};
 use crate::sip::screening::NodeIdentity;
 use crate::sip::transaction::{Timers, Transport};
 use crate::transport::{Protocol, TransportOptions, Transports};
@@ -46,6 +46,8 @@ pub struct SipConfig {
     pub advertise: Option<String>,
     /// How long a call may ring unanswered.
     pub no_answer: Duration,
+    /// How long the node trusts a directory answer (tenant, extension) before asking again.
+    pub directory_ttl: Duration,
     pub registrar: RegistrarConfig,
     pub abuse: AbuseConfig,
 }
@@ -117,6 +119,7 @@ impl SipService {
             writer,
             calls,
             abuse: config.abuse.clone(),
+            directory: DirectoryCache::new(config.directory_ttl, 200_000),
             billing: CallBilling::new(
                 pool_for_billing,
                 CommandHandler::new(store_for_billing),
@@ -139,6 +142,7 @@ struct Shell {
     /// Call events, in order, to the batching writer.
     calls: mpsc::Sender<StreamWrite>,
     billing: CallBilling,
+    directory: DirectoryCache,
     abuse: AbuseConfig,
     node_id: String,
 }
@@ -307,6 +311,7 @@ impl Shell {
                     let at = now(epoch).wall;
                     let lookup = match crate::call_directory::lookup(
                         &shell.pool,
+                        &shell.directory,
                         &shell.location,
                         &domain,
                         &caller,
@@ -454,31 +459,11 @@ impl Shell {
         user: &str,
         at: DateTime<Utc>,
     ) -> Result<(Lookup, Vec<registrar::Binding>), sqlx::Error> {
-        let tenant =
-            sqlx::query("SELECT tenant_id, sip_domain, suspended FROM rm_tenants WHERE sip_domain = lower($1)")
-                .bind(domain)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(tenant) = tenant else {
+        let Some(tenant) = self.directory.tenant(&self.pool, domain).await? else {
             return Ok((Lookup::UnknownDomain, Vec::new()));
         };
-        let tenant_id: Uuid = tenant.get("tenant_id");
-        let extension = sqlx::query(
-            "SELECT extension_id, number, ha1_md5, ha1_sha256, enabled FROM rm_extensions WHERE tenant_id = $1 AND number = $2",
-        )
-        .bind(tenant_id)
-        .bind(user)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| ExtensionRecord {
-            extension_id: row.get("extension_id"),
-            number: row.get("number"),
-            ha1: Ha1 {
-                md5: row.get("ha1_md5"),
-                sha256: row.get("ha1_sha256"),
-            },
-            enabled: row.get("enabled"),
-        });
+        let tenant_id = tenant.tenant_id;
+        let extension = self.directory.extension(&self.pool, tenant_id, user).await?;
         let bindings = match &extension {
             Some(ext) => self
                 .location
@@ -502,8 +487,8 @@ impl Shell {
         Ok((
             Lookup::Tenant {
                 tenant_id,
-                sip_domain: tenant.get("sip_domain"),
-                suspended: tenant.get("suspended"),
+                sip_domain: tenant.sip_domain,
+                suspended: tenant.suspended,
                 extension,
             },
             bindings,

@@ -5,7 +5,7 @@
 mod common;
 
 use commands::testing::TestDb;
-use common::{ledgerline, ok, register, sipp, sipp_at, start, tenant_with_extensions, until, Callee};
+use common::{ledgerline, ok, register, sipp, sipp_at, start, start_with, tenant_with_extensions, until, Callee};
 
 fn caller_line(caller: u32, callee: &str, password: &str) -> String {
     format!("{caller};acme.test;{callee};[authentication username={caller} password={password}]")
@@ -56,7 +56,8 @@ async fn wait_for_end(db: &TestDb, callee: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_authorized_routed_answered_cancelled_and_refused_with_their_events() {
     let db = TestDb::new().await.unwrap();
-    let node = start(&db);
+    // No directory cache: the disabled caller below must be refused at once.
+    let node = start_with(&db, &["--sip-directory-ttl-ms", "0"]);
     tenant_with_extensions(&db, 5).await;
 
     // 1. Answered and hung up by the caller.
