@@ -25,7 +25,10 @@ cargo build --release -q -p gateway || exit 2
 bin=$root/target/release/ledgerline
 tmp=$(mktemp -d); chmod 755 "$tmp"  # the embedded cluster runs as `postgres` when we are root
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null
+  if [ -n "${KEEP:-}" ]; then echo "# kept $tmp" >&2; else rm -rf "$tmp"; fi
+}
 trap cleanup EXIT
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) | commit $(git rev-parse --short HEAD 2>/dev/null)"
 
@@ -44,10 +47,11 @@ run_sipp() {
   local stat=$tmp/stat-$RANDOM.csv t0 t1 ok fail
   t0=$(date +%s.%N)
   timeout $((STEP * 4 + 30)) sipp "127.0.0.1:$1" -sf "$2" -inf "$3" -i 127.0.0.1 -p 0 -r "$4" -m "$5" -l 20000 \
-    -recv_timeout 8000 -timeout $((STEP * 3 + 20)) -nostdin -trace_stat -stf "$stat" >/dev/null 2>&1
+    -recv_timeout 8000 -timeout $((STEP * 3 + 20)) -nostdin -trace_stat -stf "$stat" ${KEEP:+-trace_err} >/dev/null 2>&1
   t1=$(date +%s.%N)
   ok=$(tail -1 "$stat" 2>/dev/null | awk -F';' '{print $16}'); fail=$(tail -1 "$stat" 2>/dev/null | awk -F';' '{print $18}')
   ok=${ok:-0}; fail=${fail:-1}
+  [ -n "${KEEP:-}" ] && cp "$stat" "$tmp/last-stat.csv"
   echo "$ok $fail $(echo "scale=0; $ok / ($t1 - $t0 - $6)" | bc)"
 }
 
@@ -72,12 +76,15 @@ climb() {
 }
 
 # --- Kamailio ---
+k_reg=0; k_call=0
 csvs kamailio 5070 pw-
+if [ -z "${SKIP_KAMAILIO:-}" ]; then
 kamailio -f "$anchors/kamailio/kamailio-auth.cfg" -m 256 -M 32 -DD -E >"$tmp/k.log" 2>&1 &
 kpid=$!; pids+=("$kpid")
 sleep 1.5
 read -r k_reg k_call < <(climb kamailio 5070)
 kill "$kpid" 2>/dev/null; wait "$kpid" 2>/dev/null
+fi
 
 # --- Ledgerline ---
 csvs ours 5072 pass-
