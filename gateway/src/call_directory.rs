@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::directory_cache::DirectoryCache;
 use crate::location::Location;
-use crate::sip::b2bua::{AccountRef, Authorization, CallLookup, ContactTarget, Route, TenantCall, TrunkTarget};
+use crate::sip::b2bua::{Authorization, CallLookup, ContactTarget, Route, TenantCall, TrunkTarget};
 use crate::sip::registrar::ExtensionRecord;
 use crate::sip::transaction::Transport;
 
@@ -32,6 +32,7 @@ pub async fn lookup(
     caller: &str,
     callee: &str,
     source: SocketAddr,
+    credentials: bool,
     at: DateTime<Utc>,
 ) -> Result<CallLookup, sqlx::Error> {
     // A trunk's allowed address comes first: carriers address us by IP, not by domain.
@@ -43,6 +44,20 @@ pub async fn lookup(
     };
     let tenant_id = tenant.tenant_id;
     let caller = directory.extension(pool, tenant_id, caller).await?;
+    if !credentials {
+        // Only a challenge follows: the route and the account are not needed yet.
+        return Ok(CallLookup::Tenant(Box::new(TenantCall {
+            tenant_id,
+            sip_domain: tenant.sip_domain,
+            suspended: tenant.suspended,
+            caller,
+            from_trunk: None,
+            did: None,
+            route: Route::NotFound,
+            call_limit: Some(tenant.max_concurrent_calls),
+            account: None,
+        })));
+    }
     let route = match directory.extension(pool, tenant_id, callee).await? {
         Some(ext) if ext.enabled => extension_route(location, tenant_id, &ext, at).await?,
         Some(_) => Route::Extension {
@@ -61,7 +76,7 @@ pub async fn lookup(
         did: None,
         route,
         call_limit: Some(tenant.max_concurrent_calls),
-        account: account(pool, tenant_id).await?,
+        account: directory.account(pool, tenant_id).await?,
     })))
 }
 
@@ -207,18 +222,10 @@ async fn inbound_from_trunk(
     source: SocketAddr,
     at: DateTime<Utc>,
 ) -> Result<Option<CallLookup>, sqlx::Error> {
-    let trunk = sqlx::query(
-        "SELECT t.trunk_id, t.tenant_id, r.sip_domain, r.suspended FROM rm_trunks t \
-         JOIN rm_tenants r ON r.tenant_id = t.tenant_id \
-         WHERE t.enabled AND $1 = ANY(t.allowed_ips) ORDER BY t.trunk_id LIMIT 1",
-    )
-    .bind(source.ip().to_string())
-    .fetch_optional(pool)
-    .await?;
-    let Some(trunk) = trunk else {
+    let Some(trunk) = directory.trunk_by_address(pool, source.ip()).await? else {
         return Ok(None);
     };
-    let tenant_id: Uuid = trunk.get("tenant_id");
+    let tenant_id = trunk.tenant_id;
     let target = sqlx::query("SELECT extension_number FROM rm_dids WHERE tenant_id = $1 AND did = $2")
         .bind(tenant_id)
         .bind(did)
@@ -236,14 +243,14 @@ async fn inbound_from_trunk(
     };
     Ok(Some(CallLookup::Tenant(Box::new(TenantCall {
         tenant_id,
-        sip_domain: trunk.get("sip_domain"),
-        suspended: trunk.get("suspended"),
+        sip_domain: trunk.sip_domain,
+        suspended: trunk.suspended,
         caller: None,
-        from_trunk: Some(trunk.get("trunk_id")),
+        from_trunk: Some(trunk.trunk_id),
         did: Some(did.to_string()),
         route,
         call_limit: call_limit(pool, tenant_id).await?,
-        account: account(pool, tenant_id).await?,
+        account: directory.account(pool, tenant_id).await?,
     }))))
 }
 
@@ -255,20 +262,6 @@ async fn call_limit(pool: &PgPool, tenant_id: Uuid) -> Result<Option<u32>, sqlx:
     Ok(row
         .map(|r| r.get::<i32, _>("max_concurrent_calls"))
         .and_then(|n| u32::try_from(n).ok()))
-}
-
-/// The tenant's billing account: its first opened one.
-async fn account(pool: &PgPool, tenant_id: Uuid) -> Result<Option<AccountRef>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT account_id, kind FROM rm_balances WHERE tenant_id = $1 ORDER BY opened_at, account_id LIMIT 1",
-    )
-    .bind(tenant_id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|r| AccountRef {
-        account_id: r.get("account_id"),
-        prepaid: r.get::<String, _>("kind") == "prepaid",
-    }))
 }
 
 /// A prepaid call's reservation, kept until the call ends and is settled.

@@ -5,6 +5,7 @@
 //! lag. Memory is bounded: past `max_entries` the cache starts over.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use sqlx::{PgPool, Row};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::sip::b2bua::AccountRef;
 use crate::sip::registrar::ExtensionRecord;
 
 /// What the SIP node needs of a tenant.
@@ -24,12 +26,23 @@ pub struct TenantRow {
     pub max_concurrent_calls: u32,
 }
 
+/// The trunk an address belongs to (IP authentication), with its tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkRow {
+    pub trunk_id: Uuid,
+    pub tenant_id: Uuid,
+    pub sip_domain: String,
+    pub suspended: bool,
+}
+
 type Entry<T> = (Instant, Option<T>);
 
 #[derive(Default)]
 struct Inner {
     tenants: HashMap<String, Entry<TenantRow>>,
     extensions: HashMap<(Uuid, String), Entry<ExtensionRecord>>,
+    trunks: HashMap<IpAddr, Entry<TrunkRow>>,
+    accounts: HashMap<Uuid, Entry<AccountRef>>,
 }
 
 #[derive(Clone)]
@@ -121,6 +134,60 @@ impl DirectoryCache {
             inner.extensions.clear();
         }
         inner.extensions.insert(key, (Instant::now(), row.clone()));
+        Ok(row)
+    }
+
+    /// The enabled trunk whose allowed addresses include `ip`, or none.
+    pub async fn trunk_by_address(&self, pool: &PgPool, ip: IpAddr) -> Result<Option<TrunkRow>, sqlx::Error> {
+        if let Some((at, row)) = self.lock().trunks.get(&ip) {
+            if at.elapsed() < self.ttl {
+                return Ok(row.clone());
+            }
+        }
+        let row = sqlx::query(
+            "SELECT t.trunk_id, t.tenant_id, r.sip_domain, r.suspended FROM rm_trunks t \
+             JOIN rm_tenants r ON r.tenant_id = t.tenant_id \
+             WHERE t.enabled AND $1 = ANY(t.allowed_ips) ORDER BY t.trunk_id LIMIT 1",
+        )
+        .bind(ip.to_string())
+        .fetch_optional(pool)
+        .await?
+        .map(|r| TrunkRow {
+            trunk_id: r.get("trunk_id"),
+            tenant_id: r.get("tenant_id"),
+            sip_domain: r.get("sip_domain"),
+            suspended: r.get("suspended"),
+        });
+        let mut inner = self.lock();
+        if inner.trunks.len() >= self.max_entries {
+            inner.trunks.clear();
+        }
+        inner.trunks.insert(ip, (Instant::now(), row.clone()));
+        Ok(row)
+    }
+
+    /// The tenant's billing account (its first opened one), or none.
+    pub async fn account(&self, pool: &PgPool, tenant_id: Uuid) -> Result<Option<AccountRef>, sqlx::Error> {
+        if let Some((at, row)) = self.lock().accounts.get(&tenant_id) {
+            if at.elapsed() < self.ttl {
+                return Ok(*row);
+            }
+        }
+        let row = sqlx::query(
+            "SELECT account_id, kind FROM rm_balances WHERE tenant_id = $1 ORDER BY opened_at, account_id LIMIT 1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| AccountRef {
+            account_id: r.get("account_id"),
+            prepaid: r.get::<String, _>("kind") == "prepaid",
+        });
+        let mut inner = self.lock();
+        if inner.accounts.len() >= self.max_entries {
+            inner.accounts.clear();
+        }
+        inner.accounts.insert(tenant_id, (Instant::now(), row));
         Ok(row)
     }
 }

@@ -270,12 +270,17 @@ impl Shell {
         call_tx: &mpsc::Sender<CallDone>,
     ) {
         match event {
-            NodeEvent::RegisterLookup { id, domain, user } => {
+            NodeEvent::RegisterLookup {
+                id,
+                domain,
+                user,
+                credentials,
+            } => {
                 let shell = self.clone();
                 let done_tx = done_tx.clone();
                 tokio::spawn(async move {
                     let at = now(epoch).wall;
-                    let (lookup, bindings) = match shell.lookup(&domain, &user, at).await {
+                    let (lookup, bindings) = match shell.lookup(&domain, &user, credentials, at).await {
                         Ok(found) => found,
                         Err(e) => {
                             // Without the directory nothing can be decided; the phone retries.
@@ -304,6 +309,7 @@ impl Shell {
                 caller,
                 callee,
                 source,
+                credentials,
             } => {
                 let shell = self.clone();
                 let call_tx = call_tx.clone();
@@ -317,6 +323,7 @@ impl Shell {
                         &caller,
                         &callee,
                         source,
+                        credentials,
                         at,
                     )
                     .await
@@ -457,6 +464,7 @@ impl Shell {
         &self,
         domain: &str,
         user: &str,
+        credentials: bool,
         at: DateTime<Utc>,
     ) -> Result<(Lookup, Vec<registrar::Binding>), sqlx::Error> {
         let Some(tenant) = self.directory.tenant(&self.pool, domain).await? else {
@@ -465,6 +473,8 @@ impl Shell {
         let tenant_id = tenant.tenant_id;
         let extension = self.directory.extension(&self.pool, tenant_id, user).await?;
         let bindings = match &extension {
+            // Without credentials the REGISTER is only challenged: its bindings do not matter.
+            Some(_) if !credentials => Vec::new(),
             Some(ext) => self
                 .location
                 .bindings(tenant_id, ext.extension_id, at)

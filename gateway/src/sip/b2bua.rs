@@ -480,12 +480,18 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 planned: None,
             },
         );
+        let credentials = self
+            .calls
+            .pending
+            .get(&id)
+            .is_some_and(|p| p.request.header("Proxy-Authorization").is_some());
         self.events.push_back(NodeEvent::CallLookup {
             id,
             domain,
             caller,
             callee,
             source,
+            credentials,
         });
     }
 
@@ -1644,6 +1650,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             callee: target,
             // Not a trunk's address: the target is looked up in the tenant's own numbers.
             source: SocketAddr::from(([0, 0, 0, 0], 0)),
+            credentials: true,
         });
     }
 

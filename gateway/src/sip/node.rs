@@ -59,7 +59,14 @@ pub struct LookupId(pub u64);
 pub enum NodeEvent {
     /// Look up the tenant by `domain`, the extension by `user` and the AOR's bindings, then
     /// call [`SipNode::handle_register_lookup`].
-    RegisterLookup { id: LookupId, domain: String, user: String },
+    /// `credentials`: the REGISTER carries an Authorization; without one it will only be
+    /// challenged, so its bindings need not be read.
+    RegisterLookup {
+        id: LookupId,
+        domain: String,
+        user: String,
+        credentials: bool,
+    },
     /// Write these to the location table; publish those whose `is_event()` is true.
     BindingsChanged {
         tenant_id: Uuid,
@@ -74,6 +81,9 @@ pub enum NodeEvent {
         caller: String,
         callee: String,
         source: SocketAddr,
+        /// The INVITE carries a Proxy-Authorization; without one (and not from a trunk) it
+        /// will only be challenged, so its route need not be looked up.
+        credentials: bool,
     },
     /// Authorize a prepaid call against the account's available funds (reserve), then call
     /// [`SipNode::handle_call_authorization`].
@@ -342,8 +352,14 @@ impl SipNode {
         }
         self.next_lookup += 1;
         let id = LookupId(self.next_lookup);
+        let credentials = request.header("Authorization").is_some();
         self.pending.insert(id, PendingLookup { key, request, source });
-        self.events.push_back(NodeEvent::RegisterLookup { id, domain, user });
+        self.events.push_back(NodeEvent::RegisterLookup {
+            id,
+            domain,
+            user,
+            credentials,
+        });
     }
 
     fn respond(&mut self, now: Now, key: &TransactionKey, response: rsip::Response) {
@@ -520,7 +536,7 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
 
     fn lookup_id(node: &mut SipNode) -> LookupId {
         match node.poll_event() {
-            Some(NodeEvent::RegisterLookup { id, domain, user }) => {
+            Some(NodeEvent::RegisterLookup { id, domain, user, .. }) => {
                 assert_eq!((domain.as_str(), user.as_str()), (DOMAIN, "1001"));
                 id
             }
