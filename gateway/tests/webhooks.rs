@@ -774,3 +774,75 @@ async fn the_cli_registers_lists_and_removes_and_the_projector_role_delivers() {
     let list = common::ok(common::ledgerline(&w.db, &["webhook", "list", "--tenant", &tenant]));
     assert!(!list.contains(&webhook_id), "{list}");
 }
+
+#[tokio::test]
+async fn filter_changes_rotation_and_disabling_apply_from_their_position_in_the_log() {
+    let w = world().await;
+    let receiver = Receiver::start(0).await;
+    let hook = w
+        .register(w.tenant_a, &receiver.url, &["TenantRenamed"])
+        .await
+        .webhook_id;
+    let (a, h) = (w.tenant_a, &w.handler);
+    const ROTATED: &str = "whsec_rotated_secret_000000";
+    // Every change is in the log before the dispatcher reads any of it: each event must
+    // still meet the configuration in force at its own position.
+    w.rename(a, "Acme 1").await; // delivered
+    webhook_commands::update(h, &ctx(10), a, hook, None, None, Some(ROTATED.into()))
+        .await
+        .unwrap();
+    w.rename(a, "Acme 2").await; // delivered
+    webhook_commands::command(h, &ctx(11), a, hook, WebhookCommand::Disable { reason: "pause".into() })
+        .await
+        .unwrap();
+    w.rename(a, "Acme 3").await; // not delivered: disabled
+    webhook_commands::command(h, &ctx(12), a, hook, WebhookCommand::Enable)
+        .await
+        .unwrap();
+    w.rename(a, "Acme 4").await; // delivered
+    webhook_commands::update(h, &ctx(13), a, hook, None, Some(vec!["TenantSuspended".into()]), None)
+        .await
+        .unwrap();
+    w.rename(a, "Acme 5").await; // not delivered: filtered out
+    directory::tenant_command(h, &ctx(14), a, TenantCommand::Suspend { reason: "test".into() })
+        .await
+        .unwrap(); // delivered
+
+    let clock = Arc::new(ManualClock::new(t0()));
+    let d = w.dispatcher(clock, RetryPolicy::default(), 9, DispatcherConfig::default());
+    d.enqueue_to_now(WAIT_LIMIT).await.unwrap();
+    while d.deliver_due().await.unwrap() > 0 {}
+
+    let received = receiver.received();
+    let bodies: Vec<serde_json::Value> = received
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let seen: Vec<String> = bodies
+        .iter()
+        .map(|b| match b["data"]["name"].as_str() {
+            Some(name) => name.to_string(),
+            None => b["event_type"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    assert_eq!(seen, vec!["Acme 1", "Acme 2", "Acme 4", "TenantSuspended"]);
+    // An attempt is signed with the secret current when it is made (all of these were made
+    // after the rotation), so a receiver that rotated never sees the old secret again.
+    for r in &received {
+        let ts: i64 = r.timestamp.parse().unwrap();
+        verify_signature(ROTATED.as_bytes(), &r.timestamp, &r.signature, &r.body, ts, 0)
+            .unwrap_or_else(|e| panic!("{}: {e}", r.event_id));
+        assert!(verify_signature(SECRET.as_bytes(), &r.timestamp, &r.signature, &r.body, ts, 0).is_err());
+    }
+    // The read model shows the latest configuration, never a secret.
+    Runner::new(w.store.clone(), Webhooks).catch_up().await.unwrap();
+    let view = queries::get_webhook(&w.db.pool, a, hook).await.unwrap().unwrap();
+    assert_eq!(
+        (view.event_types, view.enabled),
+        (vec!["TenantSuspended".to_string()], true)
+    );
+    assert_eq!(
+        view.secret_fingerprint,
+        domain::webhook::secret_fingerprint(&hook, &domain::webhook::WebhookSecret(ROTATED.into()))
+    );
+}
