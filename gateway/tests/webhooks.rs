@@ -17,7 +17,7 @@ use domain::tenant::{Limits, TenantCommand};
 use domain::webhook::{WebhookCommand, WebhookRejection};
 use gateway::webhooks::clock::{ManualClock, SeededJitter, SharedJitter};
 use gateway::webhooks::commands::{self as webhook_commands, Registered};
-use gateway::webhooks::http::ReqwestPoster;
+use gateway::webhooks::http::{ReqwestPoster, Targets};
 use gateway::webhooks::queries::{self, DeliveryFilter, DeliveryStatus, QueryError};
 use gateway::webhooks::retry::{AfterFailure, RetryPolicy};
 use gateway::webhooks::{verify_signature, Dispatcher, DispatcherConfig};
@@ -186,7 +186,7 @@ impl World {
         Dispatcher::new(
             self.store.clone(),
             clock,
-            Arc::new(ReqwestPoster::new(Duration::from_secs(10)).unwrap()),
+            Arc::new(ReqwestPoster::new(Duration::from_secs(10), Targets::Any).unwrap()),
             SharedJitter::new(SeededJitter::new(seed)),
             DispatcherConfig { retry, ..config },
         )
@@ -734,6 +734,7 @@ async fn the_cli_registers_lists_and_removes_and_the_projector_role_delivers() {
         .arg("projector")
         .env("DATABASE_URL", &w.db.url)
         .env("LEDGERLINE_LOG", "warn")
+        .env(gateway::webhooks::ALLOW_PRIVATE_ENV, "1")
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start the projector");

@@ -28,9 +28,19 @@ pub use signature::verify_signature;
 /// How long one delivery attempt may take, connection included.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Set to `1` or `true` to let deliveries reach loopback and private addresses (local
+/// development, receivers on a private network); public addresses only otherwise.
+pub const ALLOW_PRIVATE_ENV: &str = "LEDGERLINE_WEBHOOKS_ALLOW_PRIVATE";
+
 /// Start the dispatcher on the system clock with `reqwest` (the binary's `up` and `projector`).
 pub fn spawn(store: EventStore, shutdown: watch::Receiver<bool>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let http = http::ReqwestPoster::new(HTTP_TIMEOUT)?;
+    let allow_private = std::env::var(ALLOW_PRIVATE_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let targets = if allow_private {
+        http::Targets::Any
+    } else {
+        http::Targets::PublicOnly
+    };
+    let http = http::ReqwestPoster::new(HTTP_TIMEOUT, targets)?;
     // The jitter only spreads retries apart; a fresh seed per process is enough.
     let seed = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([7; 8]));
     let dispatcher = Dispatcher::new(
