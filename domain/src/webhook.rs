@@ -129,6 +129,8 @@ pub enum WebhookRejection {
     AlreadyExists,
     #[error("no such webhook")]
     NotFound,
+    #[error("the system tenant has no webhooks; register one for a tenant")]
+    SystemTenant,
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
     #[error("invalid event types: {0}")]
@@ -219,6 +221,9 @@ pub fn decide(command: &WebhookCommand, state: &WebhookState) -> Result<Vec<Webh
         } => {
             if state.registered {
                 return Err(WebhookRejection::AlreadyExists);
+            }
+            if tenant_id.is_nil() {
+                return Err(WebhookRejection::SystemTenant);
             }
             let url = valid_url(url)?;
             let event_types = valid_event_types(event_types, known_event_types)?;
@@ -498,6 +503,11 @@ mod tests {
             Err(WebhookRejection::InvalidUrl(_))
         ));
         assert!(decide(&register("http://127.0.0.1:8080/hook", &["*"]), &given(&[])).is_ok());
+        let mut system = register("https://x.test/", &["*"]);
+        if let WebhookCommand::Register { tenant_id, .. } = &mut system {
+            *tenant_id = Uuid::nil();
+        }
+        assert_eq!(decide(&system, &given(&[])), Err(WebhookRejection::SystemTenant));
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub async fn webhook(data_dir: &Path, command: WebhookCommandArgs) -> anyhow::Re
                 Ok(registered) => {
                     println!("{}", registered.webhook_id);
                     if let Some(secret) = registered.generated_secret {
-                        eprintln!("signing secret (shown once, keep it): {secret}");
+                        eprintln!("the second line is the generated signing secret: it is shown once, keep it");
                         println!("{secret}");
                     }
                     ExitCode::SUCCESS

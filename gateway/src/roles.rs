@@ -177,6 +177,7 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         crate::simulate::demo(&store, sip.local_addr).await?;
     }
     let _webhooks = gateway::webhooks::spawn(store.clone(), shutdown.clone())?;
+    say!("  webhooks: dispatching signed deliveries (ledgerline webhook --help)");
     say!("  stop with Ctrl-C");
     let result = crate::projectors::run_all(&store, 500, shutdown).await;
     say!("ledgerline: stopping");
