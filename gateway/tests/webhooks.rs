@@ -518,7 +518,10 @@ async fn a_tenants_webhook_never_sees_another_tenants_events() {
     }
 
     // The queries answer for the tenant asked about only.
-    Runner::new(w.store.clone(), Webhooks).catch_up().await.unwrap();
+    Runner::new(w.store.clone(), Webhooks)
+        .catch_up_to_now(WAIT_LIMIT)
+        .await
+        .unwrap();
     let hooks = queries::list_webhooks(&w.db.pool, w.tenant_a).await.unwrap();
     assert_eq!(hooks.iter().map(|h| h.webhook_id).collect::<Vec<_>>(), vec![hook_a]);
     assert!(queries::get_webhook(&w.db.pool, w.tenant_a, hook_b)
@@ -836,7 +839,10 @@ async fn filter_changes_rotation_and_disabling_apply_from_their_position_in_the_
         assert!(verify_signature(SECRET.as_bytes(), &r.timestamp, &r.signature, &r.body, ts, 0).is_err());
     }
     // The read model shows the latest configuration, never a secret.
-    Runner::new(w.store.clone(), Webhooks).catch_up().await.unwrap();
+    Runner::new(w.store.clone(), Webhooks)
+        .catch_up_to_now(WAIT_LIMIT)
+        .await
+        .unwrap();
     let view = queries::get_webhook(&w.db.pool, a, hook).await.unwrap().unwrap();
     assert_eq!(
         (view.event_types, view.enabled),
