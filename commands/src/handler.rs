@@ -31,7 +31,7 @@ impl CommandContext {
         }
     }
 
-    fn metadata(&self) -> Metadata {
+    pub fn metadata(&self) -> Metadata {
         Metadata {
             command_id: Some(self.command_id),
             correlation_id: Some(self.correlation_id.unwrap_or(self.command_id)),
@@ -194,7 +194,7 @@ impl CommandHandler {
     }
 
     /// A command already handled has its first event stored under a known id.
-    async fn replay<R: std::error::Error>(&self, ctx: &CommandContext) -> Result<Option<Outcome>, CommandError<R>> {
+    pub async fn replay<R: std::error::Error>(&self, ctx: &CommandContext) -> Result<Option<Outcome>, CommandError<R>> {
         let ids: Vec<Uuid> = (0..64).map(|n| ctx.event_id(n)).collect();
         let positions: Vec<i64> =
             sqlx::query_scalar("SELECT global_position FROM events WHERE event_id = ANY($1) ORDER BY 1")
@@ -252,7 +252,7 @@ pub enum LoadError {
 }
 
 impl LoadError {
-    fn into_command<R: std::error::Error>(self) -> CommandError<R> {
+    pub fn into_command<R: std::error::Error>(self) -> CommandError<R> {
         match self {
             LoadError::Store(e) => CommandError::Store(e),
             LoadError::Corrupt(e) => CommandError::Corrupt(e),

@@ -14,6 +14,7 @@ pub mod registry;
 pub mod routing;
 pub mod security;
 pub mod tenant;
+pub mod webhook;
 
 pub use decider::Aggregate;
 pub use event::{DomainEvent, SchemaError};

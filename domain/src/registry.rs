@@ -10,6 +10,7 @@ use crate::registration::RegistrationEvent;
 use crate::routing::RoutingEvent;
 use crate::security::SecurityEvent;
 use crate::tenant::{SipDomainEvent, TenantEvent};
+use crate::webhook::WebhookEvent;
 
 /// Check that `(event_type, schema_version, payload)` is an event we know and that the
 /// payload matches its schema. The store calls this before writing anything.
@@ -35,6 +36,9 @@ pub fn validate(event_type: &str, schema_version: u32, payload: &Value) -> Resul
     if SipDomainEvent::event_types().contains(&event_type) {
         return SipDomainEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
+    if WebhookEvent::event_types().contains(&event_type) {
+        return WebhookEvent::from_stored(event_type, schema_version, payload).map(drop);
+    }
     Err(SchemaError::UnknownType(event_type.to_string()))
 }
 
@@ -47,6 +51,7 @@ pub fn json_schemas() -> Vec<(&'static str, u32, Value)> {
     all.extend(RegistrationEvent::json_schemas());
     all.extend(RoutingEvent::json_schemas());
     all.extend(SecurityEvent::json_schemas());
+    all.extend(WebhookEvent::json_schemas());
     all.sort_by(|a, b| a.0.cmp(b.0));
     all
 }
@@ -88,6 +93,7 @@ mod tests {
                 + RegistrationEvent::event_types().len()
                 + RoutingEvent::event_types().len()
                 + SecurityEvent::event_types().len()
+                + WebhookEvent::event_types().len()
                 + 1
         );
     }

@@ -70,6 +70,17 @@ struct ExportLine<'a> {
     event: &'a RecordedEvent,
 }
 
+/// How long (in 10 ms polls) an export waits for transactions older than its start: 30 s.
+const MAX_FENCE_POLLS: u32 = 3000;
+
+/// Whether every transaction running at `xmax`'s snapshot has finished.
+async fn fence_passed(store: &EventStore, xmax: i64) -> anyhow::Result<bool> {
+    let xmin: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        .fetch_one(store.pool())
+        .await?;
+    Ok(xmin >= xmax)
+}
+
 pub async fn events(data_dir: &Path, command: EventsCommand) -> anyhow::Result<ExitCode> {
     let EventsCommand::Export { tenant, from, follow } = command;
     let db = roles::open(data_dir).await?;
@@ -86,6 +97,10 @@ pub async fn events(data_dir: &Path, command: EventsCommand) -> anyhow::Result<E
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let start_xmax: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+        .fetch_one(store.pool())
+        .await?;
+    let mut polls = 0u32;
     let result: anyhow::Result<()> = async {
         loop {
             let batch = store.read_all_from(cursor, 1000, tenant, min_position).await?;
@@ -102,6 +117,13 @@ pub async fn events(data_dir: &Path, command: EventsCommand) -> anyhow::Result<E
                 continue;
             }
             out.flush()?;
+            // Without --follow, export everything committed before the call: the fence is
+            // cluster-wide, so wait (bounded) for transactions that were already running.
+            if waker.is_none() && !fence_passed(&store, start_xmax).await? && polls < MAX_FENCE_POLLS {
+                polls += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
             match waker.as_mut() {
                 None => return Ok(()),
                 Some(waker) => {

@@ -12,13 +12,14 @@ use commands::{Cursor, EventStore};
 use projections::billing::Billing;
 use projections::directory::Directory;
 use projections::invoices::Invoices;
+use projections::webhooks::Webhooks;
 use projections::{rebuild, Projection, Runner, Until};
 use sqlx::{PgPool, Row};
 
 use crate::roles;
 
 /// Every projection the binary runs, by name.
-pub const PROJECTIONS: &[&str] = &["directory", "billing", "invoices"];
+pub const PROJECTIONS: &[&str] = &["directory", "billing", "invoices", "webhooks"];
 
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
@@ -65,6 +66,7 @@ async fn rebuild_and_swap(store: &EventStore, name: &str, batch_size: i64) -> an
         "directory" => rebuild_one(store, Directory, batch_size).await,
         "billing" => rebuild_one(store, Billing, batch_size).await,
         "invoices" => rebuild_one(store, Invoices, batch_size).await,
+        "webhooks" => rebuild_one(store, Webhooks, batch_size).await,
         other => bail!("no projection named `{other}` (known: {})", PROJECTIONS.join(", ")),
     }
 }
@@ -147,6 +149,7 @@ pub async fn audit_replay(data_dir: &Path, max_rows: i64) -> anyhow::Result<Exit
         differs |= audit_one(&store, || Directory, max_rows).await?;
         differs |= audit_one(&store, || Billing, max_rows).await?;
         differs |= audit_one(&store, || Invoices, max_rows).await?;
+        differs |= audit_one(&store, || Webhooks, max_rows).await?;
         Ok(())
     }
     .await;

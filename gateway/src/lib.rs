@@ -7,3 +7,4 @@ pub mod location;
 pub mod sip;
 pub mod sip_service;
 pub mod transport;
+pub mod webhooks;

@@ -17,6 +17,7 @@ mod cli_directory;
 mod cli_events;
 mod cli_replay;
 mod cli_routing;
+mod cli_webhooks;
 mod projectors;
 mod rate_bench;
 mod rate_cli;
@@ -75,6 +76,9 @@ enum Command {
     /// Add, list and remove inbound DIDs (DID → extension).
     #[command(subcommand)]
     Did(cli_routing::DidCommand),
+    /// Register, list and remove a tenant's signed webhooks; read their delivery log.
+    #[command(subcommand)]
+    Webhook(cli_webhooks::WebhookCommandArgs),
     /// Read the event log.
     #[command(subcommand)]
     Events(cli_events::EventsCommand),
@@ -143,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Trunk(cmd) => cli_routing::trunk(&data_dir, cmd).await,
         Command::Route(cmd) => cli_routing::route(&data_dir, cmd).await,
         Command::Did(cmd) => cli_routing::did(&data_dir, cmd).await,
+        Command::Webhook(cmd) => cli_webhooks::webhook(&data_dir, cmd).await,
         Command::Events(cmd) => cli_events::events(&data_dir, cmd).await,
         Command::Audit(cmd) => cli_events::audit(&data_dir, cmd).await,
         Command::Bench(BenchCommand::Store(args)) => bench_store::run(&data_dir, args).await,

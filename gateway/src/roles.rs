@@ -176,6 +176,8 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.demo {
         crate::simulate::demo(&store, sip.local_addr).await?;
     }
+    let _webhooks = gateway::webhooks::spawn(store.clone(), shutdown.clone())?;
+    say!("  webhooks: dispatching signed deliveries (ledgerline webhook --help)");
     say!("  stop with Ctrl-C");
     let result = crate::projectors::run_all(&store, 500, shutdown).await;
     say!("ledgerline: stopping");
@@ -213,7 +215,9 @@ pub async fn projector(data_dir: &Path, args: ProjectorArgs) -> anyhow::Result<E
             .await
             .map(|n| say!("projector: applied {n} events"))
     } else {
-        crate::projectors::run_all(&store, args.batch_size, shutdown_signal()).await
+        let shutdown = shutdown_signal();
+        let _webhooks = gateway::webhooks::spawn(store.clone(), shutdown.clone())?;
+        crate::projectors::run_all(&store, args.batch_size, shutdown).await
     };
     db.close().await;
     result?;

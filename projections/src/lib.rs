@@ -8,5 +8,6 @@ pub mod directory;
 pub mod invoices;
 pub mod rebuild;
 pub mod runner;
+pub mod webhooks;
 
 pub use runner::{Projection, ProjectionError, Runner, Until};
