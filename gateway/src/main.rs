@@ -13,6 +13,7 @@ macro_rules! say {
 
 mod bench_replay;
 mod bench_store;
+mod cli_conference;
 mod cli_directory;
 mod cli_events;
 mod cli_replay;
@@ -65,6 +66,9 @@ enum Command {
     /// Provision, list and change extensions.
     #[command(subcommand)]
     Extension(cli_directory::ExtensionCommand),
+    /// Create and list conference rooms.
+    #[command(subcommand)]
+    Conference(cli_conference::ConferenceCommand),
     /// Read the event log.
     #[command(subcommand)]
     Events(cli_events::EventsCommand),
@@ -130,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Tenant(cmd) => cli_directory::tenant(&data_dir, cmd).await,
         Command::Extension(cmd) => cli_directory::extension(&data_dir, cmd).await,
+        Command::Conference(cmd) => cli_conference::conference(&data_dir, cmd).await,
         Command::Events(cmd) => cli_events::events(&data_dir, cmd).await,
         Command::Audit(cmd) => cli_events::audit(&data_dir, cmd).await,
         Command::Bench(BenchCommand::Store(args)) => bench_store::run(&data_dir, args).await,
