@@ -2,5 +2,8 @@
 //! mixer, recording and prompts: sans-IO cores (`handle_*` in, `poll_*` out, time as an
 //! argument) plus the tokio shells that only move bytes and timers.
 
+pub mod dtmf;
 pub mod g711;
 pub mod rooms;
+pub mod rtp;
+pub mod stats;
