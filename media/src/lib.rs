@@ -4,6 +4,7 @@
 
 pub mod dtmf;
 pub mod g711;
+pub mod mixer;
 pub mod rooms;
 pub mod rtp;
 pub mod stats;
