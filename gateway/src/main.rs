@@ -94,6 +94,8 @@ enum BenchCommand {
     Rating,
     /// Projection rebuild rate (CDRs, charges, balances, reports) against a plain ordered read of the log.
     Replay(bench_replay::BenchReplayArgs),
+    /// Conference participants mixed in real time per core, against a naive mixer.
+    Mixer,
 }
 
 fn main() -> std::process::ExitCode {
@@ -142,6 +144,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Replay(args) => cli_replay::replay(&data_dir, args).await,
         Command::Simulate(args) => simulate::run(&data_dir, args).await,
         // Pure computation: no database, so no runtime work; run it on a blocking thread.
+        Command::Bench(BenchCommand::Mixer) => {
+            let (ours, naive) = tokio::task::spawn_blocking(media::bench::mixer).await?;
+            say!("{}", media::bench::bench_line("mixer", ours, "naive", naive, "participants"));
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Rating) => {
             tokio::task::spawn_blocking(rate_bench::run).await??;
             Ok(std::process::ExitCode::SUCCESS)

@@ -2,9 +2,16 @@
 //! mixer, recording and prompts: sans-IO cores (`handle_*` in, `poll_*` out, time as an
 //! argument) plus the tokio shells that only move bytes and timers.
 
+pub mod bench;
 pub mod dtmf;
+pub mod engine;
 pub mod g711;
 pub mod mixer;
+pub mod prompts;
+pub mod relay;
 pub mod rooms;
 pub mod rtp;
+pub mod sdp;
 pub mod stats;
+pub mod sys;
+pub mod wav;
