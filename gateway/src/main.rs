@@ -146,7 +146,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         // Pure computation: no database, so no runtime work; run it on a blocking thread.
         Command::Bench(BenchCommand::Mixer) => {
             let (ours, naive) = tokio::task::spawn_blocking(media::bench::mixer).await?;
-            say!("{}", media::bench::bench_line("mixer", ours, "naive", naive, "participants"));
+            say!(
+                "{}",
+                media::bench::bench_line("mixer", ours, "naive", naive, "participants")
+            );
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Rating) => {

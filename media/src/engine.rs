@@ -121,6 +121,10 @@ enum Request {
         samples: Arc<Vec<i16>>,
         reply: oneshot::Sender<bool>,
     },
+    LegPorts {
+        leg_id: Uuid,
+        reply: oneshot::Sender<Option<LegPorts>>,
+    },
     Stop,
 }
 
@@ -197,7 +201,12 @@ impl Engine {
             .await??)
     }
 
-    pub async fn update_leg(&self, leg_id: Uuid, codec: Codec, remote: Option<SocketAddr>) -> Result<bool, EngineError> {
+    pub async fn update_leg(
+        &self,
+        leg_id: Uuid,
+        codec: Codec,
+        remote: Option<SocketAddr>,
+    ) -> Result<bool, EngineError> {
         self.ask(|reply| Request::UpdateLeg {
             leg_id,
             codec,
@@ -217,7 +226,13 @@ impl Engine {
     }
 
     /// Put an existing leg into a room (the room's mixer starts with its first participant).
-    pub async fn join_room(&self, room_id: Uuid, config: RoomConfig, leg_id: Uuid, role: Role) -> Result<(), EngineError> {
+    pub async fn join_room(
+        &self,
+        room_id: Uuid,
+        config: RoomConfig,
+        leg_id: Uuid,
+        role: Role,
+    ) -> Result<(), EngineError> {
         self.ask(|reply| Request::JoinRoom {
             room_id,
             config,
@@ -239,6 +254,11 @@ impl Engine {
 
     pub async fn play_prompt(&self, leg_id: Uuid, samples: Arc<Vec<i16>>) -> Result<bool, EngineError> {
         self.ask(|reply| Request::PlayPrompt { leg_id, samples, reply }).await
+    }
+
+    /// The local ports of a leg, if it exists.
+    pub async fn leg_ports(&self, leg_id: Uuid) -> Result<Option<LegPorts>, EngineError> {
+        self.ask(|reply| Request::LegPorts { leg_id, reply }).await
     }
 
     pub fn stop(&self) {
@@ -294,13 +314,11 @@ impl EngineState {
                     continue;
                 }
                 let socket = token as SocketId;
-                let Some(Some(sock)) = self.sockets.get(socket) else { continue };
+                let Some(Some(sock)) = self.sockets.get(socket) else {
+                    continue;
+                };
                 let fd = sock.as_raw_fd();
-                loop {
-                    let n = match batch.recv(fd) {
-                        Ok(n) => n,
-                        Err(_) => break,
-                    };
+                while let Ok(n) = batch.recv(fd) {
                     let now = self.now();
                     out.clear();
                     for i in 0..n {
@@ -396,9 +414,12 @@ impl EngineState {
         for room_id in room_ids {
             let mut frames: Vec<(Uuid, [u8; FRAME])> = Vec::new();
             {
-                let Some(room) = self.rooms.get_mut(&room_id) else { continue };
+                let Some(room) = self.rooms.get_mut(&room_id) else {
+                    continue;
+                };
                 room.mixer.tick(now);
-                room.mixer.for_each_output(|leg_id, _, frame| frames.push((leg_id, *frame)));
+                room.mixer
+                    .for_each_output(|leg_id, _, frame| frames.push((leg_id, *frame)));
                 if let (Some(pcm), Some((writer, _))) = (room.mixer.recording_frame(), room.recorder.as_mut()) {
                     if let Err(e) = writer.write(pcm) {
                         tracing::error!("recording of room {room_id}: {e}");
@@ -414,7 +435,9 @@ impl EngineState {
         // Prompts to legs outside rooms.
         let playing: Vec<usize> = self.prompts.keys().copied().collect();
         for index in playing {
-            let Some((samples, pos)) = self.prompts.get(&index).cloned() else { continue };
+            let Some((samples, pos)) = self.prompts.get(&index).cloned() else {
+                continue;
+            };
             let Some(codec) = self.relay.leg(index).map(|l| l.codec) else {
                 self.prompts.remove(&index);
                 continue;
@@ -440,13 +463,22 @@ impl EngineState {
                 if matches!(event, MixerEvent::SessionEnded { .. }) {
                     ended.push(*room_id);
                 }
-                if self.events.try_send(EngineEvent::Room { room_id: *room_id, event }).is_err() {
+                if self
+                    .events
+                    .try_send(EngineEvent::Room {
+                        room_id: *room_id,
+                        event,
+                    })
+                    .is_err()
+                {
                     tracing::warn!("media engine: event queue full; a room event was dropped");
                 }
             }
         }
         for room_id in ended {
-            let Some(room) = self.rooms.remove(&room_id) else { continue };
+            let Some(room) = self.rooms.remove(&room_id) else {
+                continue;
+            };
             self.leg_room.retain(|_, r| *r != room_id);
             if let Some((writer, _)) = room.recorder {
                 match writer.finish() {
@@ -473,15 +505,24 @@ impl EngineState {
             let port = self.next_port.max(min) & !1;
             self.next_port = if port.saturating_add(2) >= max { min } else { port + 2 };
             let Ok(rtp) = UdpSocket::bind((ip, port)) else { continue };
-            let Ok(rtcp) = UdpSocket::bind((ip, port + 1)) else { continue };
+            let Ok(rtcp) = UdpSocket::bind((ip, port + 1)) else {
+                continue;
+            };
             return Ok((rtp, rtcp));
         }
-        Err(io::Error::new(io::ErrorKind::AddrInUse, "no free RTP port pair in the range"))
+        Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "no free RTP port pair in the range",
+        ))
     }
 
     fn register(&mut self, sock: UdpSocket) -> io::Result<SocketId> {
         sock.set_nonblocking(true)?;
-        let id = self.sockets.iter().position(Option::is_none).unwrap_or(self.sockets.len());
+        let id = self
+            .sockets
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.sockets.len());
         self.epoll.add(sock.as_raw_fd(), id as u64)?;
         if id == self.sockets.len() {
             self.sockets.push(Some(sock));
@@ -497,7 +538,13 @@ impl EngineState {
         }
     }
 
-    fn add_leg(&mut self, call_id: Uuid, leg_id: Uuid, codec: Codec, remote: Option<SocketAddr>) -> io::Result<LegPorts> {
+    fn add_leg(
+        &mut self,
+        call_id: Uuid,
+        leg_id: Uuid,
+        codec: Codec,
+        remote: Option<SocketAddr>,
+    ) -> io::Result<LegPorts> {
         if self.relay.find(&leg_id).is_some() {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "the leg exists"));
         }
@@ -522,8 +569,12 @@ impl EngineState {
     }
 
     fn leave_room(&mut self, index: usize) -> bool {
-        let Some(room_id) = self.leg_room.remove(&index) else { return false };
-        let Some(leg_id) = self.relay.leg(index).map(|l| l.leg_id) else { return false };
+        let Some(room_id) = self.leg_room.remove(&index) else {
+            return false;
+        };
+        let Some(leg_id) = self.relay.leg(index).map(|l| l.leg_id) else {
+            return false;
+        };
         if let Some(room) = self.rooms.get_mut(&room_id) {
             room.mixer.leave(&leg_id);
         }
@@ -617,6 +668,26 @@ impl EngineState {
                 Request::LeaveRoom { leg_id, reply } => {
                     let ok = self.relay.find(&leg_id).is_some_and(|i| self.leave_room(i));
                     let _ = reply.send(ok);
+                }
+                Request::LegPorts { leg_id, reply } => {
+                    let ports = self
+                        .relay
+                        .find(&leg_id)
+                        .and_then(|i| self.relay.leg(i))
+                        .and_then(|leg| {
+                            let port = |s: SocketId| {
+                                self.sockets
+                                    .get(s)
+                                    .and_then(Option::as_ref)
+                                    .and_then(|x| x.local_addr().ok())
+                                    .map(|a| a.port())
+                            };
+                            Some(LegPorts {
+                                rtp: port(leg.rtp_socket)?,
+                                rtcp: port(leg.rtcp_socket)?,
+                            })
+                        });
+                    let _ = reply.send(ports);
                 }
                 Request::PlayPrompt { leg_id, samples, reply } => {
                     let ok = match self.relay.find(&leg_id) {

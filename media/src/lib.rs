@@ -3,6 +3,7 @@
 //! argument) plus the tokio shells that only move bytes and timers.
 
 pub mod bench;
+pub mod control;
 pub mod dtmf;
 pub mod engine;
 pub mod g711;

@@ -129,7 +129,11 @@ pub enum Delivered {
     Forward(Transmit),
     /// Audio for the conference leg `leg_id`; payload at `offset..offset + len` in the buffer,
     /// in the leg's codec.
-    Room { leg: usize, offset: usize, len: usize },
+    Room {
+        leg: usize,
+        offset: usize,
+        len: usize,
+    },
     Dropped,
 }
 

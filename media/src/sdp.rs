@@ -44,14 +44,21 @@ fn lines(sdp: &str) -> Result<Vec<&str>, SdpError> {
     if sdp.len() > MAX_SDP {
         return Err(SdpError::TooLarge);
     }
-    let lines: Vec<&str> = sdp.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = sdp
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty())
+        .collect();
     if lines.first().map(|l| l.starts_with("v=")) != Some(true) {
         return Err(SdpError::Malformed("must start with v=".into()));
     }
     for l in &lines {
         let b = l.as_bytes();
         if b.len() < 2 || b[1] != b'=' || !b[0].is_ascii_lowercase() {
-            return Err(SdpError::Malformed(format!("bad line `{}`", l.chars().take(40).collect::<String>())));
+            return Err(SdpError::Malformed(format!(
+                "bad line `{}`",
+                l.chars().take(40).collect::<String>()
+            )));
         }
     }
     Ok(lines)
@@ -64,7 +71,8 @@ fn connection_ip(line: &str) -> Result<IpAddr, SdpError> {
         return Err(SdpError::Malformed(format!("bad connection line `{line}`")));
     };
     let addr = addr.split('/').next().unwrap_or(addr);
-    addr.parse().map_err(|_| SdpError::Malformed(format!("bad address `{addr}`")))
+    addr.parse()
+        .map_err(|_| SdpError::Malformed(format!("bad address `{addr}`")))
 }
 
 /// Read the first audio stream.
@@ -98,7 +106,10 @@ pub fn parse(sdp: &str) -> Result<AudioStream, SdpError> {
                         .ok_or_else(|| SdpError::Malformed(format!("bad port in `{line}`")))?,
                 );
                 for f in &parts[3..] {
-                    formats.push(f.parse().map_err(|_| SdpError::Malformed(format!("bad format `{f}`")))?);
+                    formats.push(
+                        f.parse()
+                            .map_err(|_| SdpError::Malformed(format!("bad format `{f}`")))?,
+                    );
                 }
             }
         } else if line.starts_with("c=") {
@@ -191,7 +202,10 @@ pub fn rewrite(sdp: &str, ip: IpAddr, rtp_port: u16, rtcp_port: u16, codec: Opti
             // o=<user> <id> <version> IN IP4 <addr>: announce ourselves.
             let parts: Vec<&str> = o.split_whitespace().collect();
             if parts.len() == 6 {
-                out.push_str(&format!("o={} {} {} IN {family} {ip}\r\n", parts[0], parts[1], parts[2]));
+                out.push_str(&format!(
+                    "o={} {} {} IN {family} {ip}\r\n",
+                    parts[0], parts[1], parts[2]
+                ));
                 false
             } else {
                 true
@@ -225,7 +239,10 @@ m=video 0 RTP/AVP 96\r\n";
         assert_eq!(a.telephone_event, Some(101));
         assert_eq!(a.preferred(), Codec::Pcma);
         // A media-level c= wins over the session's; port 0 means no address yet.
-        let held = OFFER.replace("m=audio 49170 RTP/AVP 8 0 101\r\n", "m=audio 0 RTP/AVP 0\r\nc=IN IP4 10.9.9.9\r\n");
+        let held = OFFER.replace(
+            "m=audio 49170 RTP/AVP 8 0 101\r\n",
+            "m=audio 0 RTP/AVP 0\r\nc=IN IP4 10.9.9.9\r\n",
+        );
         assert_eq!(parse(&held).unwrap().remote, None);
     }
 

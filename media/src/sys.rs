@@ -70,8 +70,8 @@ impl RecvBatch {
             return Err(e);
         }
         let n = n as usize;
-        for i in 0..n {
-            self.lens[i] = msgs[i].msg_len as usize;
+        for (i, msg) in msgs.iter().enumerate().take(n) {
+            self.lens[i] = msg.msg_len as usize;
             self.from[i] = from_storage(&self.addrs[i]);
         }
         Ok(n)
@@ -83,7 +83,8 @@ impl RecvBatch {
 pub fn send_batch(fd: RawFd, packets: &[(&[u8], SocketAddr)]) -> usize {
     let mut sent = 0;
     for chunk in packets.chunks(BATCH) {
-        let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> = chunk.iter().map(|(_, a)| to_storage(a)).collect();
+        let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
+            chunk.iter().map(|(_, a)| to_storage(a)).collect();
         let mut iovecs: Vec<libc::iovec> = chunk
             .iter()
             .map(|(b, _)| libc::iovec {

@@ -114,7 +114,9 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<i16>, WavError> {
     while pos + 8 <= bytes.len() {
         let id = &bytes[pos..pos + 4];
         let len = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]) as usize;
-        let body = bytes.get(pos + 8..(pos + 8).saturating_add(len).min(bytes.len())).unwrap_or(&[]);
+        let body = bytes
+            .get(pos + 8..(pos + 8).saturating_add(len).min(bytes.len()))
+            .unwrap_or(&[]);
         if id == b"fmt " {
             if body.len() < 16 {
                 return Err(WavError::Format("short fmt chunk"));
