@@ -696,6 +696,52 @@ pub fn decide(command: &ConferenceCommand, state: &RoomState) -> Result<Vec<Conf
     }
 }
 
+/// One participant's time in a session, read from the room's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stay {
+    pub session_id: Uuid,
+    pub leg_id: Uuid,
+    pub role: Role,
+    pub joined_at: DateTime<Utc>,
+    pub left_at: DateTime<Utc>,
+}
+
+/// Every finished stay (joined, then left or kicked) in the order they started: what billing
+/// charges the room's owner for.
+pub fn stays<'a>(events: impl IntoIterator<Item = &'a ConferenceEvent>) -> Vec<Stay> {
+    let mut open: BTreeMap<Uuid, (usize, Stay)> = BTreeMap::new();
+    let mut done: Vec<(usize, Stay)> = Vec::new();
+    for (n, event) in events.into_iter().enumerate() {
+        let (leg_id, at) = match event {
+            ConferenceEvent::ParticipantJoined(e) => {
+                open.insert(
+                    e.leg_id,
+                    (
+                        n,
+                        Stay {
+                            session_id: e.session_id,
+                            leg_id: e.leg_id,
+                            role: e.role,
+                            joined_at: e.at,
+                            left_at: e.at,
+                        },
+                    ),
+                );
+                continue;
+            }
+            ConferenceEvent::ParticipantLeft(e) => (e.leg_id, e.at),
+            ConferenceEvent::ParticipantKicked(e) => (e.leg_id, e.at),
+            _ => continue,
+        };
+        if let Some((n, mut stay)) = open.remove(&leg_id) {
+            stay.left_at = at;
+            done.push((n, stay));
+        }
+    }
+    done.sort_by_key(|(n, _)| *n);
+    done.into_iter().map(|(_, s)| s).collect()
+}
+
 fn command_time(command: &ConferenceCommand) -> DateTime<Utc> {
     use ConferenceCommand as C;
     match command {

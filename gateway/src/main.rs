@@ -17,6 +17,7 @@ mod cli_conference;
 mod cli_directory;
 mod cli_events;
 mod cli_replay;
+mod media_role;
 mod projectors;
 mod rate_bench;
 mod rate_cli;
@@ -56,6 +57,8 @@ enum Command {
     Up(roles::UpArgs),
     /// Run the SIP signaling role alone (registrar; calls arrive with the SIP issue's B2BUA).
     Sip(roles::SipRoleArgs),
+    /// Run the media role alone (RTP relay, conference mixer; control protocol for SIP nodes).
+    Media(media_role::MediaRoleArgs),
     /// Run the projector role alone (follows the log and builds the read models).
     Projector(roles::ProjectorArgs),
     /// Apply the database migrations and exit.
@@ -128,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Up(args) => roles::up(&data_dir, args).await,
         Command::Projector(args) => roles::projector(&data_dir, args).await,
         Command::Sip(args) => roles::sip(&data_dir, args).await,
+        Command::Media(args) => media_role::run(&data_dir, args).await,
         Command::Migrate => {
             let db = roles::open(&data_dir).await?;
             println!("migrations applied to {}", roles::redacted(&db.url));

@@ -62,6 +62,18 @@ pub enum EngineEvent {
         room_id: Uuid,
         event: MixerEvent,
     },
+    /// A leg entered a room (the first one starts the room's session).
+    Joined {
+        room_id: Uuid,
+        call_id: Uuid,
+        leg_id: Uuid,
+        role: Role,
+    },
+    /// A leg left a room (hung up, kicked, or deleted).
+    Left {
+        room_id: Uuid,
+        leg_id: Uuid,
+    },
     RecordingStored {
         room_id: Uuid,
         path: PathBuf,
@@ -578,6 +590,7 @@ impl EngineState {
         if let Some(room) = self.rooms.get_mut(&room_id) {
             room.mixer.leave(&leg_id);
         }
+        self.emit(EngineEvent::Left { room_id, leg_id });
         self.relay.set_sink(index, Sink::Nowhere);
         self.room_events();
         true
@@ -709,7 +722,11 @@ impl EngineState {
         if self.leg_room.contains_key(&index) {
             return Err("the leg is already in a room".into());
         }
-        let codec = self.relay.leg(index).map(|l| l.codec).ok_or("no such leg")?;
+        let (codec, call_id) = self
+            .relay
+            .leg(index)
+            .map(|l| (l.codec, l.call_id))
+            .ok_or("no such leg")?;
         if !self.rooms.contains_key(&room_id) {
             let recorder = if config.record {
                 let path = self
@@ -739,6 +756,12 @@ impl EngineState {
         room.mixer.join(leg_id, role, codec).map_err(|e| e.to_string())?;
         self.leg_room.insert(index, room_id);
         self.relay.set_sink(index, Sink::Room);
+        self.emit(EngineEvent::Joined {
+            room_id,
+            call_id,
+            leg_id,
+            role,
+        });
         Ok(())
     }
 }

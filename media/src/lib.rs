@@ -8,6 +8,7 @@ pub mod dtmf;
 pub mod engine;
 pub mod g711;
 pub mod mixer;
+pub mod node;
 pub mod prompts;
 pub mod relay;
 pub mod rooms;
