@@ -99,6 +99,9 @@ enum BenchCommand {
     Replay(bench_replay::BenchReplayArgs),
     /// Conference participants mixed in real time per core, against a naive mixer.
     Mixer,
+    /// RTP packets relayed per second (batched engine) against a naive task-per-socket relay.
+    #[command(name = "rtp_relay", alias = "rtp-relay")]
+    RtpRelay,
 }
 
 fn main() -> std::process::ExitCode {
@@ -153,6 +156,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             say!(
                 "{}",
                 media::bench::bench_line("mixer", ours, "naive", naive, "participants")
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::RtpRelay) => {
+            let (ours, naive) = media::bench::relay::run().await?;
+            say!(
+                "{}",
+                media::bench::bench_line("rtp_relay", ours, "naive", naive, "packets/s")
             );
             Ok(std::process::ExitCode::SUCCESS)
         }

@@ -145,3 +145,209 @@ mod tests {
         );
     }
 }
+
+/// `ledgerline bench rtp_relay`: packets relayed per second by the engine (one thread,
+/// epoll, `recvmmsg`/`sendmmsg`) against a naive relay (one task per socket, one syscall per
+/// packet) on a one-worker runtime, both fed by the same generator over loopback.
+pub mod relay {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use uuid::Uuid;
+
+    use crate::engine::{Engine, EngineConfig};
+    use crate::g711::Codec;
+    use crate::rtp::{self, RtpHeader};
+    use crate::sys;
+
+    pub const CALLS: usize = 50;
+    const RUN: Duration = Duration::from_millis(1_000);
+    const RUNS: usize = 3;
+
+    fn packet(seq: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        rtp::build(
+            &RtpHeader {
+                marker: false,
+                payload_type: 0,
+                sequence: seq,
+                timestamp: seq as u32 * 160,
+                ssrc: 7,
+            },
+            &[0xFF; 160],
+            &mut out,
+        );
+        out
+    }
+
+    /// Blast packets from one socket per call to `targets` for `RUN`; returns packets sent.
+    fn generate(phones: &[UdpSocket], targets: &[SocketAddr]) -> u64 {
+        let packets: Vec<Vec<u8>> = (0..sys::BATCH as u16).map(packet).collect();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < RUN {
+            for (phone, target) in phones.iter().zip(targets) {
+                let batch: Vec<(&[u8], SocketAddr)> = packets.iter().map(|p| (&p[..], *target)).collect();
+                sent += sys::send_batch(phone.as_raw_fd(), &batch) as u64;
+            }
+        }
+        sent
+    }
+
+    fn sockets(n: usize) -> std::io::Result<Vec<UdpSocket>> {
+        (0..n).map(|_| UdpSocket::bind("127.0.0.1:0")).collect()
+    }
+
+    /// CPU seconds (user + system) used so far by this process's threads whose name starts
+    /// with `prefix`: a relay's throughput per core is packets over its own CPU time, which
+    /// does not depend on what else the shared machine is running.
+    pub fn thread_cpu_seconds(prefix: &str) -> f64 {
+        let mut ticks = 0u64;
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return 0.0;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+                continue;
+            };
+            if !comm.trim_end().starts_with(prefix) {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+                continue;
+            };
+            // Fields after the `(comm)`: state is 3rd; utime and stime are the 14th and 15th.
+            let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.len() > 12 {
+                ticks += fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+            }
+        }
+        // SAFETY: sysconf only reads a constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        ticks as f64 / hz
+    }
+
+    /// Ours: returns packets relayed per CPU second of the engine thread.
+    pub async fn ours() -> std::io::Result<f64> {
+        let (engine, _events) = Engine::start(EngineConfig {
+            bind_ip: "127.0.0.1".parse().expect("an address"),
+            public_ip: None,
+            port_min: 0,
+            port_max: 0,
+            data_dir: std::env::temp_dir(),
+        })?;
+        let phones = sockets(CALLS)?;
+        let sinks = sockets(CALLS)?;
+        let mut targets = Vec::new();
+        let mut calls = Vec::new();
+        for (phone, sink) in phones.iter().zip(&sinks) {
+            let (call, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+            let ports = engine
+                .add_leg(call, a, Codec::Pcmu, Some(phone.local_addr()?))
+                .await
+                .map_err(std::io::Error::other)?;
+            engine
+                .add_leg(call, b, Codec::Pcmu, Some(sink.local_addr()?))
+                .await
+                .map_err(std::io::Error::other)?;
+            engine.bridge(a, b).await.map_err(std::io::Error::other)?;
+            targets.push(SocketAddr::from(([127, 0, 0, 1], ports.rtp)));
+            calls.push((call, b));
+        }
+        let cpu_before = thread_cpu_seconds("media-engine");
+        tokio::task::spawn_blocking(move || generate(&phones, &targets))
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut relayed = 0u64;
+        for (call, b) in calls {
+            let stats = engine.delete_call(call).await.map_err(std::io::Error::other)?;
+            relayed += stats
+                .iter()
+                .find(|s| s.leg_id == b)
+                .map(|s| s.packets_sent)
+                .unwrap_or(0);
+        }
+        let cpu = thread_cpu_seconds("media-engine") - cpu_before;
+        engine.stop();
+        drop(sinks);
+        Ok(relayed as f64 / cpu.max(0.01))
+    }
+
+    /// The naive relay: a task per socket, `recv_from` then `send_to`, on one worker thread.
+    pub fn naive() -> std::io::Result<f64> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("naive-relay")
+            .enable_all()
+            .build()?;
+        let phones = sockets(CALLS)?;
+        let sinks = sockets(CALLS)?;
+        let relayed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut targets = Vec::new();
+        let mut tasks = Vec::new();
+        for sink in &sinks {
+            let inbound = UdpSocket::bind("127.0.0.1:0")?;
+            let outbound = UdpSocket::bind("127.0.0.1:0")?;
+            inbound.set_nonblocking(true)?;
+            outbound.set_nonblocking(true)?;
+            targets.push(inbound.local_addr()?);
+            let to = sink.local_addr()?;
+            let relayed = relayed.clone();
+            let stop = stop.clone();
+            tasks.push(runtime.spawn(async move {
+                let (Ok(inbound), Ok(outbound)) = (
+                    tokio::net::UdpSocket::from_std(inbound),
+                    tokio::net::UdpSocket::from_std(outbound),
+                ) else {
+                    return;
+                };
+                let mut buf = [0u8; 1500];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(Ok((n, _))) =
+                        tokio::time::timeout(Duration::from_millis(50), inbound.recv_from(&mut buf)).await
+                    else {
+                        continue;
+                    };
+                    if outbound.send_to(&buf[..n], to).await.is_ok() {
+                        relayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        let cpu_before = thread_cpu_seconds("naive-relay");
+        generate(&phones, &targets);
+        stop.store(true, Ordering::Relaxed);
+        runtime.block_on(async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+        // Both relays are measured up to the moment they stopped relaying (queued packets included).
+        let cpu = thread_cpu_seconds("naive-relay") - cpu_before;
+        drop(sinks);
+        Ok(relayed.load(Ordering::Relaxed) as f64 / cpu.max(0.01))
+    }
+
+    /// Median of three runs each; returns (ours, naive) packets per second.
+    pub async fn run() -> std::io::Result<(u64, u64)> {
+        let mut ours_runs = Vec::new();
+        let mut naive_runs = Vec::new();
+        for _ in 0..RUNS {
+            ours_runs.push(ours().await?);
+            naive_runs.push(
+                tokio::task::spawn_blocking(naive)
+                    .await
+                    .map_err(std::io::Error::other)??,
+            );
+        }
+        Ok((super::median(ours_runs) as u64, super::median(naive_runs) as u64))
+    }
+}

@@ -181,6 +181,8 @@ impl Engine {
             next_port: config.port_min,
             start: Instant::now(),
             next_tick: TICK_US,
+            gso: std::env::var_os("LEDGERLINE_MEDIA_NO_GSO").is_none(),
+            gso_scratch: Vec::with_capacity(sys::BATCH * rtp::MAX_PACKET),
         };
         std::thread::Builder::new()
             .name("media-engine".into())
@@ -299,6 +301,10 @@ struct EngineState {
     next_port: u16,
     start: Instant,
     next_tick: Micros,
+    /// Whether the kernel takes UDP_SEGMENT (turned off at the first refusal... kept simple:
+    /// a refused GSO send falls back to sendmmsg for that batch).
+    gso: bool,
+    gso_scratch: Vec<u8>,
 }
 
 impl EngineState {
@@ -367,19 +373,27 @@ impl EngineState {
         }
     }
 
-    /// Send what a batch produced, grouped by the socket it leaves from.
-    fn flush(&self, batch: &RecvBatch, out: &mut [(SocketId, usize, usize, SocketAddr)]) {
-        out.sort_unstable_by_key(|o| o.0);
+    /// Send what a batch produced, grouped by the socket it leaves from and its destination:
+    /// a run of equal-size datagrams to one address goes as one GSO send, the rest through
+    /// `sendmmsg`.
+    fn flush(&mut self, batch: &RecvBatch, out: &mut [(SocketId, usize, usize, SocketAddr)]) {
+        out.sort_by_key(|o| (o.0, o.3));
         let mut start = 0;
         while start < out.len() {
-            let socket = out[start].0;
-            let end = start + out[start..].iter().take_while(|o| o.0 == socket).count();
+            let (socket, to) = (out[start].0, out[start].3);
+            let end = start + out[start..].iter().take_while(|o| o.0 == socket && o.3 == to).count();
             if let Some(Some(sock)) = self.sockets.get(socket) {
-                let packets: Vec<(&[u8], SocketAddr)> = out[start..end]
+                let fd = sock.as_raw_fd();
+                let segments: Vec<&[u8]> = out[start..end]
                     .iter()
-                    .map(|(_, i, len, to)| (&batch.bufs[*i][..*len], *to))
+                    .map(|(_, i, len, _)| &batch.bufs[*i][..*len])
                     .collect();
-                sys::send_batch(sock.as_raw_fd(), &packets);
+                let sent_gso =
+                    self.gso && segments.len() > 1 && sys::send_gso(fd, &segments, to, &mut self.gso_scratch).is_ok();
+                if !sent_gso {
+                    let packets: Vec<(&[u8], SocketAddr)> = segments.iter().map(|s| (*s, to)).collect();
+                    sys::send_batch(fd, &packets);
+                }
             }
             start = end;
         }
