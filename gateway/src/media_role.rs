@@ -66,6 +66,10 @@ pub async fn start(
 pub async fn run(data_dir: &Path, args: MediaRoleArgs) -> anyhow::Result<ExitCode> {
     let db = crate::roles::open(data_dir).await?;
     let store = EventStore::new(db.pool.clone());
+    // Install the handlers before saying how to stop, so an early Ctrl-C is not lost.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let node = start(store, data_dir, &args.node_id, &args.media, DEFAULT_CONTROL.into()).await?;
     say!("ledgerline media: node {}", args.node_id);
     say!("  control: listening on tcp {}", node.control_addr);
@@ -76,7 +80,10 @@ pub async fn run(data_dir: &Path, args: MediaRoleArgs) -> anyhow::Result<ExitCod
         args.media.rtp_port_max
     );
     say!("  stop with Ctrl-C");
-    let _ = tokio::signal::ctrl_c().await;
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
     drop(node);
     db.close().await;
     Ok(ExitCode::SUCCESS)
