@@ -284,3 +284,46 @@ async fn three_phones_in_a_room_hear_the_other_two_and_the_session_is_recorded()
     assert_eq!(sha256, hex::encode(sha2::Sha256::digest(&bytes)));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_prompt_is_played_to_an_anchored_leg() {
+    let dir = std::env::temp_dir().join(format!("ledgerline-media-prompt-{}", std::process::id()));
+    let (client, _control_events, _events, _server) = start(&dir).await;
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let call = Uuid::new_v4();
+    let leg = Uuid::new_v4();
+    let answer = client
+        .play_prompt(
+            call,
+            leg,
+            Some(&sdp(phone.local_addr().unwrap().port(), "8 101")),
+            "joined",
+        )
+        .await
+        .unwrap()
+        .expect("anchoring answers with SDP");
+    assert_eq!(anchored(&answer).1, vec![Codec::Pcma]);
+    let expected = media::prompts::samples("joined").unwrap();
+    let frames = expected.len().div_ceil(FRAME);
+    let mut heard = Vec::new();
+    let mut last_seq = None;
+    for _ in 0..frames {
+        let p = recv(&phone).await;
+        let p = rtp::parse(&p).unwrap();
+        assert_eq!(p.payload_type, 8);
+        if let Some(prev) = last_seq {
+            assert_eq!(p.sequence, u16::wrapping_add(prev, 1), "one continuous stream");
+        }
+        last_seq = Some(p.sequence);
+        let mut pcm = [0i16; FRAME];
+        Codec::Pcma.decode_into(p.payload, &mut pcm);
+        heard.extend_from_slice(&pcm);
+    }
+    // What arrives is the prompt, through A-law: within its quantization everywhere.
+    for (k, (h, e)) in heard.iter().zip(expected.iter()).enumerate() {
+        let step = (*e as i32).abs() / 16 + 16;
+        assert!((*h as i32 - *e as i32).abs() <= step, "sample {k}: {h} vs {e}");
+    }
+    assert!(client.play_prompt(call, leg, None, "no-such-prompt").await.is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
