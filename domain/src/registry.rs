@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::call::CallEvent;
+use crate::conference::ConferenceEvent;
 use crate::event::{DomainEvent, SchemaError};
 use crate::extension::ExtensionEvent;
 use crate::registration::RegistrationEvent;
@@ -33,6 +34,9 @@ pub fn validate(event_type: &str, schema_version: u32, payload: &Value) -> Resul
     if SecurityEvent::event_types().contains(&event_type) {
         return SecurityEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
+    if ConferenceEvent::event_types().contains(&event_type) {
+        return ConferenceEvent::from_stored(event_type, schema_version, payload).map(drop);
+    }
     if SipDomainEvent::event_types().contains(&event_type) {
         return SipDomainEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
@@ -52,6 +56,7 @@ pub fn json_schemas() -> Vec<(&'static str, u32, Value)> {
     all.extend(RoutingEvent::json_schemas());
     all.extend(SecurityEvent::json_schemas());
     all.extend(WebhookEvent::json_schemas());
+    all.extend(ConferenceEvent::json_schemas());
     all.sort_by(|a, b| a.0.cmp(b.0));
     all
 }
@@ -94,6 +99,7 @@ mod tests {
                 + RoutingEvent::event_types().len()
                 + SecurityEvent::event_types().len()
                 + WebhookEvent::event_types().len()
+                + ConferenceEvent::event_types().len()
                 + 1
         );
     }

@@ -13,11 +13,13 @@ macro_rules! say {
 
 mod bench_replay;
 mod bench_store;
+mod cli_conference;
 mod cli_directory;
 mod cli_events;
 mod cli_replay;
 mod cli_routing;
 mod cli_webhooks;
+mod media_role;
 mod projectors;
 mod rate_bench;
 mod rate_cli;
@@ -57,6 +59,8 @@ enum Command {
     Up(roles::UpArgs),
     /// Run the SIP signaling role alone (registrar and B2BUA).
     Sip(roles::SipRoleArgs),
+    /// Run the media role alone (RTP relay, conference mixer; control protocol for SIP nodes).
+    Media(media_role::MediaRoleArgs),
     /// Run the projector role alone (follows the log and builds the read models).
     Projector(roles::ProjectorArgs),
     /// Apply the database migrations and exit.
@@ -79,6 +83,9 @@ enum Command {
     /// Register, list and remove a tenant's signed webhooks; read their delivery log.
     #[command(subcommand)]
     Webhook(cli_webhooks::WebhookCommandArgs),
+    /// Create and list conference rooms.
+    #[command(subcommand)]
+    Conference(cli_conference::ConferenceCommand),
     /// Read the event log.
     #[command(subcommand)]
     Events(cli_events::EventsCommand),
@@ -104,6 +111,11 @@ enum BenchCommand {
     Rating,
     /// Projection rebuild rate (CDRs, charges, balances, reports) against a plain ordered read of the log.
     Replay(bench_replay::BenchReplayArgs),
+    /// Conference participants mixed in real time per core, against a naive mixer.
+    Mixer,
+    /// RTP packets relayed per second (batched engine) against a naive task-per-socket relay.
+    #[command(name = "rtp_relay", alias = "rtp-relay")]
+    RtpRelay,
 }
 
 fn main() -> std::process::ExitCode {
@@ -136,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Up(args) => roles::up(&data_dir, args).await,
         Command::Projector(args) => roles::projector(&data_dir, args).await,
         Command::Sip(args) => roles::sip(&data_dir, args).await,
+        Command::Media(args) => media_role::run(&data_dir, args).await,
         Command::Migrate => {
             let db = roles::open(&data_dir).await?;
             println!("migrations applied to {}", roles::redacted(&db.url));
@@ -148,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Route(cmd) => cli_routing::route(&data_dir, cmd).await,
         Command::Did(cmd) => cli_routing::did(&data_dir, cmd).await,
         Command::Webhook(cmd) => cli_webhooks::webhook(&data_dir, cmd).await,
+        Command::Conference(cmd) => cli_conference::conference(&data_dir, cmd).await,
         Command::Events(cmd) => cli_events::events(&data_dir, cmd).await,
         Command::Audit(cmd) => cli_events::audit(&data_dir, cmd).await,
         Command::Bench(BenchCommand::Store(args)) => bench_store::run(&data_dir, args).await,
@@ -155,6 +169,22 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Replay(args) => cli_replay::replay(&data_dir, args).await,
         Command::Simulate(args) => simulate::run(&data_dir, args).await,
         // Pure computation: no database, so no runtime work; run it on a blocking thread.
+        Command::Bench(BenchCommand::Mixer) => {
+            let (ours, naive) = tokio::task::spawn_blocking(media::bench::mixer).await?;
+            say!(
+                "{}",
+                media::bench::bench_line("mixer", ours, "naive", naive, "participants")
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::RtpRelay) => {
+            let (ours, naive) = media::bench::relay::run().await?;
+            say!(
+                "{}",
+                media::bench::bench_line("rtp_relay", ours, "naive", naive, "packets/s")
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Rating) => {
             tokio::task::spawn_blocking(rate_bench::run).await??;
             Ok(std::process::ExitCode::SUCCESS)

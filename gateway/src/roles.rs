@@ -21,6 +21,8 @@ pub struct UpArgs {
     pub demo: bool,
     #[command(flatten)]
     pub sip: SipArgs,
+    #[command(flatten)]
+    pub media: crate::media_role::MediaArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -159,6 +161,14 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     )
     .await?;
+    let media = crate::media_role::start(
+        store.clone(),
+        data_dir,
+        &args.node_id,
+        &args.media,
+        crate::media_role::UP_CONTROL.into(),
+    )
+    .await?;
     say!("ledgerline up: node {}", args.node_id);
     match &db.embedded {
         Some(pg) => say!(
@@ -169,6 +179,7 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         None => say!("  database: {}", redacted(&db.url)),
     }
     say!("  sip: listening on udp+tcp {}", sip.local_addr);
+    say!("  media: control on tcp {}", media.control_addr);
     say!(
         "  projector: following the log (read models: {})",
         crate::projectors::NAMES

@@ -1,0 +1,615 @@
+//! The control protocol between SIP nodes and media nodes (in the spirit of rtpengine's ng
+//! protocol, so the two roles can run on different machines): JSON, one object per line, over
+//! TCP. A request carries an `id` and a `cmd`; its response carries the same `id`. Events the
+//! SIP node must act on (DTMF digits, a participant to disconnect) arrive unprompted on the
+//! same connection as objects with an `event` field.
+//!
+//! - `offer {call_id, leg_id, sdp, peer_leg_id?}`: anchors the caller's leg and the leg toward
+//!   the callee; answers with the SDP to send to the callee (our address, the callee side's port).
+//! - `answer {call_id, leg_id, sdp}`: the callee's SDP; answers with the SDP for the caller.
+//! - `delete {call_id}`: frees the call's ports; answers with each leg's statistics.
+//! - `conference_join {room_id, call_id, leg_id, sdp, role}`: anchors the leg in the room.
+//! - `conference_leave {leg_id}`, `mute {leg_id, muted}`, `play_prompt {call_id, leg_id, sdp?, prompt}`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use domain::call::LegMedia;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::engine::{Engine, EngineError, EngineEvent};
+use crate::g711::Codec;
+use crate::mixer::{MixerEvent, Role, RoomConfig};
+use crate::sdp;
+
+/// The longest request line accepted.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Calls one media node anchors at once (offers beyond it are refused).
+pub const MAX_CALLS: usize = 5_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "cmd", deny_unknown_fields)]
+pub enum Command {
+    Offer {
+        call_id: Uuid,
+        leg_id: Uuid,
+        sdp: String,
+        #[serde(default)]
+        peer_leg_id: Option<Uuid>,
+    },
+    Answer {
+        call_id: Uuid,
+        leg_id: Uuid,
+        sdp: String,
+    },
+    Delete {
+        call_id: Uuid,
+    },
+    ConferenceJoin {
+        room_id: Uuid,
+        call_id: Uuid,
+        leg_id: Uuid,
+        sdp: String,
+        role: ParticipantRole,
+    },
+    ConferenceLeave {
+        leg_id: Uuid,
+    },
+    Mute {
+        leg_id: Uuid,
+        muted: bool,
+    },
+    /// Play a named prompt (`media/prompts/`) to a leg; with `sdp`, anchor the leg first
+    /// (an IVR leg, such as the conference access number collecting a code).
+    PlayPrompt {
+        call_id: Uuid,
+        leg_id: Uuid,
+        #[serde(default)]
+        sdp: Option<String>,
+        prompt: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ParticipantRole {
+    Host,
+    Guest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Request {
+    pub id: u64,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Response {
+    pub id: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stats: Vec<LegMedia>,
+}
+
+/// What the media node tells SIP nodes without being asked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum ControlEvent {
+    Dtmf {
+        call_id: Uuid,
+        leg_id: Uuid,
+        digit: char,
+    },
+    /// Hang this leg up (kicked, or the last host of a moderated room left).
+    Disconnect {
+        room_id: Uuid,
+        leg_id: Uuid,
+    },
+    SessionEnded {
+        room_id: Uuid,
+    },
+}
+
+/// One line on the wire from the server: a response or an event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Incoming {
+    Event(ControlEvent),
+    Response(Response),
+}
+
+/// How a room is set up, looked up by the server when a leg joins (from the log).
+pub type RoomLookup = Arc<dyn Fn(Uuid) -> Option<RoomConfig> + Send + Sync>;
+
+#[derive(Default)]
+struct Calls {
+    /// call id -> (caller leg, callee leg, the caller's codecs).
+    calls: HashMap<Uuid, (Uuid, Uuid, Vec<Codec>)>,
+}
+
+/// The server side: accepts SIP nodes' connections and runs their commands on the engine.
+#[derive(Clone)]
+pub struct Server {
+    engine: Engine,
+    rooms: RoomLookup,
+    events: broadcast::Sender<ControlEvent>,
+    calls: Arc<Mutex<Calls>>,
+}
+
+impl Server {
+    pub fn new(engine: Engine, rooms: RoomLookup) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Server {
+            engine,
+            rooms,
+            events,
+            calls: Arc::default(),
+        }
+    }
+
+    /// Send an event to every connected SIP node.
+    pub fn publish(&self, event: ControlEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Route the engine's events: what SIP nodes act on goes to every control connection;
+    /// everything comes out of the returned receiver (for the log writer).
+    pub fn forward_events(&self, mut events: mpsc::Receiver<EngineEvent>) -> mpsc::Receiver<EngineEvent> {
+        let (tx, rx) = mpsc::channel(crate::engine::EVENT_QUEUE);
+        let server = self.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                match &event {
+                    EngineEvent::Dtmf { call_id, leg_id, digit } => server.publish(ControlEvent::Dtmf {
+                        call_id: *call_id,
+                        leg_id: *leg_id,
+                        digit: *digit,
+                    }),
+                    EngineEvent::Room {
+                        room_id,
+                        event: MixerEvent::Disconnect { leg_id },
+                    } => server.publish(ControlEvent::Disconnect {
+                        room_id: *room_id,
+                        leg_id: *leg_id,
+                    }),
+                    EngineEvent::Room {
+                        room_id,
+                        event: MixerEvent::SessionEnded { .. },
+                    } => server.publish(ControlEvent::SessionEnded { room_id: *room_id }),
+                    _ => {}
+                }
+                if tx.try_send(event).is_err() {
+                    tracing::warn!("media: event queue to the log is full; an event was dropped");
+                }
+            }
+        });
+        rx
+    }
+
+    /// Accept connections until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let server = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server.connection(stream).await {
+                    tracing::debug!("control connection from {peer} closed: {e}");
+                }
+            });
+        }
+    }
+
+    async fn connection(self, stream: TcpStream) -> std::io::Result<()> {
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let mut events = self.events.subscribe();
+        let mut line = Vec::new();
+        loop {
+            tokio::select! {
+                n = read_line(&mut reader, &mut line) => {
+                    if n? == 0 {
+                        return Ok(());
+                    }
+                    let response = match serde_json::from_slice::<Request>(&line) {
+                        Ok(request) => self.handle(request).await,
+                        Err(e) => Response { id: 0, ok: false, error: Some(format!("bad request: {e}")), ..Default::default() },
+                    };
+                    write_json(&mut write, &response).await?;
+                }
+                event = events.recv() => {
+                    match event {
+                        Ok(event) => write_json(&mut write, &event).await?,
+                        Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("control: {n} events dropped for a slow SIP node"),
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn handle(&self, request: Request) -> Response {
+        let id = request.id;
+        match self.execute(request.command).await {
+            Ok((sdp, stats)) => Response {
+                id,
+                ok: true,
+                error: None,
+                sdp,
+                stats,
+            },
+            Err(e) => Response {
+                id,
+                ok: false,
+                error: Some(e),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn ip(&self) -> std::net::IpAddr {
+        self.engine.config.announced_ip()
+    }
+
+    async fn execute(&self, command: Command) -> Result<(Option<String>, Vec<LegMedia>), String> {
+        let err = |e: EngineError| e.to_string();
+        match command {
+            Command::Offer {
+                call_id,
+                leg_id,
+                sdp: offer,
+                peer_leg_id,
+            } => {
+                let audio = sdp::parse(&offer).map_err(|e| e.to_string())?;
+                let peer = peer_leg_id.unwrap_or_else(|| Uuid::new_v5(&call_id, leg_id.as_bytes()));
+                if peer == leg_id {
+                    return Err("the peer leg must differ from the leg".into());
+                }
+                {
+                    let calls = self.calls.lock().map_err(|_| "poisoned")?;
+                    if calls.calls.len() >= MAX_CALLS && !calls.calls.contains_key(&call_id) {
+                        return Err("the media node is full".into());
+                    }
+                    if calls.calls.contains_key(&call_id) {
+                        return Err("the call is already anchored (re-INVITEs are not supported yet)".into());
+                    }
+                }
+                self.engine
+                    .add_leg(call_id, leg_id, audio.preferred(), audio.remote)
+                    .await
+                    .map_err(err)?;
+                let ports = match self.engine.add_leg(call_id, peer, audio.preferred(), None).await {
+                    Ok(ports) => ports,
+                    Err(e) => {
+                        let _ = self.engine.delete_call(call_id).await;
+                        return Err(e.to_string());
+                    }
+                };
+                self.engine.bridge(leg_id, peer).await.map_err(err)?;
+                self.calls
+                    .lock()
+                    .map_err(|_| "poisoned")?
+                    .calls
+                    .insert(call_id, (leg_id, peer, audio.codecs.clone()));
+                let sdp = sdp::rewrite(&offer, self.ip(), ports.rtp, ports.rtcp, None).map_err(|e| e.to_string())?;
+                Ok((Some(sdp), vec![]))
+            }
+            Command::Answer {
+                call_id,
+                leg_id,
+                sdp: answer,
+            } => {
+                let audio = sdp::parse(&answer).map_err(|e| e.to_string())?;
+                let (caller, callee, caller_codecs) = self
+                    .calls
+                    .lock()
+                    .map_err(|_| "poisoned")?
+                    .calls
+                    .get(&call_id)
+                    .cloned()
+                    .ok_or("no such call")?;
+                if leg_id != callee {
+                    return Err("the answer must come from the callee's leg".into());
+                }
+                let codec = audio.preferred();
+                self.engine.update_leg(callee, codec, audio.remote).await.map_err(err)?;
+                // The caller keeps the callee's codec when it offered it; otherwise we transcode.
+                let caller_codec = if caller_codecs.contains(&codec) {
+                    codec
+                } else {
+                    caller_codecs[0]
+                };
+                self.engine.update_leg(caller, caller_codec, None).await.map_err(err)?;
+                let ports = self.leg_ports(call_id, caller).await?;
+                let sdp = sdp::rewrite(&answer, self.ip(), ports.0, ports.1, Some(caller_codec))
+                    .map_err(|e| e.to_string())?;
+                Ok((Some(sdp), vec![]))
+            }
+            Command::Delete { call_id } => {
+                self.calls.lock().map_err(|_| "poisoned")?.calls.remove(&call_id);
+                let stats = self.engine.delete_call(call_id).await.map_err(err)?;
+                if stats.is_empty() {
+                    return Err("no such call".into());
+                }
+                Ok((None, stats))
+            }
+            Command::ConferenceJoin {
+                room_id,
+                call_id,
+                leg_id,
+                sdp: offer,
+                role,
+            } => {
+                let audio = sdp::parse(&offer).map_err(|e| e.to_string())?;
+                let config = (self.rooms)(room_id).ok_or("no such room")?;
+                let codec = audio.preferred();
+                let ports = match self.existing_ports(call_id, leg_id).await {
+                    Some(p) => p,
+                    None => {
+                        let p = self
+                            .engine
+                            .add_leg(call_id, leg_id, codec, audio.remote)
+                            .await
+                            .map_err(err)?;
+                        (p.rtp, p.rtcp)
+                    }
+                };
+                let role = match role {
+                    ParticipantRole::Host => Role::Host,
+                    ParticipantRole::Guest => Role::Guest,
+                };
+                self.engine
+                    .join_room(room_id, config, leg_id, role)
+                    .await
+                    .map_err(err)?;
+                let sdp = sdp::rewrite(&offer, self.ip(), ports.0, ports.1, Some(codec)).map_err(|e| e.to_string())?;
+                Ok((Some(sdp), vec![]))
+            }
+            Command::ConferenceLeave { leg_id } => match self.engine.leave_room(leg_id).await.map_err(err)? {
+                true => Ok((None, vec![])),
+                false => Err("the leg is in no room".into()),
+            },
+            Command::Mute { leg_id, muted } => match self.engine.set_muted(leg_id, muted).await.map_err(err)? {
+                true => Ok((None, vec![])),
+                false => Err("the leg is in no room".into()),
+            },
+            Command::PlayPrompt {
+                call_id,
+                leg_id,
+                sdp: offer,
+                prompt,
+            } => {
+                let samples = crate::prompts::samples(&prompt).ok_or("no such prompt")?;
+                let mut answer = None;
+                if let Some(offer) = offer {
+                    let audio = sdp::parse(&offer).map_err(|e| e.to_string())?;
+                    let ports = match self.existing_ports(call_id, leg_id).await {
+                        Some(p) => p,
+                        None => {
+                            let p = self
+                                .engine
+                                .add_leg(call_id, leg_id, audio.preferred(), audio.remote)
+                                .await
+                                .map_err(err)?;
+                            (p.rtp, p.rtcp)
+                        }
+                    };
+                    answer = Some(
+                        sdp::rewrite(&offer, self.ip(), ports.0, ports.1, Some(audio.preferred()))
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                match self.engine.play_prompt(leg_id, Arc::new(samples)).await.map_err(err)? {
+                    true => Ok((answer, vec![])),
+                    false => Err("no such leg".into()),
+                }
+            }
+        }
+    }
+
+    async fn existing_ports(&self, _call_id: Uuid, leg_id: Uuid) -> Option<(u16, u16)> {
+        self.engine
+            .leg_ports(leg_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|p| (p.rtp, p.rtcp))
+    }
+
+    async fn leg_ports(&self, call_id: Uuid, leg_id: Uuid) -> Result<(u16, u16), String> {
+        self.existing_ports(call_id, leg_id)
+            .await
+            .ok_or_else(|| "no such leg".into())
+    }
+}
+
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    line.clear();
+    let n = (&mut *reader).take(MAX_LINE as u64 + 1).read_until(b'\n', line).await?;
+    if line.len() > MAX_LINE {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "line too long"));
+    }
+    Ok(n)
+}
+
+async fn write_json<W: tokio::io::AsyncWrite + Unpin, T: Serialize>(w: &mut W, value: &T) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    w.write_all(&bytes).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("media node refused: {0}")]
+    Refused(String),
+    #[error("the control connection is closed")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+/// The SIP node's side: async methods, one connection, events on a channel.
+pub struct Client {
+    write: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
+    pending: Pending,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Client {
+    /// Connect; events (DTMF, disconnects) arrive on the returned receiver.
+    pub async fn connect(addr: SocketAddr) -> Result<(Client, mpsc::Receiver<ControlEvent>), ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(read);
+            let mut line = Vec::new();
+            while let Ok(n) = read_line(&mut reader, &mut line).await {
+                if n == 0 {
+                    break;
+                }
+                match serde_json::from_slice::<Incoming>(&line) {
+                    Ok(Incoming::Event(e)) => {
+                        if events_tx.try_send(e).is_err() {
+                            tracing::warn!("control client: event dropped (nobody reading)");
+                        }
+                    }
+                    Ok(Incoming::Response(r)) => {
+                        let waiter = reader_pending.lock().ok().and_then(|mut p| p.remove(&r.id));
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(r);
+                        }
+                    }
+                    Err(e) => tracing::warn!("control client: unreadable line: {e}"),
+                }
+            }
+            // Wake every waiter: the connection is gone.
+            if let Ok(mut p) = reader_pending.lock() {
+                p.clear();
+            }
+        });
+        Ok((
+            Client {
+                write: tokio::sync::Mutex::new(write),
+                pending,
+                next_id: std::sync::atomic::AtomicU64::new(1),
+            },
+            events_rx,
+        ))
+    }
+
+    async fn call(&self, command: Command) -> Result<Response, ClientError> {
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().map_err(|_| ClientError::Closed)?.insert(id, tx);
+        {
+            let mut w = self.write.lock().await;
+            write_json(&mut *w, &Request { id, command }).await?;
+        }
+        let response = rx.await.map_err(|_| ClientError::Closed)?;
+        if response.ok {
+            Ok(response)
+        } else {
+            Err(ClientError::Refused(response.error.unwrap_or_default()))
+        }
+    }
+
+    /// Anchor a call; returns the SDP to send to the callee.
+    pub async fn offer(
+        &self,
+        call_id: Uuid,
+        leg_id: Uuid,
+        peer_leg_id: Uuid,
+        sdp: &str,
+    ) -> Result<String, ClientError> {
+        let r = self
+            .call(Command::Offer {
+                call_id,
+                leg_id,
+                sdp: sdp.to_string(),
+                peer_leg_id: Some(peer_leg_id),
+            })
+            .await?;
+        r.sdp.ok_or(ClientError::Refused("no SDP in the answer".into()))
+    }
+
+    /// The callee answered; returns the SDP to send to the caller.
+    pub async fn answer(&self, call_id: Uuid, leg_id: Uuid, sdp: &str) -> Result<String, ClientError> {
+        let r = self
+            .call(Command::Answer {
+                call_id,
+                leg_id,
+                sdp: sdp.to_string(),
+            })
+            .await?;
+        r.sdp.ok_or(ClientError::Refused("no SDP in the answer".into()))
+    }
+
+    /// Free the call's ports; its legs' statistics, for `CallEnded`.
+    pub async fn delete(&self, call_id: Uuid) -> Result<Vec<LegMedia>, ClientError> {
+        Ok(self.call(Command::Delete { call_id }).await?.stats)
+    }
+
+    pub async fn conference_join(
+        &self,
+        room_id: Uuid,
+        call_id: Uuid,
+        leg_id: Uuid,
+        sdp: &str,
+        role: ParticipantRole,
+    ) -> Result<String, ClientError> {
+        let r = self
+            .call(Command::ConferenceJoin {
+                room_id,
+                call_id,
+                leg_id,
+                sdp: sdp.to_string(),
+                role,
+            })
+            .await?;
+        r.sdp.ok_or(ClientError::Refused("no SDP in the answer".into()))
+    }
+
+    pub async fn conference_leave(&self, leg_id: Uuid) -> Result<(), ClientError> {
+        self.call(Command::ConferenceLeave { leg_id }).await.map(drop)
+    }
+
+    pub async fn mute(&self, leg_id: Uuid, muted: bool) -> Result<(), ClientError> {
+        self.call(Command::Mute { leg_id, muted }).await.map(drop)
+    }
+
+    /// Play a prompt; with `sdp`, anchor the leg first and return the SDP for the caller.
+    pub async fn play_prompt(
+        &self,
+        call_id: Uuid,
+        leg_id: Uuid,
+        sdp: Option<&str>,
+        prompt: &str,
+    ) -> Result<Option<String>, ClientError> {
+        Ok(self
+            .call(Command::PlayPrompt {
+                call_id,
+                leg_id,
+                sdp: sdp.map(str::to_string),
+                prompt: prompt.to_string(),
+            })
+            .await?
+            .sdp)
+    }
+}
