@@ -5,6 +5,7 @@
 //! with events or a rejection. `commands` loads, decides and appends.
 
 pub mod call;
+pub mod conference;
 pub mod decider;
 pub mod digest;
 pub mod event;

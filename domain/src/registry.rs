@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::call::CallEvent;
+use crate::conference::ConferenceEvent;
 use crate::event::{DomainEvent, SchemaError};
 use crate::extension::ExtensionEvent;
 use crate::registration::RegistrationEvent;
@@ -24,6 +25,9 @@ pub fn validate(event_type: &str, schema_version: u32, payload: &Value) -> Resul
     if CallEvent::event_types().contains(&event_type) {
         return CallEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
+    if ConferenceEvent::event_types().contains(&event_type) {
+        return ConferenceEvent::from_stored(event_type, schema_version, payload).map(drop);
+    }
     if SipDomainEvent::event_types().contains(&event_type) {
         return SipDomainEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
@@ -37,6 +41,7 @@ pub fn json_schemas() -> Vec<(&'static str, u32, Value)> {
     all.extend(SipDomainEvent::json_schemas());
     all.extend(CallEvent::json_schemas());
     all.extend(RegistrationEvent::json_schemas());
+    all.extend(ConferenceEvent::json_schemas());
     all.sort_by(|a, b| a.0.cmp(b.0));
     all
 }
@@ -76,6 +81,7 @@ mod tests {
                 + ExtensionEvent::event_types().len()
                 + CallEvent::event_types().len()
                 + RegistrationEvent::event_types().len()
+                + ConferenceEvent::event_types().len()
                 + 1
         );
     }

@@ -13,6 +13,7 @@ macro_rules! say {
 
 mod bench_replay;
 mod bench_store;
+mod cli_conference;
 mod cli_directory;
 mod cli_events;
 mod cli_finance;
@@ -66,6 +67,9 @@ enum Command {
     /// Provision, list and change extensions.
     #[command(subcommand)]
     Extension(cli_directory::ExtensionCommand),
+    /// Create and list conference rooms.
+    #[command(subcommand)]
+    Conference(cli_conference::ConferenceCommand),
     /// Read the event log.
     #[command(subcommand)]
     Events(cli_events::EventsCommand),
@@ -137,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Tenant(cmd) => cli_directory::tenant(&data_dir, cmd).await,
         Command::Extension(cmd) => cli_directory::extension(&data_dir, cmd).await,
+        Command::Conference(cmd) => cli_conference::conference(&data_dir, cmd).await,
         Command::Events(cmd) => cli_events::events(&data_dir, cmd).await,
         Command::Account(cmd) => cli_finance::account(&data_dir, cmd).await,
         Command::Tariff(cmd) => cli_finance::tariff(&data_dir, cmd).await,
