@@ -23,6 +23,7 @@ mod rate_bench;
 mod rate_cli;
 mod roles;
 mod simulate;
+mod simulate_conferences;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
