@@ -55,6 +55,15 @@ async fn a_simulated_day_replays_identically_and_an_altered_row_is_named() {
         joined > 24 && conference_legs == joined,
         "one closed leg per participant: {conference_legs} of {joined}"
     );
+    let owner_charges = scalar_i64(
+        &db.pool,
+        "SELECT count(*) FROM rm_charges WHERE service = 'conferences' AND status = 'rated'",
+    )
+    .await;
+    assert_eq!(
+        owner_charges, joined,
+        "every participant leg is charged to the room owner"
+    );
     let rated = scalar_i64(&db.pool, "SELECT count(*) FROM rm_charges WHERE status = 'rated'").await;
     assert!(rated > 500, "most answered calls are rated: {rated}");
 

@@ -27,11 +27,15 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use chrono_tz::Tz;
 use commands::store::RecordedEvent;
 use domain::call::{CallEvent, Direction, EndReason, Party};
+use domain::conference::ConferenceEvent;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::runner::{Projection, ProjectionError};
+
+#[path = "billing_conference.rs"]
+mod conference;
 
 pub struct Billing;
 
@@ -48,6 +52,8 @@ pub const TABLES: &[&str] = &[
     "rm_report_hourly",
     "rm_report_destinations",
     "rm_live_calls",
+    "rm_rating_conference_rooms",
+    "rm_rating_conference_stays",
 ];
 
 impl Projection for Billing {
@@ -55,7 +61,8 @@ impl Projection for Billing {
         "billing"
     }
 
-    /// 2: legs carry the media counters of `CallEnded.media`; charges keep tariff corrections.
+    /// 2: legs carry the media counters of `CallEnded.media`; charges keep tariff corrections;
+    /// conference legs are charged to the room owner.
     fn version(&self) -> i32 {
         2
     }
@@ -80,6 +87,7 @@ enum Item {
     Call(Uuid, CallEvent),
     Account(Uuid, AccountEvent),
     Tariff(TariffEvent),
+    Conference(Uuid, ConferenceEvent),
     Other,
 }
 
@@ -95,6 +103,12 @@ fn decode(events: &[RecordedEvent]) -> Result<Vec<Item>, ProjectionError> {
             Item::Account(
                 account_id,
                 event.decode::<AccountEvent>().map_err(|e| bad(e.to_string()))?,
+            )
+        } else if let Some(id) = event.stream_id.strip_prefix("conference-") {
+            let room_id = id.parse::<Uuid>().map_err(|e| bad(e.to_string()))?;
+            Item::Conference(
+                room_id,
+                event.decode::<ConferenceEvent>().map_err(|e| bad(e.to_string()))?,
             )
         } else if event.stream_id.starts_with("tariff-") {
             Item::Tariff(event.decode::<TariffEvent>().map_err(|e| bad(e.to_string()))?)
@@ -224,6 +238,8 @@ struct ChargeRow {
     position: i64,
     /// The charge re-rated under a later correction of its tariff version.
     correction: Option<Correction>,
+    /// 'calls' or 'conferences'.
+    service: &'static str,
 }
 
 impl ChargeRow {
@@ -258,6 +274,7 @@ impl ChargeRow {
             explanation: None,
             position,
             correction: None,
+            service: "calls",
         }
     }
 }
@@ -366,6 +383,8 @@ struct Fold {
     corrected_versions: BTreeMap<(Uuid, Uuid, u32), (TariffVersion, u32)>,
     /// Charges of earlier batches rated with a version this batch corrects (updated in place).
     earlier_charges: BTreeMap<(Uuid, Uuid, Uuid), ChargeRow>,
+    /// Rooms and running sessions, for charging participant legs to the room owner.
+    conferences: conference::ConferenceFold,
     hourly: BTreeMap<(Uuid, DateTime<Utc>, String, Uuid, String), Traffic>,
     destinations: BTreeMap<(Uuid, chrono::NaiveDate, String, String), Traffic>,
     live: BTreeMap<Key, Option<LiveCall>>,
@@ -420,9 +439,10 @@ impl Fold {
                     tariff_ids.insert((tenant, c.version.tariff_id));
                     corrected.push((tenant, c.version.tariff_id, c.version.version));
                 }
-                Item::Tariff(_) | Item::Other => {}
+                Item::Tariff(_) | Item::Conference(..) | Item::Other => {}
             }
         }
+        fold.load_conferences(conn, events, items, &mut account_ids).await?;
         // Charges of earlier batches that a correction in this batch re-rates, and their
         // accounts (for the billing time zone).
         if !corrected.is_empty() {
@@ -656,6 +676,7 @@ impl Fold {
                 self.new_tariff_versions.push((meta.tenant_id, version));
             }
             Item::Tariff(TariffEvent::VersionCorrected(corrected)) => self.correct_tariff(meta.tenant_id, corrected),
+            Item::Conference(room, event) => self.apply_conference(meta, *room, event),
             Item::Tariff(TariffEvent::Created(_)) | Item::Other => {}
         }
     }
@@ -1182,6 +1203,7 @@ impl Fold {
     async fn write(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         self.write_cdrs(conn).await?;
         self.write_charges(conn).await?;
+        self.write_conferences(conn).await?;
         self.write_accounts(conn).await?;
         self.write_reports(conn).await?;
         self.write_live(conn).await?;
@@ -1327,11 +1349,11 @@ impl Fold {
                 "INSERT INTO rm_charges (tenant_id, call_id, leg_id, account_id, answered_at, duration_s, destination, \
                  status, unrated_reason, tariff_id, tariff_version, matched_prefix, billed_s, currency, amount, \
                  amount_exact, explanation, position, tariff_revision, corrected_revision, corrected_billed_s, \
-                 corrected_amount, corrected_amount_exact, corrected_explanation) \
+                 corrected_amount, corrected_amount_exact, corrected_explanation, service) \
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::int[], \
                  $7::text[], $8::text[], $9::text[], $10::uuid[], $11::int[], $12::text[], $13::int[], $14::text[], \
                  $15::numeric[], $16::numeric[], $17::text[], $18::bigint[], $19::int[], $20::int[], $21::int[], \
-                 $22::numeric[], $23::numeric[], $24::text[])",
+                 $22::numeric[], $23::numeric[], $24::text[], $25::text[])",
             )
             .bind(rows.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.call_id).collect::<Vec<_>>())
@@ -1357,6 +1379,7 @@ impl Fold {
             .bind(corrections.amount)
             .bind(corrections.amount_exact)
             .bind(corrections.explanation)
+            .bind(rows.iter().map(|r| r.service.to_string()).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }

@@ -48,7 +48,8 @@ impl Projection for Conferences {
     }
 }
 
-fn role_name(role: Role) -> &'static str {
+/// How a role is stored in read models.
+pub(crate) fn role_name(role: Role) -> &'static str {
     match role {
         Role::Host => "host",
         Role::Guest => "guest",

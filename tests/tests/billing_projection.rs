@@ -785,6 +785,138 @@ async fn a_tariff_correction_rerates_the_charges_of_its_version_beside_their_bil
     .assert_eq(&tariffs);
 }
 
+/// Reference case 1: 0.03/min, 60/60, no fee; a room owned by account C; the host stays
+/// 30 min, guest 1 25 min, guest 2 20 min: three charges to C, 0.90, 0.75 and 0.60 (2.25).
+#[tokio::test]
+async fn conference_legs_are_charged_to_the_room_owner_reference_case_1() {
+    use domain::conference::{
+        self, ConferenceCommand, ConferenceRoom, Role, RoomSettings, RoomState, SessionEndReason,
+    };
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let world = World {
+        handler: CommandHandler::new(store.clone()),
+        now: at("2024-03-01T00:00:00Z"),
+    };
+    let tariff = Uuid::from_u128(0x7a3);
+    let access = Rate::simple(Prefix::parse("4930123459").unwrap(), 60, 60, d("0.03"));
+    world.tariff(TENANT, tariff, Crossing::WholeCall, vec![access]).await;
+    let owner = Uuid::from_u128(0xc1);
+    world
+        .open_account(
+            TENANT,
+            owner,
+            AccountKind::Postpaid { credit_limit: d("100") },
+            tariff,
+            "0",
+        )
+        .await;
+    let room = Uuid::from_u128(0x200);
+    let start = at("2024-03-04T10:00:00Z");
+    let m = |minutes: i64| start + TimeDelta::minutes(minutes);
+    let (host, guest1, guest2) = (
+        Uuid::from_u128(0x1e91),
+        Uuid::from_u128(0x1e92),
+        Uuid::from_u128(0x1e93),
+    );
+    let join = |leg: Uuid, role: Role| ConferenceCommand::Join {
+        leg_id: leg,
+        call_id: Uuid::from_u128(leg.as_u128() + 0xca11_0000),
+        role,
+        at: m(0),
+    };
+    let commands = vec![
+        ConferenceCommand::Create {
+            room_id: room,
+            tenant_id: TENANT,
+            settings: RoomSettings {
+                name: "Board".into(),
+                owner_account_id: owner,
+                host_code: "1234".into(),
+                guest_code: "5678".into(),
+                moderated: true,
+                max_participants: 5,
+                record: false,
+                access_number: Some("+4930123459".into()),
+            },
+            at: m(-60),
+        },
+        ConferenceCommand::StartSession {
+            session_id: Uuid::from_u128(0x5e55),
+            node_id: "media-1".into(),
+            at: m(0),
+        },
+        join(host, Role::Host),
+        join(guest1, Role::Guest),
+        join(guest2, Role::Guest),
+        ConferenceCommand::Leave {
+            leg_id: guest2,
+            at: m(20),
+        },
+        ConferenceCommand::Leave {
+            leg_id: guest1,
+            at: m(25),
+        },
+        ConferenceCommand::Leave {
+            leg_id: host,
+            at: m(30),
+        },
+        ConferenceCommand::EndSession {
+            reason: SessionEndReason::LastHostLeft,
+            at: m(30),
+        },
+    ];
+    for command in commands {
+        world
+            .handler
+            .execute::<ConferenceRoom, _>(
+                &ctx(world.now),
+                StreamRef::of::<ConferenceRoom>(TENANT, &room),
+                |s: &RoomState| conference::decide(&command, s),
+            )
+            .await
+            .unwrap();
+    }
+    catch_up(&store).await;
+    let charges = rows(
+        &db.pool,
+        "SELECT concat_ws(' | ', service, right(call_id::text, 4), right(leg_id::text, 4), right(account_id::text, 2), \
+         destination, duration_s, billed_s, amount, explanation) FROM rm_charges ORDER BY amount DESC",
+    )
+    .await;
+    expect![[r#"
+        conferences | 1e91 | 1e91 | c1 | +4930123459 | 1800 | 1800 | 0.90000 | conference room 00000000-0000-0000-0000-000000000200, paid by the owner: prefix 4930123459 tariff v1; 1800 s, billed 1800 s; first 60 s @ 0.03/min = 0.03; 29 x 60 s from 60 s @ 0.03/min = 0.87; exact 0.9 posted 0.90000 (5 dp half-up)
+        conferences | 1e92 | 1e92 | c1 | +4930123459 | 1500 | 1500 | 0.75000 | conference room 00000000-0000-0000-0000-000000000200, paid by the owner: prefix 4930123459 tariff v1; 1500 s, billed 1500 s; first 60 s @ 0.03/min = 0.03; 24 x 60 s from 60 s @ 0.03/min = 0.72; exact 0.75 posted 0.75000 (5 dp half-up)
+        conferences | 1e93 | 1e93 | c1 | +4930123459 | 1200 | 1200 | 0.60000 | conference room 00000000-0000-0000-0000-000000000200, paid by the owner: prefix 4930123459 tariff v1; 1200 s, billed 1200 s; first 60 s @ 0.03/min = 0.03; 19 x 60 s from 60 s @ 0.03/min = 0.57; exact 0.6 posted 0.60000 (5 dp half-up)
+    "#]]
+    .assert_eq(&charges);
+    let total: Decimal = sqlx::query_scalar("SELECT sum(amount) FROM rm_charges WHERE service = 'conferences'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, d("2.25"));
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_rating_conference_stays")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "an ended session keeps no stays");
+
+    // Rebuilt one event at a time, the session's stays cross every batch: same rows.
+    rebuild::create_schema(&db.pool, "shadow_one", projections::billing::TABLES)
+        .await
+        .unwrap();
+    Runner::new(store.clone(), Billing)
+        .in_schema("shadow_one")
+        .batch_size(1)
+        .catch_up_to_now(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    for table in projections::billing::TABLES {
+        let diff = rebuild::diff(&db.pool, "shadow_one", table, 10).await.unwrap();
+        assert!(diff.is_empty(), "{table}: {diff:?}");
+    }
+}
+
 #[tokio::test]
 async fn media_counters_of_call_ended_land_on_the_cdr_legs() {
     let db = TestDb::new().await.unwrap();
