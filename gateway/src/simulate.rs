@@ -295,9 +295,10 @@ pub async fn simulate(store: &EventStore, args: &SimulateArgs) -> anyhow::Result
                 tenant_id: t.id,
                 owner_account_id: t.accounts[1].0,
                 moderated: n % 2 == 0,
+                tariff: &t.tariff,
             })
             .collect();
-        let room_writes = simulate_conferences::simulate(
+        let (room_writes, owed) = simulate_conferences::simulate(
             &handler,
             &mut rng,
             &rooms,
@@ -308,6 +309,36 @@ pub async fn simulate(store: &EventStore, args: &SimulateArgs) -> anyhow::Result
         )
         .await?;
         writes.extend(room_writes);
+        // The owner settles each participant leg and finds it on the invoice, as for calls.
+        for charge in owed {
+            let tracked = accounts.get_mut(&charge.account_id).ok_or_else(|| anyhow!("account"))?;
+            decide_account(
+                &mut rng,
+                tracked,
+                &AccountCommand::Settle {
+                    charge_id: charge.call_id,
+                    call_id: charge.call_id,
+                    reservation_id: None,
+                    amount: charge.amount,
+                    currency: "EUR".into(),
+                },
+                charge.ended_at,
+            )
+            .map_err(|e| anyhow!("settle a conference leg: {e}"))?;
+            let book = books.get_mut(&charge.account_id).ok_or_else(|| anyhow!("book"))?;
+            decide_invoice(
+                &mut rng,
+                book,
+                &InvoiceCommand::RecordCharge {
+                    charge_id: charge.call_id,
+                    occurred_at: charge.billed_from,
+                    service: Service::Conferences,
+                    destination: charge.prefix,
+                    amount: charge.amount,
+                },
+                charge.ended_at,
+            )?;
+        }
         flush(store, &mut writes, &mut accounts, &mut books, &mut summary).await?;
     }
     // The next morning, every book's period closes (19 % VAT added).

@@ -7,12 +7,16 @@
 //! host, the others leave, and the session ends (the host and anyone left leave with it).
 
 use anyhow::anyhow;
+use billing::conference::{self as billing_conference, ConferenceSession, ParticipantStay};
+use billing::rating::RateCard;
+use billing::CompiledTariff;
 use chrono::{DateTime, TimeDelta, Utc};
 use commands::{CommandContext, CommandHandler, Expected, NewEvent, StreamRef, StreamWrite};
 use domain::conference::{
     self as room, Actor, ConferenceCommand, ConferenceRoom, Role, RoomSettings, RoomState, SessionEndReason,
 };
 use domain::Aggregate;
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::simulate::{Rng, Summary};
@@ -27,25 +31,39 @@ pub fn room_id(tenant: Uuid) -> Uuid {
 }
 
 /// One tenant as far as conferences need it.
-pub struct ConferenceTenant {
+pub struct ConferenceTenant<'a> {
     pub tenant_id: Uuid,
     /// The postpaid account that pays for the room's legs.
     pub owner_account_id: Uuid,
     /// Moderated rooms wait for the host and end when the host leaves.
     pub moderated: bool,
+    /// The owner's tariff, which prices the access number.
+    pub tariff: &'a CompiledTariff,
 }
 
-/// Create each tenant's room, then decide `sessions` sessions over them (round robin) and
-/// return the writes, one per room, to append with the simulator's next batch.
+/// A participant leg's charge to the room owner, to settle and invoice like a call's.
+pub struct OwnerCharge {
+    pub account_id: Uuid,
+    /// The participant's call: the charge's id on the account and the invoice.
+    pub call_id: Uuid,
+    pub billed_from: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub prefix: String,
+    pub amount: Decimal,
+}
+
+/// Create each tenant's room, then decide `sessions` sessions over them (round robin); return
+/// the writes, one per room, to append with the simulator's next batch, and each leg's charge
+/// to the owner (`billing::conference`, as the `billing` projection prices it).
 pub async fn simulate(
     handler: &CommandHandler,
     rng: &mut Rng,
-    tenants: &[ConferenceTenant],
+    tenants: &[ConferenceTenant<'_>],
     sessions: u32,
     day_start: DateTime<Utc>,
     setup_at: DateTime<Utc>,
     summary: &mut Summary,
-) -> anyhow::Result<Vec<StreamWrite>> {
+) -> anyhow::Result<(Vec<StreamWrite>, Vec<OwnerCharge>)> {
     let mut rooms = Vec::with_capacity(tenants.len());
     for tenant in tenants {
         let id = room_id(tenant.tenant_id);
@@ -77,20 +95,26 @@ pub async fn simulate(
         rooms.push((tenant, loaded.state, loaded.version, Vec::<NewEvent>::new()));
     }
     if rooms.is_empty() {
-        return Ok(vec![]);
+        return Ok((vec![], vec![]));
     }
+    let mut owed = Vec::new();
     for k in 0..sessions as usize {
         let (tenant, state, _, pending) = &mut rooms[k % tenants.len()];
         let slot = (k / tenants.len()) as i64;
         let start = day_start + TimeDelta::hours(7 + slot);
+        let mut stays: Vec<(Uuid, ParticipantStay)> = Vec::new();
+        let mut ended_at = start;
         for (at, command) in session_commands(rng, start, tenant.moderated) {
             let events = room::decide(&command, state).map_err(|e| anyhow!("conference decider: {e}"))?;
             for event in &events {
+                note_stay(&mut stays, event);
                 *state = ConferenceRoom::evolve(std::mem::take(state), event);
                 pending.push(NewEvent::from_domain(rng.uuid(), event, sim_meta(), at));
             }
+            ended_at = at;
         }
         summary.conferences += 1;
+        owed.extend(owner_charges(tenant, room_id(tenant.tenant_id), &stays, ended_at));
     }
     let mut writes = Vec::new();
     for (tenant, _, version, pending) in rooms {
@@ -105,7 +129,72 @@ pub async fn simulate(
             events: pending,
         });
     }
-    Ok(writes)
+    Ok((writes, owed))
+}
+
+/// Follow a session's participants from its events: who joined (with their call) and when
+/// they left.
+fn note_stay(stays: &mut Vec<(Uuid, ParticipantStay)>, event: &room::ConferenceEvent) {
+    use room::ConferenceEvent as E;
+    let (leg_id, at) = match event {
+        E::ParticipantJoined(e) => {
+            stays.push((
+                e.call_id,
+                ParticipantStay {
+                    leg_id: e.leg_id,
+                    role: match e.role {
+                        Role::Host => billing_conference::Role::Moderator,
+                        Role::Guest => billing_conference::Role::Participant,
+                    },
+                    joined_at: e.at,
+                    left_at: e.at,
+                },
+            ));
+            return;
+        }
+        E::ParticipantLeft(e) => (e.leg_id, e.at),
+        E::ParticipantKicked(e) => (e.leg_id, e.at),
+        _ => return,
+    };
+    if let Some((_, stay)) = stays.iter_mut().find(|(_, s)| s.leg_id == leg_id) {
+        stay.left_at = at;
+    }
+}
+
+/// The owner's charge for each stay of an ended session; none when the deck has no rate for
+/// the access number (the projection then shows the legs unrated).
+fn owner_charges(
+    tenant: &ConferenceTenant<'_>,
+    room: Uuid,
+    stays: &[(Uuid, ParticipantStay)],
+    ended_at: DateTime<Utc>,
+) -> Vec<OwnerCharge> {
+    let Ok(card) = RateCard::for_destination(tenant.tariff, ACCESS_NUMBER) else {
+        return vec![];
+    };
+    let session = ConferenceSession {
+        room_id: room,
+        owner_account_id: tenant.owner_account_id,
+        moderated: tenant.moderated,
+        stays: stays.iter().map(|(_, stay)| *stay).collect(),
+    };
+    let Ok(charges) = billing_conference::conference_charges(&session, &card, chrono_tz::Europe::Berlin) else {
+        return vec![];
+    };
+    let mut out = Vec::with_capacity(charges.len());
+    for charge in charges {
+        if let Some((call_id, _)) = stays.iter().find(|(_, s)| s.leg_id == charge.leg_id) {
+            out.push(OwnerCharge {
+                account_id: tenant.owner_account_id,
+                call_id: *call_id,
+                billed_from: charge.billed_from,
+                ended_at,
+                prefix: charge.charge.explanation.matched_prefix.to_string(),
+                amount: charge.charge.amount,
+            });
+        }
+    }
+    out
 }
 
 fn sim_meta() -> commands::Metadata {

@@ -64,6 +64,15 @@ async fn a_simulated_day_replays_identically_and_an_altered_row_is_named() {
         owner_charges, joined,
         "every participant leg is charged to the room owner"
     );
+    // The simulated owners settled the same amounts and find them on their invoices.
+    let (projected, invoiced): (Decimal, Decimal) = sqlx::query_as(
+        "SELECT (SELECT sum(amount) FROM rm_charges WHERE service = 'conferences'), \
+         (SELECT sum(amount) FROM rm_invoice_lines WHERE service = 'conferences' AND view = 'as_billed')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(projected, invoiced);
     let rated = scalar_i64(&db.pool, "SELECT count(*) FROM rm_charges WHERE status = 'rated'").await;
     assert!(rated > 500, "most answered calls are rated: {rated}");
 
