@@ -58,6 +58,21 @@ impl BatchingWriter {
         BatchingWriter { tx }
     }
 
+    /// Queue one stream write and return at once with the receiver of its result: writes
+    /// submitted one after another from one task keep their order, without waiting for
+    /// each commit (how the SIP node keeps a call's events in order yet batched).
+    pub async fn submit(
+        &self,
+        write: StreamWrite,
+    ) -> Result<oneshot::Receiver<Result<Written, StoreError>>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request { write, reply })
+            .await
+            .map_err(|_| StoreError::InvalidAppend("the batching writer has stopped".into()))?;
+        Ok(answer)
+    }
+
     /// Append one stream write; resolves when its batch has committed (or it failed).
     pub async fn append(&self, write: StreamWrite) -> Result<Written, StoreError> {
         let (reply, answer) = oneshot::channel();

@@ -12,6 +12,8 @@ pub mod event;
 pub mod extension;
 pub mod registration;
 pub mod registry;
+pub mod routing;
+pub mod security;
 pub mod tenant;
 
 pub use decider::Aggregate;

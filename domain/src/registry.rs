@@ -8,6 +8,8 @@ use crate::conference::ConferenceEvent;
 use crate::event::{DomainEvent, SchemaError};
 use crate::extension::ExtensionEvent;
 use crate::registration::RegistrationEvent;
+use crate::routing::RoutingEvent;
+use crate::security::SecurityEvent;
 use crate::tenant::{SipDomainEvent, TenantEvent};
 
 /// Check that `(event_type, schema_version, payload)` is an event we know and that the
@@ -28,6 +30,12 @@ pub fn validate(event_type: &str, schema_version: u32, payload: &Value) -> Resul
     if ConferenceEvent::event_types().contains(&event_type) {
         return ConferenceEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
+    if RoutingEvent::event_types().contains(&event_type) {
+        return RoutingEvent::from_stored(event_type, schema_version, payload).map(drop);
+    }
+    if SecurityEvent::event_types().contains(&event_type) {
+        return SecurityEvent::from_stored(event_type, schema_version, payload).map(drop);
+    }
     if SipDomainEvent::event_types().contains(&event_type) {
         return SipDomainEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
@@ -42,6 +50,8 @@ pub fn json_schemas() -> Vec<(&'static str, u32, Value)> {
     all.extend(CallEvent::json_schemas());
     all.extend(RegistrationEvent::json_schemas());
     all.extend(ConferenceEvent::json_schemas());
+    all.extend(RoutingEvent::json_schemas());
+    all.extend(SecurityEvent::json_schemas());
     all.sort_by(|a, b| a.0.cmp(b.0));
     all
 }
@@ -82,6 +92,8 @@ mod tests {
                 + CallEvent::event_types().len()
                 + RegistrationEvent::event_types().len()
                 + ConferenceEvent::event_types().len()
+                + RoutingEvent::event_types().len()
+                + SecurityEvent::event_types().len()
                 + 1
         );
     }

@@ -18,6 +18,7 @@ mod cli_directory;
 mod cli_events;
 mod cli_finance;
 mod cli_replay;
+mod cli_routing;
 mod projectors;
 mod rate_bench;
 mod rate_cli;
@@ -56,7 +57,7 @@ pub struct Cli {
 enum Command {
     /// Migrate, then run every role in one process until Ctrl-C.
     Up(roles::UpArgs),
-    /// Run the SIP signaling role alone (registrar; calls arrive with the SIP issue's B2BUA).
+    /// Run the SIP signaling role alone (registrar and B2BUA).
     Sip(roles::SipRoleArgs),
     /// Run the projector role alone (follows the log and builds the read models).
     Projector(roles::ProjectorArgs),
@@ -71,6 +72,15 @@ enum Command {
     /// Create and list conference rooms.
     #[command(subcommand)]
     Conference(cli_conference::ConferenceCommand),
+    /// Add, list and remove a tenant's SIP trunks.
+    #[command(subcommand)]
+    Trunk(cli_routing::TrunkCommand),
+    /// Add, list and remove outbound routes (prefix → trunks in failover order).
+    #[command(subcommand)]
+    Route(cli_routing::RouteCommand),
+    /// Add, list and remove inbound DIDs (DID → extension).
+    #[command(subcommand)]
+    Did(cli_routing::DidCommand),
     /// Read the event log.
     #[command(subcommand)]
     Events(cli_events::EventsCommand),
@@ -143,6 +153,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Tenant(cmd) => cli_directory::tenant(&data_dir, cmd).await,
         Command::Extension(cmd) => cli_directory::extension(&data_dir, cmd).await,
         Command::Conference(cmd) => cli_conference::conference(&data_dir, cmd).await,
+        Command::Trunk(cmd) => cli_routing::trunk(&data_dir, cmd).await,
+        Command::Route(cmd) => cli_routing::route(&data_dir, cmd).await,
+        Command::Did(cmd) => cli_routing::did(&data_dir, cmd).await,
         Command::Events(cmd) => cli_events::events(&data_dir, cmd).await,
         Command::Account(cmd) => cli_finance::account(&data_dir, cmd).await,
         Command::Tariff(cmd) => cli_finance::tariff(&data_dir, cmd).await,

@@ -40,7 +40,7 @@ pub async fn catch_up_all(store: &EventStore, batch_size: i64) -> anyhow::Result
     Ok(total)
 }
 
-/// Follow the log with every projection until `shutdown`; the first error stops them all.
+/// Follow the log with every projection until `shutdown`; failed batches are retried.
 pub async fn run_all(store: &EventStore, batch_size: i64, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let directory = follow(
         Runner::new(store.clone(), Directory).batch_size(batch_size),
@@ -59,7 +59,22 @@ pub async fn run_all(store: &EventStore, batch_size: i64, shutdown: watch::Recei
     Ok(())
 }
 
-async fn follow<P: Projection>(mut runner: Runner<P>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    runner.run(shutdown).await?;
-    Ok(())
+/// One projection until `shutdown`. A failed batch (a deadlock with a CLI catching up, a
+/// restarted database) rolled back with its checkpoint, so it is retried after a pause that
+/// doubles up to 30 s: the node keeps projecting instead of exiting.
+async fn follow<P: Projection>(mut runner: Runner<P>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match runner.run(shutdown.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(projection = std::any::type_name::<P>(), error = %e, retry_in = ?pause, "projection batch failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }

@@ -35,6 +35,29 @@ pub struct SipArgs {
     /// phones (and sipp 3.6) read only the first challenge and know only MD5.
     #[arg(long, env = "LEDGERLINE_SIP_PREFER_SHA256")]
     pub sip_prefer_sha256: bool,
+    /// Challenge with MD5 only, for phones that fail on a SHA-256 challenge instead of
+    /// skipping it (baresip 1.0); SHA-256 credentials are still accepted.
+    #[arg(long, env = "LEDGERLINE_SIP_MD5_ONLY", conflicts_with = "sip_prefer_sha256")]
+    pub sip_md5_only: bool,
+    /// The `host:port` this node writes in Via and Contact (default: the bind address, or
+    /// this machine's outward address when bound to 0.0.0.0).
+    #[arg(long, env = "LEDGERLINE_SIP_ADVERTISE")]
+    pub sip_advertise: Option<String>,
+    /// Seconds a call may ring before it ends unanswered (408).
+    #[arg(long, env = "LEDGERLINE_SIP_NO_ANSWER", default_value_t = 60)]
+    pub sip_no_answer_secs: u64,
+    /// How long (ms) the SIP node trusts a directory answer before asking Postgres again: a
+    /// suspension or disabled extension takes effect within this (plus the projection's lag).
+    #[arg(long, env = "LEDGERLINE_SIP_DIRECTORY_TTL_MS", default_value_t = 2000)]
+    pub sip_directory_ttl_ms: u64,
+    /// Block a source address after this many failed authentications within the window.
+    #[arg(long, env = "LEDGERLINE_SIP_BLOCK_AFTER", default_value_t = 10)]
+    pub sip_block_after: usize,
+    #[arg(long, env = "LEDGERLINE_SIP_BLOCK_WINDOW", default_value_t = 300)]
+    pub sip_block_window_secs: i64,
+    /// How long a blocked address stays blocked.
+    #[arg(long, env = "LEDGERLINE_SIP_BLOCK_FOR", default_value_t = 900)]
+    pub sip_block_for_secs: i64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -60,8 +83,17 @@ fn sip_config(node_id: &str, args: &SipArgs) -> SipConfig {
         node_id: node_id.to_string(),
         secret,
         prefer_sha256: args.sip_prefer_sha256,
+        offer_sha256: !args.sip_md5_only,
+        advertise: args.sip_advertise.clone(),
+        no_answer: std::time::Duration::from_secs(args.sip_no_answer_secs.max(1)),
+        directory_ttl: std::time::Duration::from_millis(args.sip_directory_ttl_ms),
         registrar: RegistrarConfig::default(),
-        abuse: AbuseConfig::default(),
+        abuse: AbuseConfig {
+            max_failures: args.sip_block_after.max(1),
+            window: chrono::Duration::seconds(args.sip_block_window_secs.max(1)),
+            block_for: chrono::Duration::seconds(args.sip_block_for_secs.max(1)),
+            ..AbuseConfig::default()
+        },
     }
 }
 
@@ -117,9 +149,12 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let db = open(data_dir).await?;
     let store = EventStore::new(db.pool.clone());
     let shutdown = shutdown_signal();
+    // The SIP node's lookups get a pool of their own, so projections catching up never
+    // keep a phone waiting for a connection.
+    let sip_pool = commands::db::connect(&db.url, 8).await?;
     let sip = SipService::start(
         store.clone(),
-        db.pool.clone(),
+        sip_pool,
         sip_config(&args.node_id, &args.sip),
         shutdown.clone(),
     )

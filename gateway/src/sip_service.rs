@@ -9,23 +9,28 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use commands::batching::{BatchOptions, BatchingWriter};
 use commands::{EventStore, Expected, Metadata, NewEvent, StreamWrite};
-use domain::digest::Ha1;
 use domain::registration::{
     self, DeviceRegistered, DeviceRegistrationChanged, DeviceUnregistered, RegistrationEvent, UnregisterReason,
 };
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use crate::call_directory::CallBilling;
+use crate::directory_cache::DirectoryCache;
 use crate::location::{self, Location, Saved};
 use crate::sip::abuse::AbuseConfig;
+use crate::sip::b2bua::{Authorization, CallConfig, CallLookup};
 use crate::sip::digest::DigestConfig;
-use crate::sip::message::build_response;
 use crate::sip::node::{LookupId, NodeConfig, NodeEvent, Now, SipNode};
-use crate::sip::registrar::{self, BindingChange, ExtensionRecord, Lookup, RegistrarConfig, RemovalReason};
+use crate::sip::registrar::{self, BindingChange, Lookup, RegistrarConfig, RemovalReason};
 use crate::sip::screening::NodeIdentity;
 use crate::sip::transaction::{Timers, Transport};
 use crate::transport::{Protocol, TransportOptions, Transports};
+use commands::CommandHandler;
+use domain::call::CallEvent;
+use domain::decider::Aggregate;
+use domain::security::{SecurityEvent, SourceBlocked};
 
 #[derive(Debug, Clone)]
 pub struct SipConfig {
@@ -35,6 +40,14 @@ pub struct SipConfig {
     pub secret: Vec<u8>,
     /// Offer SHA-256 digest before MD5 (see `DigestConfig::prefer_sha256`).
     pub prefer_sha256: bool,
+    /// Offer SHA-256 at all (see `DigestConfig::offer_sha256`).
+    pub offer_sha256: bool,
+    /// `host:port` for Via and Contact; `None`: the bound address (or the outward one).
+    pub advertise: Option<String>,
+    /// How long a call may ring unanswered.
+    pub no_answer: Duration,
+    /// How long the node trusts a directory answer (tenant, extension) before asking again.
+    pub directory_ttl: Duration,
     pub registrar: RegistrarConfig,
     pub abuse: AbuseConfig,
 }
@@ -61,6 +74,11 @@ impl SipService {
     ) -> std::io::Result<SipService> {
         let (transports, inbound) = Transports::bind(config.bind, TransportOptions::default()).await?;
         let local_addr = transports.local_addr();
+        let advertise = config.advertise.clone().unwrap_or_else(|| advertised(local_addr));
+        let mut sent_by = vec![local_addr.to_string().to_ascii_lowercase()];
+        if !sent_by.contains(&advertise.to_ascii_lowercase()) {
+            sent_by.push(advertise.to_ascii_lowercase());
+        }
         let node = SipNode::new(NodeConfig {
             timers: Timers::default(),
             registrar: config.registrar.clone(),
@@ -69,10 +87,11 @@ impl SipService {
                 nonce_lifetime_secs: 300,
                 max_tracked_nonces: 100_000,
                 prefer_sha256: config.prefer_sha256,
+                offer_sha256: config.offer_sha256,
             },
             abuse: config.abuse.clone(),
             identity: NodeIdentity {
-                sent_by: vec![local_addr.to_string().to_ascii_lowercase()],
+                sent_by,
                 branch_prefix: format!(
                     "ll{}",
                     &config
@@ -84,13 +103,28 @@ impl SipService {
             },
             max_server_transactions: 50_000,
             max_pending_lookups: 10_000,
+            calls: CallConfig {
+                advertise,
+                no_answer: config.no_answer,
+                max_calls: 20_000,
+            },
         });
+        let (pool_for_billing, store_for_billing) = (pool.clone(), store.clone());
         let writer = BatchingWriter::spawn(store, BatchOptions::default());
+        let calls = spawn_call_appender(writer.clone(), config.node_id.clone());
         let shell = Shell {
             transports,
             location: Location::new(pool.clone()),
             pool,
             writer,
+            calls,
+            abuse: config.abuse.clone(),
+            directory: DirectoryCache::new(config.directory_ttl, 200_000),
+            billing: CallBilling::new(
+                pool_for_billing,
+                CommandHandler::new(store_for_billing),
+                config.node_id.clone(),
+            ),
             node_id: config.node_id.clone(),
         };
         tokio::spawn(shell.clone().purge_loop(shutdown.clone()));
@@ -105,7 +139,61 @@ struct Shell {
     location: Location,
     pool: PgPool,
     writer: BatchingWriter,
+    /// Call events, in order, to the batching writer.
+    calls: mpsc::Sender<StreamWrite>,
+    billing: CallBilling,
+    directory: DirectoryCache,
+    abuse: AbuseConfig,
     node_id: String,
+}
+
+/// What a call lookup or billing task hands back to the node loop.
+enum CallDone {
+    Lookup(LookupId, CallLookup),
+    Authorized(LookupId, Authorization),
+}
+
+/// One task submits every call's events to the batching writer in the order the node made
+/// them (so a call's stream is in order) without waiting for each commit (so a burst of
+/// calls shares transactions).
+fn spawn_call_appender(writer: BatchingWriter, node_id: String) -> mpsc::Sender<StreamWrite> {
+    let (tx, mut rx) = mpsc::channel::<StreamWrite>(65_536);
+    tokio::spawn(async move {
+        while let Some(write) = rx.recv().await {
+            let stream = write.stream_id.clone();
+            match writer.submit(write).await {
+                Ok(answer) => {
+                    let node_id = node_id.clone();
+                    tokio::spawn(async move {
+                        match answer.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!(%stream, %node_id, error = %e, "recording call events failed"),
+                            Err(_) => tracing::warn!(%stream, "the batching writer stopped"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(%stream, error = %e, "the batching writer stopped");
+                    return;
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// The address to advertise when none is configured: the bound one, or for a wildcard
+/// bind the address this machine uses to reach the outside (no packet is sent).
+fn advertised(local: SocketAddr) -> String {
+    if !local.ip().is_unspecified() {
+        return local.to_string();
+    }
+    let outward = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    SocketAddr::new(outward, local.port()).to_string()
 }
 
 #[allow(clippy::disallowed_methods)] // The shell is where the SIP node's clocks are read.
@@ -125,6 +213,7 @@ impl Shell {
     ) {
         let epoch = tokio::time::Instant::now();
         let (done_tx, mut done_rx) = mpsc::channel::<LookupDone>(4096);
+        let (call_tx, mut call_rx) = mpsc::channel::<CallDone>(4096);
         loop {
             let deadline = node
                 .poll_timeout()
@@ -142,6 +231,15 @@ impl Shell {
                     let random = *Uuid::new_v4().as_bytes();
                     node.handle_register_lookup(now(epoch), done.id, done.lookup, done.bindings, random);
                 }
+                Some(done) = call_rx.recv() => match done {
+                    CallDone::Lookup(id, lookup) => {
+                        let random = *Uuid::new_v4().as_bytes();
+                        node.handle_call_lookup(now(epoch), id, lookup, random);
+                    }
+                    CallDone::Authorized(id, authorization) => {
+                        node.handle_call_authorization(now(epoch), id, authorization);
+                    }
+                },
                 _ = tokio::time::sleep_until(deadline) => node.handle_timeout(now(epoch)),
                 _ = shutdown.changed() => return,
             }
@@ -159,17 +257,17 @@ impl Shell {
                 }
             }
             while let Some(event) = node.poll_event() {
-                self.on_event(&mut node, epoch, event, &done_tx);
+                self.on_event(epoch, event, &done_tx, &call_tx).await;
             }
         }
     }
 
-    fn on_event(
+    async fn on_event(
         &self,
-        node: &mut SipNode,
         epoch: tokio::time::Instant,
         event: NodeEvent,
         done_tx: &mpsc::Sender<LookupDone>,
+        call_tx: &mpsc::Sender<CallDone>,
     ) {
         match event {
             NodeEvent::RegisterLookup { id, domain, user } => {
@@ -200,15 +298,115 @@ impl Shell {
                     }
                 });
             }
-            NodeEvent::Request { key, source, request } => {
-                // The call layer (B2BUA) is not built yet: say so rather than stay silent.
-                if let Some(key) = key {
-                    let response = build_response(&request, 501, &format!("ll{}", key_tag(&source)), &[]);
-                    node.handle_response_command(now(epoch), &key, response);
+            NodeEvent::CallLookup {
+                id,
+                domain,
+                caller,
+                callee,
+                source,
+            } => {
+                let shell = self.clone();
+                let call_tx = call_tx.clone();
+                tokio::spawn(async move {
+                    let at = now(epoch).wall;
+                    let lookup = match crate::call_directory::lookup(
+                        &shell.pool,
+                        &shell.directory,
+                        &shell.location,
+                        &domain,
+                        &caller,
+                        &callee,
+                        source,
+                        at,
+                    )
+                    .await
+                    {
+                        Ok(lookup) => lookup,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "call lookup failed");
+                            CallLookup::UnknownDomain
+                        }
+                    };
+                    let _ = call_tx.send(CallDone::Lookup(id, lookup)).await;
+                });
+            }
+            NodeEvent::CallAuthorize {
+                id,
+                tenant_id,
+                call_id,
+                account_id,
+                direction,
+                callee,
+                at,
+            } => {
+                let shell = self.clone();
+                let call_tx = call_tx.clone();
+                tokio::spawn(async move {
+                    let authorization = shell
+                        .billing
+                        .authorize(tenant_id, call_id, account_id, direction, &callee, at)
+                        .await;
+                    let _ = call_tx.send(CallDone::Authorized(id, authorization)).await;
+                });
+            }
+            NodeEvent::CallEvents {
+                tenant_id,
+                call_id,
+                events,
+            } => {
+                let metadata = Metadata {
+                    node_id: Some(self.node_id.clone()),
+                    actor: Some("sip-b2bua".into()),
+                    ..Metadata::default()
+                };
+                let at = now(epoch).wall;
+                let write = StreamWrite {
+                    tenant_id,
+                    stream_id: domain::call::Call::stream_id(&call_id),
+                    expected: Expected::Any,
+                    events: events
+                        .iter()
+                        .map(|e| NewEvent::from_domain(Uuid::new_v4(), e, metadata.clone(), at))
+                        .collect(),
+                };
+                if self.calls.send(write).await.is_err() {
+                    tracing::warn!(%call_id, "the call event appender stopped");
+                }
+                let settles = events.iter().any(|e| {
+                    matches!(
+                        e,
+                        CallEvent::CallAnswered(_) | CallEvent::CallEnded(_) | CallEvent::CallRejected(_)
+                    )
+                });
+                if settles {
+                    let billing = self.billing.clone();
+                    tokio::spawn(async move { billing.observe(call_id, &events).await });
                 }
             }
             NodeEvent::SourceBlocked { ip } => {
                 tracing::warn!(%ip, "blocking a source after repeated failed authentications");
+                let at = now(epoch).wall;
+                let event = SecurityEvent::SourceBlocked(SourceBlocked {
+                    ip: ip.to_string(),
+                    failures: u32::try_from(self.abuse.max_failures).unwrap_or(u32::MAX),
+                    blocked_at: at,
+                    blocked_until: at + self.abuse.block_for,
+                    node_id: self.node_id.clone(),
+                });
+                let metadata = Metadata {
+                    node_id: Some(self.node_id.clone()),
+                    actor: Some("sip-abuse-guard".into()),
+                    ..Metadata::default()
+                };
+                let write = StreamWrite {
+                    tenant_id: domain::SYSTEM_TENANT,
+                    stream_id: domain::security::stream_id(&ip.to_string()),
+                    expected: Expected::Any,
+                    events: vec![NewEvent::from_domain(Uuid::new_v4(), &event, metadata, at)],
+                };
+                if self.calls.send(write).await.is_err() {
+                    tracing::warn!(%ip, "the event appender stopped");
+                }
             }
         }
     }
@@ -261,31 +459,11 @@ impl Shell {
         user: &str,
         at: DateTime<Utc>,
     ) -> Result<(Lookup, Vec<registrar::Binding>), sqlx::Error> {
-        let tenant =
-            sqlx::query("SELECT tenant_id, sip_domain, suspended FROM rm_tenants WHERE sip_domain = lower($1)")
-                .bind(domain)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(tenant) = tenant else {
+        let Some(tenant) = self.directory.tenant(&self.pool, domain).await? else {
             return Ok((Lookup::UnknownDomain, Vec::new()));
         };
-        let tenant_id: Uuid = tenant.get("tenant_id");
-        let extension = sqlx::query(
-            "SELECT extension_id, number, ha1_md5, ha1_sha256, enabled FROM rm_extensions WHERE tenant_id = $1 AND number = $2",
-        )
-        .bind(tenant_id)
-        .bind(user)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| ExtensionRecord {
-            extension_id: row.get("extension_id"),
-            number: row.get("number"),
-            ha1: Ha1 {
-                md5: row.get("ha1_md5"),
-                sha256: row.get("ha1_sha256"),
-            },
-            enabled: row.get("enabled"),
-        });
+        let tenant_id = tenant.tenant_id;
+        let extension = self.directory.extension(&self.pool, tenant_id, user).await?;
         let bindings = match &extension {
             Some(ext) => self
                 .location
@@ -309,8 +487,8 @@ impl Shell {
         Ok((
             Lookup::Tenant {
                 tenant_id,
-                sip_domain: tenant.get("sip_domain"),
-                suspended: tenant.get("suspended"),
+                sip_domain: tenant.sip_domain,
+                suspended: tenant.suspended,
                 extension,
             },
             bindings,
@@ -413,8 +591,4 @@ impl Shell {
             node_id: self.node_id.clone(),
         }
     }
-}
-
-fn key_tag(source: &SocketAddr) -> String {
-    format!("{:x}", source.port())
 }

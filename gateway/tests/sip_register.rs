@@ -2,133 +2,10 @@
 //! `ledgerline up`; refreshes stay silent in the log; wrong passwords and unknown users get
 //! the same answer; a replayed authorization is refused.
 
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
 mod common;
 
 use commands::testing::TestDb;
-use common::{ledgerline, ok, until, BIN};
-
-struct Node {
-    child: Child,
-    sip: SocketAddr,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(db: &TestDb) -> Node {
-    let mut child = Command::new(BIN)
-        .args(["up", "--sip-bind", "127.0.0.1:0", "--sip-secret", "test-secret"])
-        .env("DATABASE_URL", &db.url)
-        .env("LEDGERLINE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut sip = None;
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(addr) = line.trim().strip_prefix("sip: listening on udp+tcp ") {
-            sip = Some(addr.parse().unwrap());
-        }
-        if line.contains("stop with Ctrl-C") {
-            break;
-        }
-    }
-    Node {
-        child,
-        sip: sip.expect("up prints where SIP listens"),
-    }
-}
-
-/// A tenant `acme.test` with extensions 1000..1000+n, password `pass-<number>`.
-async fn tenant_with_extensions(db: &TestDb, n: u32) -> String {
-    let out = ok(ledgerline(
-        db,
-        &[
-            "tenant",
-            "create",
-            "--name",
-            "Acme",
-            "--domain",
-            "acme.test",
-            "--max-extensions",
-            "100",
-        ],
-    ));
-    let tenant = out.trim().to_string();
-    for number in 1000..1000 + n {
-        let number = number.to_string();
-        ok(ledgerline(
-            db,
-            &[
-                "extension",
-                "add",
-                "--tenant",
-                &tenant,
-                "--number",
-                &number,
-                "--password",
-                &format!("pass-{number}"),
-            ],
-        ));
-    }
-    until(&db.pool, 30, &format!("SELECT count(*) = {n} FROM rm_extensions")).await;
-    tenant
-}
-
-fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp").join(name)
-}
-
-/// Run sipp against the node with `lines` as its injection file; true when every call passed.
-fn sipp(node: &Node, scenario_file: &str, lines: &[String], calls: usize) -> bool {
-    let dir = std::env::temp_dir().join(format!("ledgerline-sipp-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let csv = dir.join("users.csv");
-    std::fs::write(&csv, format!("SEQUENTIAL\n{}\n", lines.join("\n"))).unwrap();
-    let status = Command::new("sipp")
-        .arg(node.sip.to_string())
-        .arg("-sf")
-        .arg(scenario(scenario_file))
-        .arg("-inf")
-        .arg(&csv)
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "-m",
-            &calls.to_string(),
-            "-r",
-            "50",
-            "-l",
-            "20",
-        ])
-        .args(["-recv_timeout", "5000", "-timeout", "60", "-nostdin", "-trace_err"])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("sipp is installed (apt-get install sip-tester)");
-    if !status.success() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            if entry.file_name().to_string_lossy().ends_with("errors.log") {
-                eprintln!("{}", std::fs::read_to_string(entry.path()).unwrap_or_default());
-            }
-        }
-    }
-    std::fs::remove_dir_all(&dir).ok();
-    status.success()
-}
+use common::{sipp, start, start_with, tenant_with_extensions, until};
 
 fn user_line(user: u32, password: &str) -> String {
     format!("{user};acme.test;[authentication username={user} password={password}];5080")
@@ -271,15 +148,26 @@ mod raw {
         }
 
         pub async fn send(&self, message: &str) -> Reply {
-            self.socket.send_to(message.as_bytes(), self.node).await.unwrap();
-            let mut buffer = vec![0u8; 65_535];
-            let (n, _) = tokio::time::timeout(Duration::from_secs(5), self.socket.recv_from(&mut buffer))
+            self.exchange(message, Duration::from_secs(5))
                 .await
                 .expect("the node answers within 5 s")
+        }
+
+        /// Sends and waits briefly: `None` when no answer comes (a blocked source).
+        pub async fn try_send(&self, message: &str) -> Option<Reply> {
+            self.exchange(message, Duration::from_secs(2)).await
+        }
+
+        async fn exchange(&self, message: &str, wait: Duration) -> Option<Reply> {
+            self.socket.send_to(message.as_bytes(), self.node).await.unwrap();
+            let mut buffer = vec![0u8; 65_535];
+            let (n, _) = tokio::time::timeout(wait, self.socket.recv_from(&mut buffer))
+                .await
+                .ok()?
                 .unwrap();
             let text = String::from_utf8_lossy(&buffer[..n]).to_string();
             let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            Reply { status, text }
+            Some(Reply { status, text })
         }
     }
 
@@ -343,4 +231,34 @@ async fn unknown_users_look_like_wrong_passwords_and_replays_are_refused() {
     let next = raw::authorization(&challenge, "1000", "pass-1000", "00000002");
     let refresh = client.send(&client.register("1000", "good", 3, Some(&next))).await;
     assert_eq!(refresh.status, 200, "{}", refresh.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_block_the_source_and_the_block_is_an_event() {
+    let db = TestDb::new().await.unwrap();
+    let node = start_with(&db, &["--sip-block-after", "3", "--sip-block-for-secs", "600"]);
+    tenant_with_extensions(&db, 1).await;
+    let client = raw::Client::new(node.sip).await;
+    for attempt in 0..3 {
+        let call_id = format!("guess-{attempt}");
+        let challenge = client.send(&client.register("1000", &call_id, 1, None)).await;
+        let auth = raw::authorization(&challenge, "1000", "guess-password", "00000001");
+        let answer = client.send(&client.register("1000", &call_id, 2, Some(&auth))).await;
+        assert_eq!(answer.status, 401);
+    }
+    until(
+        &db.pool,
+        30,
+        "SELECT count(*) = 1 FROM events WHERE event_type = 'SourceBlocked' AND payload->>'ip' = '127.0.0.1' \
+         AND stream_id = 'sip-abuse-127.0.0.1'",
+    )
+    .await;
+    // Blocked: even the right password gets no answer now.
+    assert!(
+        client
+            .try_send(&client.register("1000", "honest", 1, None))
+            .await
+            .is_none(),
+        "a blocked source is not answered"
+    );
 }

@@ -4,6 +4,7 @@
 use commands::store::RecordedEvent;
 use domain::extension::ExtensionEvent;
 use domain::registration::RegistrationEvent;
+use domain::routing::{RoutingEvent, TrunkTransport};
 use domain::tenant::TenantEvent;
 use domain::DomainEvent;
 use sqlx::PgConnection;
@@ -19,11 +20,19 @@ impl Projection for Directory {
 
     fn version(&self) -> i32 {
         // 2: registered devices (`rm_registrations`) joined the directory.
-        2
+        // 3: trunks, outbound routes and DIDs (`rm_trunks`, `rm_routes`, `rm_dids`).
+        3
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["rm_tenants", "rm_extensions", "rm_registrations"]
+        &[
+            "rm_tenants",
+            "rm_extensions",
+            "rm_registrations",
+            "rm_trunks",
+            "rm_routes",
+            "rm_dids",
+        ]
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
@@ -43,6 +52,11 @@ impl Projection for Directory {
                     .decode()
                     .map_err(|e| ProjectionError::Decode(event.event_id, e.to_string()))?;
                 apply_registration(conn, event, &decoded).await?;
+            } else if RoutingEvent::event_types().contains(&event.event_type.as_str()) {
+                let decoded: RoutingEvent = event
+                    .decode()
+                    .map_err(|e| ProjectionError::Decode(event.event_id, e.to_string()))?;
+                apply_routing(conn, event, &decoded).await?;
             }
         }
         Ok(())
@@ -166,6 +180,55 @@ async fn apply_registration(
     query.execute(conn).await.map(drop)
 }
 
+async fn apply_routing(conn: &mut PgConnection, meta: &RecordedEvent, event: &RoutingEvent) -> Result<(), sqlx::Error> {
+    let tenant = meta.tenant_id;
+    let query = match event {
+        RoutingEvent::TrunkAdded(e) => sqlx::query(
+            "INSERT INTO rm_trunks (tenant_id, trunk_id, name, host, port, transport, allowed_ips, username, password, enabled) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true)",
+        )
+        .bind(tenant)
+        .bind(e.trunk_id)
+        .bind(&e.name)
+        .bind(&e.host)
+        .bind(i32::from(e.port))
+        .bind(match e.transport {
+            TrunkTransport::Udp => "udp",
+            TrunkTransport::Tcp => "tcp",
+        })
+        .bind(&e.allowed_ips)
+        .bind(&e.username)
+        .bind(&e.password),
+        RoutingEvent::TrunkRemoved(e) => sqlx::query("DELETE FROM rm_trunks WHERE tenant_id = $1 AND trunk_id = $2")
+            .bind(tenant)
+            .bind(e.trunk_id),
+        RoutingEvent::RouteAdded(e) => sqlx::query(
+            "INSERT INTO rm_routes (tenant_id, route_id, prefix, strip_digits, prepend, priority, trunk_ids) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(tenant)
+        .bind(e.route_id)
+        .bind(&e.prefix)
+        .bind(i32::from(e.strip_digits))
+        .bind(&e.prepend)
+        .bind(e.priority)
+        .bind(&e.trunk_ids),
+        RoutingEvent::RouteRemoved(e) => sqlx::query("DELETE FROM rm_routes WHERE tenant_id = $1 AND route_id = $2")
+            .bind(tenant)
+            .bind(e.route_id),
+        RoutingEvent::DidAdded(e) => {
+            sqlx::query("INSERT INTO rm_dids (tenant_id, did, extension_number) VALUES ($1, $2, $3)")
+                .bind(tenant)
+                .bind(&e.did)
+                .bind(&e.extension_number)
+        }
+        RoutingEvent::DidRemoved(e) => sqlx::query("DELETE FROM rm_dids WHERE tenant_id = $1 AND did = $2")
+            .bind(tenant)
+            .bind(&e.did),
+    };
+    query.execute(conn).await.map(drop)
+}
+
 /// Every row of the directory in a fixed order, as text: for comparing a live read
 /// model with a rebuild.
 pub async fn dump(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::Error> {
@@ -177,5 +240,12 @@ pub async fn dump(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::Error> {
             .fetch_all(pool)
             .await?,
     );
+    for sql in [
+        "SELECT t::text FROM rm_trunks t ORDER BY tenant_id, trunk_id",
+        "SELECT r::text FROM rm_routes r ORDER BY tenant_id, route_id",
+        "SELECT d::text FROM rm_dids d ORDER BY tenant_id, did",
+    ] {
+        rows.extend(sqlx::query_scalar::<_, String>(sql).fetch_all(pool).await?);
+    }
     Ok(rows)
 }

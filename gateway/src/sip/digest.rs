@@ -28,6 +28,9 @@ pub struct DigestConfig {
     /// deployed phones read only the first challenge and cannot do SHA-256; with MD5 first,
     /// SHA-256 is still offered to clients that look further.
     pub prefer_sha256: bool,
+    /// Offer SHA-256 at all. Off for phones that fail on a challenge they cannot answer
+    /// instead of skipping it (baresip 1.0 does); SHA-256 credentials still verify.
+    pub offer_sha256: bool,
 }
 
 impl std::fmt::Debug for DigestConfig {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for DigestConfig {
             .field("nonce_lifetime_secs", &self.nonce_lifetime_secs)
             .field("max_tracked_nonces", &self.max_tracked_nonces)
             .field("prefer_sha256", &self.prefer_sha256)
+            .field("offer_sha256", &self.offer_sha256)
             .finish()
     }
 }
@@ -50,6 +54,7 @@ pub struct Challenge {
     pub opaque: String,
     pub stale: bool,
     pub sha256_first: bool,
+    pub offer_sha256: bool,
 }
 
 impl Challenge {
@@ -63,10 +68,10 @@ impl Challenge {
             "WWW-Authenticate"
         };
         let stale = if self.stale { ", stale=true" } else { "" };
-        let order = if self.sha256_first {
-            ["SHA-256", "MD5"]
-        } else {
-            ["MD5", "SHA-256"]
+        let order: &[&str] = match (self.offer_sha256, self.sha256_first) {
+            (false, _) => &["MD5"],
+            (true, true) => &["SHA-256", "MD5"],
+            (true, false) => &["MD5", "SHA-256"],
         };
         order
             .iter()
@@ -142,6 +147,7 @@ impl DigestVerifier {
             opaque: self.opaque(realm),
             stale,
             sha256_first: self.config.prefer_sha256,
+            offer_sha256: self.config.offer_sha256,
         }
     }
 
@@ -323,11 +329,131 @@ pub fn compute_response(
     hash(format!("{ha1_hex}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"))
 }
 
+/// The parameters of a `WWW-Authenticate`/`Proxy-Authenticate` digest challenge.
+fn challenge_params(value: &str) -> Option<HashMap<String, String>> {
+    let rest = value.trim();
+    let (scheme, rest) = rest.split_once(char::is_whitespace)?;
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return None;
+    }
+    let mut params = HashMap::new();
+    let mut rest = rest.trim_start();
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once('=')?;
+        let name = name.trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (val, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            match after.find(',') {
+                Some(comma) => (&after[..comma], &after[comma..]),
+                None => (after, ""),
+            }
+        };
+        params.insert(name, val.trim().to_string());
+        rest = remaining.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(params)
+}
+
+/// Our answer to a carrier's digest challenge, as the value of an `Authorization` or
+/// `Proxy-Authorization` header (outbound trunk credentials). MD5 or SHA-256, `qop=auth`
+/// when offered; the cnonce is derived from the nonce, so the node stays free of randomness.
+pub fn answer_challenge(challenge: &str, username: &str, password: &str, method: &str, uri: &str) -> Option<String> {
+    let params = challenge_params(challenge)?;
+    let realm = params.get("realm")?;
+    let nonce = params.get("nonce")?;
+    let algorithm = params.get("algorithm").map(|a| a.to_ascii_uppercase());
+    let sha256 = match algorithm.as_deref() {
+        None | Some("MD5") => false,
+        Some("SHA-256") => true,
+        Some(_) => return None,
+    };
+    let ha1 = Ha1::compute(username, realm, password);
+    let ha1_hex = if sha256 { ha1.sha256 } else { ha1.md5 };
+    let qop_auth = params
+        .get("qop")
+        .is_some_and(|q| q.split(',').any(|t| t.trim().eq_ignore_ascii_case("auth")));
+    let algorithm_text = if sha256 { "SHA-256" } else { "MD5" };
+    let mut header = if qop_auth {
+        let cnonce = hex::encode(&Sha256::digest(format!("{nonce}:{uri}").as_bytes())[..8]);
+        let response = compute_response(sha256, &ha1_hex, nonce, "00000001", &cnonce, "auth", method, uri);
+        format!(
+            "Digest username=\"{username}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+response=\"{response}\", algorithm={algorithm_text}, qop=auth, nc=00000001, cnonce=\"{cnonce}\""
+        )
+    } else {
+        let hash = |text: String| -> String {
+            if sha256 {
+                hex::encode(Sha256::digest(text.as_bytes()))
+            } else {
+                hex::encode(Md5::digest(text.as_bytes()))
+            }
+        };
+        let response = hash(format!("{ha1_hex}:{nonce}:{}", hash(format!("{method}:{uri}"))));
+        format!(
+            "Digest username=\"{username}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+response=\"{response}\", algorithm={algorithm_text}"
+        )
+    };
+    if let Some(opaque) = params.get("opaque") {
+        header.push_str(&format!(", opaque=\"{opaque}\""));
+    }
+    Some(header)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sip::message::parse_digest_credentials;
     use chrono::TimeZone;
+
+    #[test]
+    fn our_answer_to_a_challenge_verifies_with_our_own_verifier() {
+        let mut verifier = DigestVerifier::new(config());
+        for sha256 in [false, true] {
+            let challenge = verifier.challenge("carrier.example", at(0), [9 + u8::from(sha256); 16], false);
+            let fields = challenge.header_fields(false);
+            let wanted = if sha256 { "SHA-256" } else { "MD5" };
+            let (_, value) = fields
+                .iter()
+                .find(|(_, v)| v.contains(&format!("algorithm={wanted}")))
+                .unwrap();
+            let answer = answer_challenge(value, "trunk1", "secret-pw", "INVITE", "sip:100@carrier.example").unwrap();
+            let credentials = parse_digest_credentials(&answer).unwrap();
+            let ha1 = Ha1::compute("trunk1", "carrier.example", "secret-pw");
+            assert_eq!(
+                verifier.verify(&credentials, "INVITE", "carrier.example", Some(&ha1), at(1)),
+                Verdict::Ok
+            );
+        }
+        assert!(answer_challenge("Basic realm=\"x\"", "u", "p", "INVITE", "sip:x").is_none());
+        assert!(answer_challenge(
+            "Digest realm=\"x\", nonce=\"n\", algorithm=SHA-512",
+            "u",
+            "p",
+            "INVITE",
+            "sip:x"
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn md5_only_offers_one_challenge_and_still_accepts_sha256() {
+        let mut config = config();
+        config.offer_sha256 = false;
+        let mut verifier = DigestVerifier::new(config);
+        let challenge = verifier.challenge(REALM, at(0), [3; 16], false);
+        let fields = challenge.header_fields(false);
+        assert_eq!(fields.len(), 1);
+        assert!(fields[0].1.contains("algorithm=MD5"));
+        let credentials = answer(&challenge, "s3cret", true, 1);
+        assert_eq!(
+            verifier.verify(&credentials, "REGISTER", REALM, Some(&ha1()), at(1)),
+            Verdict::Ok
+        );
+    }
 
     #[test]
     fn rfc_2617_example_response() {
@@ -383,6 +509,7 @@ mod tests {
             nonce_lifetime_secs: 300,
             max_tracked_nonces: 3,
             prefer_sha256: true,
+            offer_sha256: true,
         }
     }
 
@@ -436,6 +563,7 @@ algorithm={}, qop=auth, nc={nc_text}, cnonce=\"cn0nce\", opaque=\"{}\"",
         assert!(!proxy[0].1.contains("stale"));
         let compatible = DigestVerifier::new(DigestConfig {
             prefer_sha256: false,
+            offer_sha256: true,
             ..config()
         });
         let fields = compatible.challenge(REALM, at(0), [7; 16], false).header_fields(false);

@@ -4,6 +4,7 @@
 //! come in as arguments, and what to send comes back out, so every path runs on a virtual clock.
 
 pub mod abuse;
+pub mod b2bua;
 pub mod digest;
 pub mod fuzzing;
 pub mod message;

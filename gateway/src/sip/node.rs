@@ -5,12 +5,15 @@
 //! directory and location-table queries, and sleeps until `poll_timeout`.
 
 use super::abuse::{AbuseConfig, AbuseGuard};
+use super::b2bua::{CallConfig, Calls};
 use super::digest::{DigestConfig, DigestVerifier};
 use super::message::{build_response, to_bytes, uri_user_host, SipMessage};
 use super::registrar::{decide_register, Binding, BindingChange, Lookup, RegisterContext, RegistrarConfig};
 use super::screening::{screen_request, NodeIdentity, Screening};
+use super::transaction::ClientTransaction;
 use super::transaction::{Instant, ServerTransaction, Timers, TransactionEvent, TransactionKey, Transport};
 use chrono::{DateTime, Utc};
+use domain::call::{CallEvent, Direction};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +31,7 @@ pub struct NodeConfig {
     pub max_server_transactions: usize,
     /// Above this many REGISTERs waiting for the directory, new ones get 503.
     pub max_pending_lookups: usize,
+    pub calls: CallConfig,
 }
 
 /// The two clocks: a monotonic one for protocol timers and the wall clock for expiries and
@@ -62,20 +66,46 @@ pub enum NodeEvent {
         extension_id: Uuid,
         changes: Vec<BindingChange>,
     },
-    /// A request for the call layer (INVITE, BYE, CANCEL, an ACK for a 2xx...).
-    Request {
-        key: Option<TransactionKey>,
+    /// Look up the tenant by `domain` (or the trunk by `source`), the calling extension by
+    /// `caller` and the route for `callee`, then call [`SipNode::handle_call_lookup`].
+    CallLookup {
+        id: LookupId,
+        domain: String,
+        caller: String,
+        callee: String,
         source: SocketAddr,
-        request: Box<SipMessage>,
+    },
+    /// Authorize a prepaid call against the account's available funds (reserve), then call
+    /// [`SipNode::handle_call_authorization`].
+    CallAuthorize {
+        id: LookupId,
+        tenant_id: Uuid,
+        call_id: Uuid,
+        account_id: Uuid,
+        direction: Direction,
+        callee: String,
+        at: DateTime<Utc>,
+    },
+    /// Append these to the call's stream, in this order, after what came before.
+    CallEvents {
+        tenant_id: Uuid,
+        call_id: Uuid,
+        events: Vec<CallEvent>,
     },
     /// Too many failed authentications: this address is now blocked.
     SourceBlocked { ip: IpAddr },
 }
 
-struct ServerEntry {
-    transaction: ServerTransaction,
-    peer: SocketAddr,
-    transport: Transport,
+pub(super) struct ServerEntry {
+    pub(super) transaction: ServerTransaction,
+    pub(super) peer: SocketAddr,
+    pub(super) transport: Transport,
+}
+
+pub(super) struct ClientEntry {
+    pub(super) transaction: ClientTransaction,
+    pub(super) destination: SocketAddr,
+    pub(super) transport: Transport,
 }
 
 struct PendingLookup {
@@ -86,14 +116,18 @@ struct PendingLookup {
 
 /// The node's state: live server transactions, pending lookups, nonce and abuse memory.
 pub struct SipNode {
-    config: NodeConfig,
-    verifier: DigestVerifier,
-    abuse: AbuseGuard,
-    server: HashMap<TransactionKey, ServerEntry>,
+    pub(super) config: NodeConfig,
+    pub(super) verifier: DigestVerifier,
+    pub(super) abuse: AbuseGuard,
+    pub(super) server: HashMap<TransactionKey, ServerEntry>,
+    pub(super) client: HashMap<TransactionKey, ClientEntry>,
     pending: HashMap<LookupId, PendingLookup>,
-    next_lookup: u64,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<NodeEvent>,
+    pub(super) next_lookup: u64,
+    pub(super) transmits: VecDeque<Transmit>,
+    pub(super) events: VecDeque<NodeEvent>,
+    pub(super) calls: Calls,
+    /// Ended calls, with when to forget them, oldest first.
+    pub(super) finished: VecDeque<(Instant, Uuid)>,
 }
 
 impl SipNode {
@@ -103,6 +137,9 @@ impl SipNode {
             abuse: AbuseGuard::new(config.abuse.clone()),
             config,
             server: HashMap::new(),
+            client: HashMap::new(),
+            calls: Calls::default(),
+            finished: VecDeque::new(),
             pending: HashMap::new(),
             next_lookup: 0,
             transmits: VecDeque::new(),
@@ -120,7 +157,13 @@ impl SipNode {
             return;
         };
         let Some(method) = message.method() else {
-            // Responses belong to client transactions, which arrive with the call layer.
+            // A response belongs to one of our client transactions, or to nothing.
+            if let Some(key) = TransactionKey::of(&message) {
+                if let Some(entry) = self.client.get_mut(&key) {
+                    let _ = entry.transaction.handle_message(now.mono, message);
+                    self.flush_client(now, &key);
+                }
+            }
             return;
         };
         let Some(key) = TransactionKey::of(&message) else {
@@ -138,11 +181,7 @@ impl SipNode {
         }
         if method == rsip::Method::Ack {
             // An ACK for a 2xx has its own branch and belongs to the dialog.
-            self.events.push_back(NodeEvent::Request {
-                key: None,
-                source,
-                request: Box::new(message),
-            });
+            self.on_call_request(now, None, source, transport, message);
             return;
         }
         if self.server.len() >= self.config.max_server_transactions {
@@ -166,13 +205,7 @@ impl SipNode {
             Screening::Pass if method == rsip::Method::Register => {
                 self.start_register(now, key.clone(), message, source)
             }
-            Screening::Pass => {
-                self.events.push_back(NodeEvent::Request {
-                    key: Some(key.clone()),
-                    source,
-                    request: Box::new(message),
-                });
-            }
+            Screening::Pass => self.on_call_request(now, Some(key.clone()), source, transport, message),
         }
         self.flush(&key);
     }
@@ -249,6 +282,20 @@ impl SipNode {
             }
             self.flush(&key);
         }
+        let due: Vec<TransactionKey> = self
+            .client
+            .iter()
+            .filter(|(_, entry)| entry.transaction.poll_timeout().is_some_and(|at| at <= now.mono))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            if let Some(entry) = self.client.get_mut(&key) {
+                entry.transaction.handle_timeout(now.mono);
+            }
+            self.flush_client(now, &key);
+        }
+        self.call_timeouts(now);
+        self.forget_finished(now.mono);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -261,10 +308,18 @@ impl SipNode {
 
     /// The earliest transaction deadline on the monotonic clock.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.server
-            .values()
-            .filter_map(|entry| entry.transaction.poll_timeout())
+        let server = self.server.values().filter_map(|e| e.transaction.poll_timeout());
+        let client = self.client.values().filter_map(|e| e.transaction.poll_timeout());
+        server
+            .chain(client)
+            .chain(self.calls.poll_timeout())
+            .chain(self.finished.front().map(|(at, _)| *at))
             .min()
+    }
+
+    /// Calls being set up or in progress on this node.
+    pub fn calls_in_progress(&self) -> usize {
+        self.calls.len()
     }
 
     /// How many server transactions are alive (for metrics and tests).
@@ -301,8 +356,36 @@ impl SipNode {
         }
     }
 
+    /// Moves a client transaction's output into the node's queues and its responses and
+    /// timeouts to the call layer; forgets it once terminated.
+    pub(super) fn flush_client(&mut self, now: Now, key: &TransactionKey) {
+        let Some(entry) = self.client.get_mut(key) else {
+            return;
+        };
+        while let Some(bytes) = entry.transaction.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                destination: entry.destination,
+                transport: entry.transport,
+                bytes,
+            });
+        }
+        let events: Vec<TransactionEvent> = std::iter::from_fn(|| entry.transaction.poll_event()).collect();
+        let mut terminated = false;
+        for event in events {
+            match event {
+                TransactionEvent::Response(response) => self.on_client_response(now, key, *response),
+                TransactionEvent::TimedOut => self.on_client_timeout(now, key),
+                TransactionEvent::Terminated => terminated = true,
+            }
+        }
+        if terminated {
+            self.client.remove(key);
+            self.calls.purposes.remove(key);
+        }
+    }
+
     /// Moves a transaction's output into the node's queues and forgets it once terminated.
-    fn flush(&mut self, key: &TransactionKey) {
+    pub(super) fn flush(&mut self, key: &TransactionKey) {
         let Some(entry) = self.server.get_mut(key) else {
             return;
         };
@@ -334,7 +417,7 @@ impl SipNode {
 
 /// A To-tag derived from the request, so every retransmission and every node that answers
 /// the same request uses the same tag.
-fn to_tag_for(request: &SipMessage) -> String {
+pub(super) fn to_tag_for(request: &SipMessage) -> String {
     let mut hash = Sha256::new();
     hash.update(request.call_id.as_bytes());
     hash.update(b"\0");
@@ -365,6 +448,7 @@ mod tests {
                 nonce_lifetime_secs: 300,
                 max_tracked_nonces: 1000,
                 prefer_sha256: true,
+                offer_sha256: true,
             },
             abuse: AbuseConfig {
                 max_failures: 3,
@@ -378,6 +462,7 @@ mod tests {
             },
             max_server_transactions: 100,
             max_pending_lookups: 100,
+            calls: crate::sip::b2bua::CallConfig::default(),
         }
     }
 
@@ -546,20 +631,16 @@ Content-Length: 0\r\n\r\n";
 
         let invite = String::from_utf8(options.to_vec())
             .unwrap()
+            .replace("OPTIONS sip:", "INVITE sip:1002@")
             .replace("OPTIONS", "INVITE");
         node.handle_datagram(now(0), phone(), Transport::Unreliable, invite.as_bytes());
         assert_eq!(transmitted(&mut node)[0].status(), Some(100));
-        let Some(NodeEvent::Request {
-            key: Some(key),
-            request,
-            ..
-        }) = node.poll_event()
-        else {
+        let Some(NodeEvent::CallLookup { id, domain, callee, .. }) = node.poll_event() else {
             panic!("the INVITE must reach the call layer");
         };
-        assert_eq!(request.method(), Some(rsip::Method::Invite));
-        node.handle_response_command(now(10), &key, build_response(&request, 486, "x", &[]));
-        assert_eq!(transmitted(&mut node)[0].status(), Some(486));
+        assert_eq!((domain.as_str(), callee.as_str()), ("acme.example.com", "1002"));
+        node.handle_call_lookup(now(10), id, crate::sip::b2bua::CallLookup::UnknownDomain, [0; 16]);
+        assert_eq!(transmitted(&mut node)[0].status(), Some(404));
     }
 
     #[test]
@@ -575,5 +656,226 @@ Content-Length: 0\r\n\r\n";
         let old = String::from_utf8(register("2543-style", 1, None)).unwrap();
         node.handle_datagram(now(0), phone(), Transport::Unreliable, old.as_bytes());
         assert_eq!(transmitted(&mut node)[0].status(), Some(400));
+    }
+
+    mod calls {
+        //! The call layer on a virtual clock: forking with the first answer winning, and the
+        //! tenant's call limit.
+
+        use super::*;
+        use crate::sip::b2bua::{CallLookup, ContactTarget, Route, TenantCall};
+        use domain::call::CallEvent;
+
+        fn invite(branch: &str, call_id: &str, cseq: u32, auth: Option<&str>) -> Vec<u8> {
+            let authorization = match auth {
+                Some(nonce) => {
+                    let ha1 = Ha1::compute("1001", DOMAIN, "pw");
+                    let uri = "sip:1002@acme.example.com";
+                    let response = compute_response(true, &ha1.sha256, nonce, "00000001", "c", "auth", "INVITE", uri);
+                    format!(
+                        "Proxy-Authorization: Digest username=\"1001\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", \
+uri=\"{uri}\", response=\"{response}\", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"c\"\r\n"
+                    )
+                }
+                None => String::new(),
+            };
+            let sdp =
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+            format!(
+                "INVITE sip:1002@acme.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch={branch}\r\n\
+Max-Forwards: 70\r\nFrom: \"Alice\" <sip:1001@acme.example.com>;tag=a\r\nTo: <sip:1002@acme.example.com>\r\n\
+Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:1001@192.0.2.10>\r\n{authorization}\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            )
+            .into_bytes()
+        }
+
+        fn contact(n: u8) -> ContactTarget {
+            ContactTarget {
+                uri: format!("sip:1002@192.0.2.{n}:5060"),
+                destination: SocketAddr::from(([192, 0, 2, n], 5060)),
+                transport: Transport::Unreliable,
+            }
+        }
+
+        fn lookup(contacts: Vec<ContactTarget>, call_limit: Option<u32>) -> CallLookup {
+            let Lookup::Tenant { extension, .. } = super::lookup() else {
+                unreachable!()
+            };
+            CallLookup::Tenant(Box::new(TenantCall {
+                tenant_id: Uuid::from_u128(1),
+                sip_domain: DOMAIN.into(),
+                suspended: false,
+                caller: extension,
+                from_trunk: None,
+                did: None,
+                route: Route::Extension {
+                    extension_id: Uuid::from_u128(3),
+                    number: "1002".into(),
+                    contacts,
+                },
+                call_limit,
+                account: None,
+            }))
+        }
+
+        fn call_lookup_id(node: &mut SipNode) -> LookupId {
+            match node.poll_event() {
+                Some(NodeEvent::CallLookup { id, callee, .. }) => {
+                    assert_eq!(callee, "1002");
+                    id
+                }
+                other => panic!("expected a call lookup, got {other:?}"),
+            }
+        }
+
+        /// Challenge, then the authenticated INVITE; returns what the node sent after it.
+        fn place_call(node: &mut SipNode, call_id: &str, lookup: impl Fn() -> CallLookup) -> Vec<Transmit> {
+            node.handle_datagram(
+                now(0),
+                phone(),
+                Transport::Unreliable,
+                &invite(&format!("z9hG4bK{call_id}1"), call_id, 1, None),
+            );
+            let id = call_lookup_id(node);
+            let seed = call_id.len() as u8;
+            node.handle_call_lookup(now(1), id, lookup(), [seed; 16]);
+            let challenge = transmitted(node).into_iter().find(|m| m.status() == Some(407)).unwrap();
+            let value = challenge.header("Proxy-Authenticate").unwrap();
+            let start = value.find("nonce=\"").unwrap() + 7;
+            let nonce = value[start..].split('"').next().unwrap().to_string();
+            assert!(
+                node.poll_event().is_none(),
+                "a challenged INVITE leaves nothing in the log"
+            );
+            node.handle_datagram(
+                now(2),
+                phone(),
+                Transport::Unreliable,
+                &invite(&format!("z9hG4bK{call_id}2"), call_id, 2, Some(&nonce)),
+            );
+            let id = call_lookup_id(node);
+            node.handle_call_lookup(now(3), id, lookup(), [seed + 100; 16]);
+            std::iter::from_fn(|| node.poll_transmit()).collect()
+        }
+
+        fn call_events(node: &mut SipNode) -> Vec<&'static str> {
+            let mut names = Vec::new();
+            while let Some(event) = node.poll_event() {
+                if let NodeEvent::CallEvents { events, .. } = event {
+                    names.extend(events.iter().map(|e| match e {
+                        CallEvent::CallInitiated(_) => "initiated",
+                        CallEvent::CallAuthorized(_) => "authorized",
+                        CallEvent::CallRejected(_) => "rejected",
+                        CallEvent::LegCreated(_) => "leg",
+                        CallEvent::CallRinging(_) => "ringing",
+                        CallEvent::CallAnswered(_) => "answered",
+                        CallEvent::CallHeld(_) => "held",
+                        CallEvent::CallResumed(_) => "resumed",
+                        CallEvent::CallTransferred(_) => "transferred",
+                        CallEvent::CallEnded(_) => "ended",
+                    }));
+                }
+            }
+            names
+        }
+
+        /// A response from a contact to one of the node's INVITEs.
+        fn answer(request: &SipMessage, code: u16, tag: &str) -> Vec<u8> {
+            let mut response = build_response(request, code, tag, &[]);
+            if code == 200 {
+                response.headers.push(rsip::Header::Other(
+                    "Contact".into(),
+                    format!("<{}>", request.request_uri.clone().unwrap()),
+                ));
+            }
+            to_bytes(&response.into())
+        }
+
+        #[test]
+        fn every_contact_rings_and_the_first_answer_wins() {
+            let mut node = SipNode::new(config());
+            let sent = place_call(&mut node, "fork", || lookup(vec![contact(21), contact(22)], None));
+            let invites: Vec<(SocketAddr, SipMessage)> = sent
+                .iter()
+                .filter_map(|t| {
+                    let m = SipMessage::parse(&t.bytes).ok()?;
+                    (m.method() == Some(rsip::Method::Invite)).then_some((t.destination, m))
+                })
+                .collect();
+            assert_eq!(
+                invites.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+                [contact(21).destination, contact(22).destination],
+                "both contacts are called at once"
+            );
+            assert!(
+                invites.iter().all(|(_, m)| m.body.starts_with(b"v=0")),
+                "the SDP passes through"
+            );
+            assert_eq!(call_events(&mut node), ["initiated", "authorized", "leg", "leg"]);
+
+            // The first rings, the second answers.
+            node.handle_datagram(
+                now(10),
+                contact(21).destination,
+                Transport::Unreliable,
+                &answer(&invites[0].1, 180, "r1"),
+            );
+            let to_caller = transmitted(&mut node);
+            assert_eq!(
+                to_caller.iter().filter_map(SipMessage::status).collect::<Vec<_>>(),
+                [180]
+            );
+            node.handle_datagram(
+                now(20),
+                contact(22).destination,
+                Transport::Unreliable,
+                &answer(&invites[1].1, 200, "r2"),
+            );
+            let out: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+            let parsed: Vec<(SocketAddr, SipMessage)> = out
+                .iter()
+                .map(|t| (t.destination, SipMessage::parse(&t.bytes).unwrap()))
+                .collect();
+            let kinds: Vec<(SocketAddr, String)> = parsed
+                .iter()
+                .map(|(d, m)| {
+                    let kind = match (m.method(), m.status()) {
+                        (Some(method), _) => method.to_string(),
+                        (None, Some(code)) => code.to_string(),
+                        _ => unreachable!(),
+                    };
+                    (*d, kind)
+                })
+                .collect();
+            assert!(kinds.contains(&(contact(22).destination, "ACK".into())), "{kinds:?}");
+            assert!(kinds.contains(&(phone(), "200".into())), "{kinds:?}");
+            assert!(
+                kinds.contains(&(contact(21).destination, "CANCEL".into())),
+                "the loser is cancelled: {kinds:?}"
+            );
+            assert_eq!(call_events(&mut node), ["ringing", "answered"]);
+            assert_eq!(node.active_calls(Uuid::from_u128(1)), 1);
+        }
+
+        #[test]
+        fn the_tenant_call_limit_refuses_the_next_call_with_503() {
+            let mut node = SipNode::new(config());
+            place_call(&mut node, "first", || lookup(vec![contact(21)], Some(1)));
+            assert_eq!(call_events(&mut node), ["initiated", "authorized", "leg"]);
+            let sent = place_call(&mut node, "second-call", || lookup(vec![contact(21)], Some(1)));
+            let statuses: Vec<u16> = sent
+                .iter()
+                .filter_map(|t| SipMessage::parse(&t.bytes).ok()?.status())
+                .collect();
+            assert!(statuses.contains(&503), "{statuses:?}");
+            assert_eq!(call_events(&mut node), ["initiated", "rejected"]);
+            assert_eq!(
+                node.active_calls(Uuid::from_u128(1)),
+                1,
+                "the refused call does not count"
+            );
+        }
     }
 }

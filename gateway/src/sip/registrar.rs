@@ -337,6 +337,7 @@ mod tests {
             nonce_lifetime_secs: 300,
             max_tracked_nonces: 100,
             prefer_sha256: true,
+            offer_sha256: true,
         })
     }
 

@@ -5,7 +5,7 @@
 use super::message::{build_response, SipMessage};
 
 /// The methods this node handles, for `Allow`.
-pub const ALLOWED_METHODS: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, INFO, NOTIFY";
 
 /// How this node recognises its own Via entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
