@@ -92,7 +92,7 @@ bridge!(
     TariffState,
     "tariff",
     tariff::evolve,
-    ["TariffCreated", "TariffVersionPublished"]
+    ["TariffCreated", "TariffVersionPublished", "TariffVersionCorrected"]
 );
 bridge!(
     InvoiceBook,

@@ -349,6 +349,11 @@ impl InvoiceState {
         candidate
     }
 
+    /// The amount a charge stands at on this book after every correction so far.
+    pub fn charge_amount(&self, charge_id: Uuid) -> Option<Decimal> {
+        self.charges.get(&charge_id).map(|charge| charge.amount)
+    }
+
     fn entry_count(&self, period: BillingPeriod) -> usize {
         self.periods.get(&period).map_or(0, |book| book.entries.len())
     }
@@ -481,6 +486,21 @@ pub fn decide(command: &InvoiceCommand, state: &InvoiceState) -> Result<Vec<Invo
             })])
         }
     }
+}
+
+/// Decide several commands as one decision (one append): each is decided against the state
+/// the previous ones leave, and the first rejection rejects them all. A re-rating corrects
+/// every charge of a book this way.
+pub fn decide_all(commands: &[InvoiceCommand], state: &InvoiceState) -> Result<Vec<InvoiceEvent>, InvoiceRejection> {
+    let mut scratch = state.clone();
+    let mut out = Vec::new();
+    for command in commands {
+        for event in decide(command, &scratch)? {
+            scratch = evolve(scratch, &event);
+            out.push(event);
+        }
+    }
+    Ok(out)
 }
 
 pub fn evolve(mut state: InvoiceState, event: &InvoiceEvent) -> InvoiceState {
@@ -880,6 +900,71 @@ mod tests {
         for (name, history, command, expected) in cases {
             assert_eq!(decide(&command, &given(&history)), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn corrections_decided_together_land_as_one_decision() {
+        let march_charge = |id: u128, amount: &str| {
+            InvoiceEvent::ChargeInvoiced(ChargeInvoiced {
+                charge_id: Uuid::from_u128(id),
+                period: MARCH,
+                occurred_at: at("2024-03-10T10:00:00Z"),
+                service: Service::Calls,
+                destination: "49".to_string(),
+                amount: d(amount),
+            })
+        };
+        let state = given(&[
+            opened(),
+            march_charge(10, "0.90000"),
+            march_charge(11, "0.30000"),
+            InvoiceEvent::PeriodClosed(PeriodClosed {
+                period: MARCH,
+                tax: vat(),
+                totals: vat().totals(d("1.20000")),
+            }),
+        ]);
+        let correct = |correction: u128, charge: u128, amount: &str| InvoiceCommand::CorrectCharge {
+            correction_id: Uuid::from_u128(correction),
+            charge_id: Uuid::from_u128(charge),
+            corrected_amount: d(amount),
+            reason: "tariff 1 revision 1".to_string(),
+        };
+        let events = decide_all(
+            &[
+                correct(20, 10, "0.60000"),
+                correct(21, 11, "0.30000"),
+                correct(22, 10, "0.50000"),
+            ],
+            &state,
+        )
+        .expect("valid corrections");
+        let amounts: Vec<(BillingPeriod, Decimal)> = events
+            .iter()
+            .map(|e| match e {
+                InvoiceEvent::AdjustmentInvoiced(a) => (a.period, a.amount),
+                other => panic!("only adjustments: {other:?}"),
+            })
+            .collect();
+        // The unchanged charge gives no line; the second correction of charge 10 sees the first.
+        assert_eq!(amounts, vec![(APRIL, d("-0.30000")), (APRIL, d("-0.10000"))]);
+        let after = events.iter().fold(state.clone(), evolve);
+        assert_eq!(after.charge_amount(Uuid::from_u128(10)), Some(d("0.50000")));
+        assert_eq!(
+            as_billed(&after, MARCH, vat()).map(|i| i.totals.total),
+            Some(d("1.43")),
+            "as billed stays frozen"
+        );
+        assert_eq!(
+            as_corrected(&after, MARCH, vat()).map(|i| i.totals.total),
+            Some(d("0.95"))
+        );
+        assert_eq!(
+            decide_all(&[correct(23, 99, "1")], &state),
+            Err(InvoiceRejection::UnknownCharge {
+                charge_id: Uuid::from_u128(99)
+            })
+        );
     }
 
     #[test]

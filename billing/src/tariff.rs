@@ -480,7 +480,22 @@ pub enum TariffCommand {
         crossing: Crossing,
         posting: Posting,
     },
+    /// Correct a published version in place: the same number, `effective_from` and currency,
+    /// with the deck it should have had. Calls answered while it was in force are re-rated
+    /// (by the `billing` projection) and their invoices adjusted (see `invoice::CorrectCharge`).
+    CorrectVersion {
+        version: u32,
+        rates: Vec<Rate>,
+        offpeak_window: Option<OffPeakWindow>,
+        crossing: Crossing,
+        posting: Posting,
+        /// Why, as finance will read it on the adjustment lines.
+        reason: String,
+    },
 }
+
+/// The longest reason a correction may give.
+pub const MAX_REASON_CHARS: usize = 500;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TariffCreated {
@@ -495,6 +510,18 @@ pub struct TariffVersionPublished {
     pub version: TariffVersion,
 }
 
+/// A published version corrected in place. A correction is a new fact: the version as first
+/// published stays in the log, and "as billed" figures computed with it stay as they were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TariffVersionCorrected {
+    /// The version as corrected: its number, `effective_from` and currency are the published ones.
+    pub version: TariffVersion,
+    /// 1 for the first correction of this version, then +1.
+    pub revision: u32,
+    pub reason: String,
+}
+
 /// The facts of a tariff stream (`tariff-{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "payload")]
@@ -503,6 +530,8 @@ pub enum TariffEvent {
     Created(TariffCreated),
     #[serde(rename = "TariffVersionPublished")]
     VersionPublished(TariffVersionPublished),
+    #[serde(rename = "TariffVersionCorrected")]
+    VersionCorrected(TariffVersionCorrected),
 }
 
 impl TariffEvent {
@@ -510,6 +539,7 @@ impl TariffEvent {
         match self {
             TariffEvent::Created(_) => "TariffCreated",
             TariffEvent::VersionPublished(_) => "TariffVersionPublished",
+            TariffEvent::VersionCorrected(_) => "TariffVersionCorrected",
         }
     }
 }
@@ -542,6 +572,12 @@ pub enum TariffRejection {
     TooManyRates { count: usize },
     #[error("posting scale {scale_dp} exceeds {MAX_POSTING_SCALE_DP} places")]
     InvalidPosting { scale_dp: u32 },
+    #[error("version {version} has not been published")]
+    UnknownVersion { version: u32 },
+    #[error("the correction changes nothing in version {version}")]
+    NothingCorrected { version: u32 },
+    #[error("a correction needs a reason of 1 to {MAX_REASON_CHARS} characters")]
+    InvalidReason,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -552,14 +588,26 @@ pub struct TariffHeader {
     pub currency: String,
 }
 
-/// A tariff as its events leave it: the header and every version, compiled, oldest first.
+/// A tariff as its events leave it: the header and every version, compiled, oldest first,
+/// each as last corrected.
 #[derive(Debug, Clone, Default)]
 pub struct TariffState {
     pub header: Option<TariffHeader>,
     pub versions: Vec<Arc<CompiledTariff>>,
+    /// Per version (same index): how many corrections it has had; 0 as published.
+    pub revisions: Vec<u32>,
 }
 
 impl TariffState {
+    /// A published version by number, as last corrected, with its revision.
+    pub fn version(&self, number: u32) -> Option<(&Arc<CompiledTariff>, u32)> {
+        let index = usize::try_from(number.checked_sub(1)?).ok()?;
+        Some((
+            self.versions.get(index)?,
+            self.revisions.get(index).copied().unwrap_or(0),
+        ))
+    }
+
     /// The version in force at `at`: the latest whose `effective_from` is not after it.
     pub fn in_force(&self, at: DateTime<Utc>) -> Option<&Arc<CompiledTariff>> {
         // Versions are appended in increasing `effective_from` order (decide enforces it).
@@ -635,6 +683,41 @@ pub fn decide(command: &TariffCommand, state: &TariffState) -> Result<Vec<Tariff
             version.validate()?;
             Ok(vec![TariffEvent::VersionPublished(TariffVersionPublished { version })])
         }
+        TariffCommand::CorrectVersion {
+            version,
+            rates,
+            offpeak_window,
+            crossing,
+            posting,
+            reason,
+        } => {
+            if state.header.is_none() {
+                return Err(TariffRejection::NotCreated);
+            }
+            let Some((current, revision)) = state.version(*version) else {
+                return Err(TariffRejection::UnknownVersion { version: *version });
+            };
+            let reason = reason.trim();
+            if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+                return Err(TariffRejection::InvalidReason);
+            }
+            let corrected = TariffVersion {
+                rates: rates.clone(),
+                offpeak_window: *offpeak_window,
+                crossing: *crossing,
+                posting: *posting,
+                ..current.version.clone()
+            };
+            if corrected == current.version {
+                return Err(TariffRejection::NothingCorrected { version: *version });
+            }
+            corrected.validate()?;
+            Ok(vec![TariffEvent::VersionCorrected(TariffVersionCorrected {
+                version: corrected,
+                revision: revision.saturating_add(1),
+                reason: reason.to_string(),
+            })])
+        }
     }
 }
 
@@ -652,6 +735,17 @@ pub fn evolve(mut state: TariffState, event: &TariffEvent) -> TariffState {
             state
                 .versions
                 .push(Arc::new(CompiledTariff::new(published.version.clone())));
+            state.revisions.push(0);
+        }
+        TariffEvent::VersionCorrected(corrected) => {
+            // decide only corrects published versions; an unknown one changes nothing.
+            let index = corrected.version.version.checked_sub(1).map(|i| i as usize);
+            if let Some(index) = index.filter(|i| *i < state.versions.len()) {
+                state.versions[index] = Arc::new(CompiledTariff::new(corrected.version.clone()));
+                if let Some(slot) = state.revisions.get_mut(index) {
+                    *slot = corrected.revision;
+                }
+            }
         }
     }
     state
@@ -694,5 +788,174 @@ mod tests {
         assert_eq!(normalize_destination("+4930"), Some(&b"4930"[..]));
         assert_eq!(normalize_destination("4930 1"), None);
         assert_eq!(normalize_destination("+"), None);
+    }
+
+    fn created() -> TariffEvent {
+        TariffEvent::Created(TariffCreated {
+            tariff_id: Uuid::from_u128(7),
+            tenant_id: Uuid::from_u128(1),
+            name: "Standard".to_string(),
+            currency: "EUR".to_string(),
+        })
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("test literal is RFC 3339")
+            .with_timezone(&Utc)
+    }
+
+    fn price(text: &str) -> Decimal {
+        Decimal::from_str(text).expect("test literal is a decimal")
+    }
+
+    fn published(number: u32, effective_from: &str, price_per_minute: &str) -> TariffEvent {
+        TariffEvent::VersionPublished(TariffVersionPublished {
+            version: TariffVersion {
+                tariff_id: Uuid::from_u128(7),
+                version: number,
+                effective_from: at(effective_from),
+                currency: "EUR".to_string(),
+                rates: vec![Rate::simple(p("49"), 60, 60, price(price_per_minute))],
+                offpeak_window: None,
+                crossing: Crossing::WholeCall,
+                posting: Posting::default(),
+            },
+        })
+    }
+
+    fn correct(number: u32, price_per_minute: &str, reason: &str) -> TariffCommand {
+        TariffCommand::CorrectVersion {
+            version: number,
+            rates: vec![Rate::simple(p("49"), 60, 60, price(price_per_minute))],
+            offpeak_window: None,
+            crossing: Crossing::WholeCall,
+            posting: Posting::default(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn given(events: &[TariffEvent]) -> TariffState {
+        events.iter().fold(TariffState::default(), evolve)
+    }
+
+    /// A given/when/then row: name, history, command, expected decision.
+    type Case = (
+        &'static str,
+        Vec<TariffEvent>,
+        TariffCommand,
+        Result<Vec<TariffEvent>, TariffRejection>,
+    );
+
+    #[test]
+    fn corrections_given_when_then() {
+        let history = vec![
+            created(),
+            published(1, "2024-01-01T00:00:00Z", "0.030"),
+            published(2, "2024-06-01T00:00:00Z", "0.040"),
+        ];
+        let TariffEvent::VersionPublished(first) = &history[1] else {
+            unreachable!("the second event is a publication");
+        };
+        let corrected_first = TariffVersion {
+            rates: vec![Rate::simple(p("49"), 60, 60, price("0.020"))],
+            ..first.version.clone()
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "a correction keeps the number and the validity, and counts revisions",
+                history.clone(),
+                correct(1, "0.020", " wrong price for Germany "),
+                Ok(vec![TariffEvent::VersionCorrected(TariffVersionCorrected {
+                    version: corrected_first.clone(),
+                    revision: 1,
+                    reason: "wrong price for Germany".to_string(),
+                })]),
+            ),
+            (
+                "a second correction is revision 2",
+                {
+                    let mut h = history.clone();
+                    h.push(TariffEvent::VersionCorrected(TariffVersionCorrected {
+                        version: corrected_first.clone(),
+                        revision: 1,
+                        reason: "first fix".to_string(),
+                    }));
+                    h
+                },
+                correct(1, "0.025", "second fix"),
+                Ok(vec![TariffEvent::VersionCorrected(TariffVersionCorrected {
+                    version: TariffVersion {
+                        rates: vec![Rate::simple(p("49"), 60, 60, price("0.025"))],
+                        ..first.version.clone()
+                    },
+                    revision: 2,
+                    reason: "second fix".to_string(),
+                })]),
+            ),
+            (
+                "an unpublished version cannot be corrected",
+                history.clone(),
+                correct(3, "0.020", "typo"),
+                Err(TariffRejection::UnknownVersion { version: 3 }),
+            ),
+            (
+                "version 0 does not exist",
+                history.clone(),
+                correct(0, "0.020", "typo"),
+                Err(TariffRejection::UnknownVersion { version: 0 }),
+            ),
+            (
+                "a correction that changes nothing is refused",
+                history.clone(),
+                correct(1, "0.030", "no-op"),
+                Err(TariffRejection::NothingCorrected { version: 1 }),
+            ),
+            (
+                "a correction needs a reason",
+                history.clone(),
+                correct(1, "0.020", "   "),
+                Err(TariffRejection::InvalidReason),
+            ),
+            (
+                "corrected rates are validated like published ones",
+                history.clone(),
+                correct(1, "-1", "negative"),
+                Err(TariffRejection::InvalidRate {
+                    prefix: p("49"),
+                    reason: "price_per_min must not be negative".to_string(),
+                }),
+            ),
+            (
+                "nothing to correct before the tariff exists",
+                vec![],
+                correct(1, "0.020", "typo"),
+                Err(TariffRejection::NotCreated),
+            ),
+        ];
+        for (name, history, command, expected) in cases {
+            assert_eq!(decide(&command, &given(&history)), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_correction_replaces_the_version_in_force_without_moving_it() {
+        let mut state = given(&[
+            created(),
+            published(1, "2024-01-01T00:00:00Z", "0.030"),
+            published(2, "2024-06-01T00:00:00Z", "0.040"),
+        ]);
+        let events = decide(&correct(1, "0.020", "fix"), &state).expect("a valid correction");
+        state = events.iter().fold(state, evolve);
+        let march = state
+            .in_force(at("2024-03-01T00:00:00Z"))
+            .expect("version 1 is in force");
+        assert_eq!(march.version.version, 1);
+        assert_eq!(march.version.rates[0].first_price_per_minute, price("0.020"));
+        assert_eq!(state.version(1).map(|(_, r)| r), Some(1));
+        let july = state
+            .in_force(at("2024-07-01T00:00:00Z"))
+            .expect("version 2 is in force");
+        assert_eq!((july.version.version, state.version(2).map(|(_, r)| r)), (2, Some(0)));
     }
 }

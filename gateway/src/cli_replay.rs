@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use commands::{Cursor, EventStore};
 use projections::billing::Billing;
+use projections::conferences::Conferences;
 use projections::directory::Directory;
 use projections::invoices::Invoices;
 use projections::webhooks::Webhooks;
@@ -19,7 +20,7 @@ use sqlx::{PgPool, Row};
 use crate::roles;
 
 /// Every projection the binary runs, by name.
-pub const PROJECTIONS: &[&str] = &["directory", "billing", "invoices", "webhooks"];
+pub const PROJECTIONS: &[&str] = &["directory", "billing", "invoices", "webhooks", "conferences"];
 
 #[derive(clap::Args, Debug)]
 pub struct ReplayArgs {
@@ -67,6 +68,7 @@ async fn rebuild_and_swap(store: &EventStore, name: &str, batch_size: i64) -> an
         "billing" => rebuild_one(store, Billing, batch_size).await,
         "invoices" => rebuild_one(store, Invoices, batch_size).await,
         "webhooks" => rebuild_one(store, Webhooks, batch_size).await,
+        "conferences" => rebuild_one(store, Conferences, batch_size).await,
         other => bail!("no projection named `{other}` (known: {})", PROJECTIONS.join(", ")),
     }
 }
@@ -119,6 +121,7 @@ async fn time_travel(store: &EventStore, until: Until, schema: &str, batch_size:
     tables.extend(Directory.tables());
     tables.extend(Billing.tables());
     tables.extend(Invoices.tables());
+    tables.extend(Conferences.tables());
     rebuild::create_schema(store.pool(), schema, &tables).await?;
     let mut runner = Runner::new(store.clone(), Directory)
         .in_schema(schema)
@@ -135,6 +138,11 @@ async fn time_travel(store: &EventStore, until: Until, schema: &str, batch_size:
         .until(Some(until))
         .batch_size(batch_size);
     run_with_progress(store.pool(), &mut runner, "invoices").await?;
+    let mut runner = Runner::new(store.clone(), Conferences)
+        .in_schema(schema)
+        .until(Some(until))
+        .batch_size(batch_size);
+    run_with_progress(store.pool(), &mut runner, "conferences").await?;
     say!("replay: read models as of {until:?} are in schema {schema} (e.g. SELECT * FROM {schema}.rm_balances)");
     Ok(())
 }
@@ -150,6 +158,7 @@ pub async fn audit_replay(data_dir: &Path, max_rows: i64) -> anyhow::Result<Exit
         differs |= audit_one(&store, || Billing, max_rows).await?;
         differs |= audit_one(&store, || Invoices, max_rows).await?;
         differs |= audit_one(&store, || Webhooks, max_rows).await?;
+        differs |= audit_one(&store, || Conferences, max_rows).await?;
         Ok(())
     }
     .await;

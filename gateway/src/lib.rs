@@ -3,6 +3,7 @@
 
 pub mod call_directory;
 pub mod directory_cache;
+pub mod finance;
 pub mod location;
 pub mod sip;
 pub mod sip_service;

@@ -16,6 +16,7 @@ mod bench_store;
 mod cli_conference;
 mod cli_directory;
 mod cli_events;
+mod cli_finance;
 mod cli_replay;
 mod cli_routing;
 mod cli_webhooks;
@@ -25,6 +26,7 @@ mod rate_bench;
 mod rate_cli;
 mod roles;
 mod simulate;
+mod simulate_conferences;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -89,6 +91,12 @@ enum Command {
     /// Read the event log.
     #[command(subcommand)]
     Events(cli_events::EventsCommand),
+    /// Finance on accounts: close a billing period.
+    #[command(subcommand)]
+    Account(cli_finance::AccountCommand),
+    /// Finance on tariffs: correct a published version and re-rate its charges.
+    #[command(subcommand)]
+    Tariff(cli_finance::TariffCommand),
     /// Rate calls against a rate deck (CSV in, charges CSV out), or compute a maximum call duration.
     Rate(rate_cli::RateArgs),
     /// Check the log's integrity.
@@ -163,6 +171,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Webhook(cmd) => cli_webhooks::webhook(&data_dir, cmd).await,
         Command::Conference(cmd) => cli_conference::conference(&data_dir, cmd).await,
         Command::Events(cmd) => cli_events::events(&data_dir, cmd).await,
+        Command::Account(cmd) => cli_finance::account(&data_dir, cmd).await,
+        Command::Tariff(cmd) => cli_finance::tariff(&data_dir, cmd).await,
         Command::Audit(cmd) => cli_events::audit(&data_dir, cmd).await,
         Command::Bench(BenchCommand::Store(args)) => bench_store::run(&data_dir, args).await,
         Command::Bench(BenchCommand::Replay(args)) => bench_replay::run(&data_dir, args).await,

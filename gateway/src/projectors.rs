@@ -3,6 +3,7 @@
 
 use commands::EventStore;
 use projections::billing::Billing;
+use projections::conferences::Conferences;
 use projections::directory::Directory;
 use projections::invoices::Invoices;
 use projections::webhooks::Webhooks;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// The names `up` prints.
-pub const NAMES: &str = "directory, billing (CDRs, charges, balances, reports, live calls), invoices, webhooks";
+pub const NAMES: &str = "directory, billing (CDRs, charges, balances, reports, live calls), invoices, webhooks, conferences (rooms, participant legs, live rooms)";
 
 /// How long a catch-up waits for transactions that were running when it started.
 pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(30);
@@ -36,6 +37,10 @@ pub async fn catch_up_all(store: &EventStore, batch_size: i64) -> anyhow::Result
         .batch_size(batch_size)
         .catch_up_to_now(CATCH_UP_DEADLINE)
         .await?;
+    total += Runner::new(store.clone(), Conferences)
+        .batch_size(batch_size)
+        .catch_up_to_now(CATCH_UP_DEADLINE)
+        .await?;
     Ok(total)
 }
 
@@ -53,8 +58,9 @@ pub async fn run_all(store: &EventStore, batch_size: i64, shutdown: watch::Recei
         Runner::new(store.clone(), Invoices).batch_size(batch_size),
         shutdown.clone(),
     );
-    let webhooks = follow(Runner::new(store.clone(), Webhooks).batch_size(batch_size), shutdown);
-    tokio::try_join!(directory, billing, invoices, webhooks)?;
+    let webhooks = follow(Runner::new(store.clone(), Webhooks).batch_size(batch_size), shutdown.clone());
+    let conferences = follow(Runner::new(store.clone(), Conferences).batch_size(batch_size), shutdown);
+    tokio::try_join!(directory, billing, invoices, webhooks, conferences)?;
     Ok(())
 }
 

@@ -36,6 +36,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::roles;
+use crate::simulate_conferences::{self, ConferenceTenant};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimulateArgs {
@@ -45,7 +46,7 @@ pub struct SimulateArgs {
     /// Calls in all, spread over the tenants and over one day.
     #[arg(long, default_value_t = 1000)]
     pub calls: u32,
-    /// Conference sessions: accepted, but conference events arrive with the media issue.
+    /// Conference sessions, in each tenant's room (one room per tenant, owned by its postpaid account).
     #[arg(long, default_value_t = 0)]
     pub conferences: u32,
     /// Everything (ids, times, outcomes) follows from the seed.
@@ -77,11 +78,8 @@ pub async fn run(data_dir: &Path, args: SimulateArgs) -> anyhow::Result<ExitCode
         summary.events,
         started.elapsed().as_secs_f64()
     );
-    if args.conferences > 0 {
-        say!(
-            "simulate: {} conferences skipped: conference events arrive with the media issue",
-            args.conferences
-        );
+    if summary.conferences > 0 {
+        say!("simulate: {} conference sessions", summary.conferences);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -89,6 +87,7 @@ pub async fn run(data_dir: &Path, args: SimulateArgs) -> anyhow::Result<ExitCode
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Summary {
     pub calls: u64,
+    pub conferences: u64,
     pub answered: u64,
     pub rejected: u64,
     pub events: u64,
@@ -287,6 +286,60 @@ pub async fn simulate(store: &EventStore, args: &SimulateArgs) -> anyhow::Result
         if (i + 1) % args.batch.max(1) as usize == 0 || i + 1 == starts.len() {
             flush(store, &mut writes, &mut accounts, &mut books, &mut summary).await?;
         }
+    }
+    if args.conferences > 0 {
+        let rooms: Vec<ConferenceTenant> = tenants
+            .iter()
+            .enumerate()
+            .map(|(n, t)| ConferenceTenant {
+                tenant_id: t.id,
+                owner_account_id: t.accounts[1].0,
+                moderated: n % 2 == 0,
+                tariff: &t.tariff,
+            })
+            .collect();
+        let (room_writes, owed) = simulate_conferences::simulate(
+            &handler,
+            &mut rng,
+            &rooms,
+            args.conferences,
+            day_start,
+            setup_at,
+            &mut summary,
+        )
+        .await?;
+        writes.extend(room_writes);
+        // The owner settles each participant leg and finds it on the invoice, as for calls.
+        for charge in owed {
+            let tracked = accounts.get_mut(&charge.account_id).ok_or_else(|| anyhow!("account"))?;
+            decide_account(
+                &mut rng,
+                tracked,
+                &AccountCommand::Settle {
+                    charge_id: charge.call_id,
+                    call_id: charge.call_id,
+                    reservation_id: None,
+                    amount: charge.amount,
+                    currency: "EUR".into(),
+                },
+                charge.ended_at,
+            )
+            .map_err(|e| anyhow!("settle a conference leg: {e}"))?;
+            let book = books.get_mut(&charge.account_id).ok_or_else(|| anyhow!("book"))?;
+            decide_invoice(
+                &mut rng,
+                book,
+                &InvoiceCommand::RecordCharge {
+                    charge_id: charge.call_id,
+                    occurred_at: charge.billed_from,
+                    service: Service::Conferences,
+                    destination: charge.prefix,
+                    amount: charge.amount,
+                },
+                charge.ended_at,
+            )?;
+        }
+        flush(store, &mut writes, &mut accounts, &mut books, &mut summary).await?;
     }
     // The next morning, every book's period closes (19 % VAT added).
     let close_at = day_start + TimeDelta::days(1) + TimeDelta::hours(6);
@@ -856,7 +909,7 @@ pub async fn demo(store: &EventStore, sip: std::net::SocketAddr) -> anyhow::Resu
         let args = SimulateArgs {
             tenants: 1,
             calls: 300,
-            conferences: 0,
+            conferences: 3,
             seed: 424_242,
             day: NaiveDate::from_ymd_opt(2025, 3, 31).ok_or_else(|| anyhow!("date"))?,
             batch: 100,
@@ -873,9 +926,27 @@ pub async fn demo(store: &EventStore, sip: std::net::SocketAddr) -> anyhow::Resu
         say!("  demo: already seeded in this database");
     }
     say!("  demo: register a softphone: user 1001, password pw-1001-424242, domain t0-s424242.sim.ledgerline.test, server {sip} (UDP or TCP, digest MD5 or SHA-256); calls arrive with the SIP issue's B2BUA");
-    say!("  demo: conference rooms arrive with the media issue");
+    say!(
+        "  demo: conference room \"Team room\" (access number {}, host code {}, guest code {}); live: SELECT * FROM rm_live_conference_rooms; legs: SELECT * FROM rm_conference_legs",
+        simulate_conferences::ACCESS_NUMBER,
+        simulate_conferences::HOST_CODE,
+        simulate_conferences::GUEST_CODE
+    );
     say!("  demo: charges:  psql \"$DATABASE_URL\" -c \"SELECT call_id, destination, duration_s, amount, explanation FROM rm_charges ORDER BY answered_at LIMIT 20\"");
     say!("  demo: balances: psql \"$DATABASE_URL\" -c \"SELECT account_id, kind, balance, available FROM rm_balances_view\"");
     say!("  demo: invoice:  psql \"$DATABASE_URL\" -c \"SELECT document FROM rm_invoices\"");
+    // The demo tenant's postpaid account and tariff, for finance's commands.
+    let ids: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT b.account_id, v.tariff_id FROM rm_tenants t \
+         JOIN rm_balances b ON b.tenant_id = t.tenant_id AND b.kind = 'postpaid' \
+         JOIN rm_rating_tariff_versions v ON v.tenant_id = t.tenant_id \
+         WHERE t.sip_domain = 't0-s424242.sim.ledgerline.test' LIMIT 1",
+    )
+    .fetch_optional(store.pool())
+    .await?;
+    if let Some((account, tariff)) = ids {
+        say!("  demo: close a period:   ledgerline account close-period --account {account} --period 2025-04 --tax 19");
+        say!("  demo: correct a tariff: ledgerline tariff correct --tariff {tariff} --version 1 --deck DECK.csv --reason \"...\"");
+    }
     Ok(())
 }

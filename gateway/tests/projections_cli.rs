@@ -25,17 +25,59 @@ async fn a_simulated_day_replays_identically_and_an_altered_row_is_named() {
     let db = TestDb::new().await.unwrap();
     let simulated = ok(ledgerline(
         &db,
-        &["simulate", "--tenants", "2", "--calls", "1500", "--seed", "3"],
+        &[
+            "simulate",
+            "--tenants",
+            "2",
+            "--calls",
+            "1500",
+            "--conferences",
+            "12",
+            "--seed",
+            "3",
+        ],
     ));
     assert!(simulated.contains("1500 calls"), "{simulated}");
     ok(ledgerline(&db, &["projector", "--once"]));
     let cdrs = scalar_i64(&db.pool, "SELECT count(*) FROM rm_cdrs").await;
     assert_eq!(cdrs, 1500, "one CDR per call");
+    let conference_legs = scalar_i64(
+        &db.pool,
+        "SELECT count(*) FROM rm_conference_legs WHERE left_at IS NOT NULL",
+    )
+    .await;
+    let joined = scalar_i64(
+        &db.pool,
+        "SELECT count(*) FROM events WHERE event_type = 'ParticipantJoined'",
+    )
+    .await;
+    assert!(
+        joined > 24 && conference_legs == joined,
+        "one closed leg per participant: {conference_legs} of {joined}"
+    );
+    let owner_charges = scalar_i64(
+        &db.pool,
+        "SELECT count(*) FROM rm_charges WHERE service = 'conferences' AND status = 'rated'",
+    )
+    .await;
+    assert_eq!(
+        owner_charges, joined,
+        "every participant leg is charged to the room owner"
+    );
+    // The simulated owners settled the same amounts and find them on their invoices.
+    let (projected, invoiced): (Decimal, Decimal) = sqlx::query_as(
+        "SELECT (SELECT sum(amount) FROM rm_charges WHERE service = 'conferences'), \
+         (SELECT sum(amount) FROM rm_invoice_lines WHERE service = 'conferences' AND view = 'as_billed')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(projected, invoiced);
     let rated = scalar_i64(&db.pool, "SELECT count(*) FROM rm_charges WHERE status = 'rated'").await;
     assert!(rated > 500, "most answered calls are rated: {rated}");
 
     let audit = ok(ledgerline(&db, &["audit", "replay"]));
-    for name in ["directory", "billing", "invoices"] {
+    for name in ["directory", "billing", "invoices", "conferences"] {
         assert!(
             audit.contains(&format!("projection {name}: checksum live=")) && !audit.contains("DIFFERS"),
             "{audit}"
@@ -96,6 +138,8 @@ async fn a_projector_killed_at_random_points_during_a_simulated_run_ends_equal_t
             "3",
             "--calls",
             "4000",
+            "--conferences",
+            "30",
             "--seed",
             "11",
             "--batch",
@@ -154,7 +198,7 @@ async fn a_projector_killed_at_random_points_during_a_simulated_run_ends_equal_t
             .await
             .unwrap();
     eprintln!("checkpoints {checkpoints:?} last {last:?} total {total}");
-    for name in ["directory", "billing", "invoices"] {
+    for name in ["directory", "billing", "invoices", "conferences"] {
         let seen = scalar_i64(
             &db.pool,
             &format!("SELECT events_seen FROM projection_checkpoints WHERE projection = '{name}'"),
@@ -240,7 +284,11 @@ async fn up_demo_seeds_a_tenant_and_says_how_to_query_the_charges() {
     .unwrap();
     let text = banner.join("\n");
     assert!(
-        text.contains("demo: seeded tenant") && text.contains("rm_charges") && text.contains("register a softphone"),
+        text.contains("demo: seeded tenant")
+            && text.contains("rm_charges")
+            && text.contains("register a softphone")
+            && text.contains("account close-period --account")
+            && text.contains("tariff correct --tariff"),
         "{text}"
     );
     let charges = scalar_i64(&db.pool, "SELECT count(*) FROM rm_charges WHERE status = 'rated'").await;

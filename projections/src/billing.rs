@@ -22,16 +22,20 @@ use std::sync::Arc;
 
 use billing::account::{self, AccountEvent, AccountKind, TariffAssigned};
 use billing::rating::{self, Leg};
-use billing::tariff::{CompiledTariff, TariffEvent, TariffVersion};
+use billing::tariff::{CompiledTariff, TariffEvent, TariffVersion, TariffVersionCorrected};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use chrono_tz::Tz;
 use commands::store::RecordedEvent;
 use domain::call::{CallEvent, Direction, EndReason, Party};
+use domain::conference::ConferenceEvent;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::runner::{Projection, ProjectionError};
+
+#[path = "billing_conference.rs"]
+mod conference;
 
 pub struct Billing;
 
@@ -48,6 +52,8 @@ pub const TABLES: &[&str] = &[
     "rm_report_hourly",
     "rm_report_destinations",
     "rm_live_calls",
+    "rm_rating_conference_rooms",
+    "rm_rating_conference_stays",
 ];
 
 impl Projection for Billing {
@@ -55,8 +61,10 @@ impl Projection for Billing {
         "billing"
     }
 
+    /// 2: legs carry the media counters of `CallEnded.media`; charges keep tariff corrections;
+    /// conference legs are charged to the room owner.
     fn version(&self) -> i32 {
-        1
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -79,6 +87,7 @@ enum Item {
     Call(Uuid, CallEvent),
     Account(Uuid, AccountEvent),
     Tariff(TariffEvent),
+    Conference(Uuid, ConferenceEvent),
     Other,
 }
 
@@ -94,6 +103,12 @@ fn decode(events: &[RecordedEvent]) -> Result<Vec<Item>, ProjectionError> {
             Item::Account(
                 account_id,
                 event.decode::<AccountEvent>().map_err(|e| bad(e.to_string()))?,
+            )
+        } else if let Some(id) = event.stream_id.strip_prefix("conference-") {
+            let room_id = id.parse::<Uuid>().map_err(|e| bad(e.to_string()))?;
+            Item::Conference(
+                room_id,
+                event.decode::<ConferenceEvent>().map_err(|e| bad(e.to_string()))?,
             )
         } else if event.stream_id.starts_with("tariff-") {
             Item::Tariff(event.decode::<TariffEvent>().map_err(|e| bad(e.to_string()))?)
@@ -155,6 +170,48 @@ struct CdrLeg {
     answer_at: Option<DateTime<Utc>>,
     end_at: Option<DateTime<Utc>>,
     duration_s: Option<i32>,
+    media: Option<LegMediaRow>,
+}
+
+/// What a media node counted on a leg (`domain::call::LegMedia`), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LegMediaRow {
+    codec: String,
+    packets_received: i64,
+    packets_sent: i64,
+    bytes_received: i64,
+    bytes_sent: i64,
+    packets_lost: i64,
+    jitter_us: i64,
+}
+
+impl LegMediaRow {
+    fn from_event(media: &domain::call::LegMedia) -> LegMediaRow {
+        // Counters beyond i64 (9.2e18 packets) cannot occur; saturate rather than wrap.
+        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        LegMediaRow {
+            codec: media.codec.clone(),
+            packets_received: big(media.packets_received),
+            packets_sent: big(media.packets_sent),
+            bytes_received: big(media.bytes_received),
+            bytes_sent: big(media.bytes_sent),
+            packets_lost: big(media.packets_lost),
+            jitter_us: big(media.jitter_us),
+        }
+    }
+
+    fn from_row(row: &sqlx::postgres::PgRow) -> Option<LegMediaRow> {
+        let codec: Option<String> = row.get("codec");
+        Some(LegMediaRow {
+            codec: codec?,
+            packets_received: row.get::<Option<i64>, _>("packets_received").unwrap_or(0),
+            packets_sent: row.get::<Option<i64>, _>("packets_sent").unwrap_or(0),
+            bytes_received: row.get::<Option<i64>, _>("bytes_received").unwrap_or(0),
+            bytes_sent: row.get::<Option<i64>, _>("bytes_sent").unwrap_or(0),
+            packets_lost: row.get::<Option<i64>, _>("packets_lost").unwrap_or(0),
+            jitter_us: row.get::<Option<i64>, _>("jitter_us").unwrap_or(0),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +227,8 @@ struct ChargeRow {
     unrated_reason: Option<String>,
     tariff_id: Option<Uuid>,
     tariff_version: Option<i32>,
+    /// The revision of `tariff_version` the charge was billed with.
+    tariff_revision: Option<i32>,
     matched_prefix: Option<String>,
     billed_s: Option<i32>,
     currency: Option<String>,
@@ -177,6 +236,58 @@ struct ChargeRow {
     amount_exact: Option<Decimal>,
     explanation: Option<String>,
     position: i64,
+    /// The charge re-rated under a later correction of its tariff version.
+    correction: Option<Correction>,
+    /// 'calls' or 'conferences'.
+    service: &'static str,
+}
+
+impl ChargeRow {
+    /// A leg to rate: its facts, and nothing rated yet.
+    fn unrated(
+        call: Key,
+        leg_id: Uuid,
+        account_id: Uuid,
+        answered_at: DateTime<Utc>,
+        duration_s: i32,
+        destination: String,
+        position: i64,
+    ) -> ChargeRow {
+        ChargeRow {
+            tenant_id: call.0,
+            call_id: call.1,
+            leg_id,
+            account_id,
+            answered_at,
+            duration_s,
+            destination,
+            status: "unrated",
+            unrated_reason: None,
+            tariff_id: None,
+            tariff_version: None,
+            tariff_revision: None,
+            matched_prefix: None,
+            billed_s: None,
+            currency: None,
+            amount: None,
+            amount_exact: None,
+            explanation: None,
+            position,
+            correction: None,
+            service: "calls",
+        }
+    }
+}
+
+/// A charge as re-rated under a corrected tariff version; the billed amount stays beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Correction {
+    revision: i32,
+    billed_s: Option<i32>,
+    amount: Option<Decimal>,
+    amount_exact: Option<Decimal>,
+    /// The corrected explanation, or why the corrected deck cannot rate the call.
+    explanation: String,
 }
 
 #[derive(Debug, Clone)]
@@ -265,7 +376,15 @@ struct Fold {
     assignments: HashMap<Key, Vec<TariffAssigned>>,
     new_assignments: Vec<(Uuid, Uuid, TariffAssigned)>,
     tariffs: HashMap<(Uuid, Uuid), Vec<Arc<CompiledTariff>>>,
+    /// Corrections so far per `(tenant, tariff, version)`; absent means 0.
+    revisions: HashMap<(Uuid, Uuid, u32), u32>,
     new_tariff_versions: Vec<(Uuid, TariffVersion)>,
+    /// The latest correction of each version corrected in this batch, with its revision.
+    corrected_versions: BTreeMap<(Uuid, Uuid, u32), (TariffVersion, u32)>,
+    /// Charges of earlier batches rated with a version this batch corrects (updated in place).
+    earlier_charges: BTreeMap<(Uuid, Uuid, Uuid), ChargeRow>,
+    /// Rooms and running sessions, for charging participant legs to the room owner.
+    conferences: conference::ConferenceFold,
     hourly: BTreeMap<(Uuid, DateTime<Utc>, String, Uuid, String), Traffic>,
     destinations: BTreeMap<(Uuid, chrono::NaiveDate, String, String), Traffic>,
     live: BTreeMap<Key, Option<LiveCall>>,
@@ -283,6 +402,7 @@ impl Fold {
         let mut opened: HashSet<Key> = HashSet::new();
         let mut tariff_ids: HashSet<Key> = HashSet::new();
         let mut seen_calls: HashSet<Key> = HashSet::new();
+        let mut corrected: Vec<(Uuid, Uuid, u32)> = Vec::new();
         for (meta, item) in events.iter().zip(items) {
             let tenant = meta.tenant_id;
             match item {
@@ -315,7 +435,50 @@ impl Fold {
                         _ => {}
                     }
                 }
-                Item::Tariff(_) | Item::Other => {}
+                Item::Tariff(TariffEvent::VersionCorrected(c)) => {
+                    tariff_ids.insert((tenant, c.version.tariff_id));
+                    corrected.push((tenant, c.version.tariff_id, c.version.version));
+                }
+                Item::Tariff(_) | Item::Conference(..) | Item::Other => {}
+            }
+        }
+        fold.load_conferences(conn, events, items, &mut account_ids).await?;
+        // Charges of earlier batches that a correction in this batch re-rates, and their
+        // accounts (for the billing time zone).
+        if !corrected.is_empty() {
+            let rows = sqlx::query(
+                "SELECT tenant_id, call_id, leg_id, account_id, answered_at, duration_s, destination, tariff_id, \
+                 tariff_version, position FROM rm_charges \
+                 WHERE (tenant_id, tariff_id, tariff_version) IN \
+                 (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[]))",
+            )
+            .bind(corrected.iter().map(|c| c.0).collect::<Vec<_>>())
+            .bind(corrected.iter().map(|c| c.1).collect::<Vec<_>>())
+            .bind(
+                corrected
+                    .iter()
+                    .map(|c| i32::try_from(c.2).unwrap_or(i32::MAX))
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            for row in rows {
+                // Only the leg's facts and the version are read: a re-rating updates the
+                // correction columns alone.
+                let mut charge = ChargeRow::unrated(
+                    (row.get("tenant_id"), row.get("call_id")),
+                    row.get("leg_id"),
+                    row.get("account_id"),
+                    row.get("answered_at"),
+                    row.get("duration_s"),
+                    row.get("destination"),
+                    row.get("position"),
+                );
+                charge.tariff_id = row.get("tariff_id");
+                charge.tariff_version = row.get("tariff_version");
+                account_ids.insert((charge.tenant_id, charge.account_id));
+                fold.earlier_charges
+                    .insert((charge.tenant_id, charge.call_id, charge.leg_id), charge);
             }
         }
         // Calls continued from earlier batches: their CDR, legs and live row.
@@ -387,6 +550,7 @@ impl Fold {
                         answer_at: row.get("answer_at"),
                         end_at: row.get("end_at"),
                         duration_s: row.get("duration_s"),
+                        media: LegMediaRow::from_row(&row),
                     },
                 );
             }
@@ -470,7 +634,7 @@ impl Fold {
             let tenants: Vec<Uuid> = tariff_ids.iter().map(|k| k.0).collect();
             let ids: Vec<Uuid> = tariff_ids.iter().map(|k| k.1).collect();
             let rows = sqlx::query(
-                "SELECT tenant_id, tariff_id, body FROM rm_rating_tariff_versions \
+                "SELECT tenant_id, tariff_id, version, revision, body FROM rm_rating_tariff_versions \
                  WHERE (tenant_id, tariff_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[])) \
                  ORDER BY tenant_id, tariff_id, version",
             )
@@ -483,8 +647,15 @@ impl Fold {
                 let version: TariffVersion = serde_json::from_value(body).map_err(|e| {
                     ProjectionError::Decode(row.get("tariff_id"), format!("stored tariff version: {e}"))
                 })?;
+                let key: Key = (row.get("tenant_id"), row.get("tariff_id"));
+                let revision: i32 = row.get("revision");
+                if revision > 0 {
+                    let number = u32::try_from(row.get::<i32, _>("version")).unwrap_or(0);
+                    fold.revisions
+                        .insert((key.0, key.1, number), u32::try_from(revision).unwrap_or(0));
+                }
                 fold.tariffs
-                    .entry((row.get("tenant_id"), row.get("tariff_id")))
+                    .entry(key)
                     .or_default()
                     .push(Arc::new(CompiledTariff::new(version)));
             }
@@ -504,8 +675,79 @@ impl Fold {
                     .push(Arc::new(CompiledTariff::new(version.clone())));
                 self.new_tariff_versions.push((meta.tenant_id, version));
             }
+            Item::Tariff(TariffEvent::VersionCorrected(corrected)) => self.correct_tariff(meta.tenant_id, corrected),
+            Item::Conference(room, event) => self.apply_conference(meta, *room, event),
             Item::Tariff(TariffEvent::Created(_)) | Item::Other => {}
         }
+    }
+
+    /// A tariff version corrected: later charges rate with the corrected deck, and every
+    /// charge billed with the version so far is re-rated beside its billed amount.
+    fn correct_tariff(&mut self, tenant: Uuid, corrected: &TariffVersionCorrected) {
+        let version = &corrected.version;
+        let compiled = Arc::new(CompiledTariff::new(version.clone()));
+        // Versions are numbered from 1 in publication order; the loaded list holds them all.
+        let index = version.version.checked_sub(1).map(|i| i as usize);
+        let versions = self.tariffs.entry((tenant, version.tariff_id)).or_default();
+        match index {
+            Some(i) if i < versions.len() => versions[i] = compiled.clone(),
+            // The store validated the correction against the tariff's stream, so the version
+            // was published; without it here there is nothing rated with it to re-rate.
+            _ => return,
+        }
+        let key = (tenant, version.tariff_id, version.version);
+        self.revisions.insert(key, corrected.revision);
+        self.corrected_versions
+            .insert(key, (version.clone(), corrected.revision));
+        let number = i32::try_from(version.version).unwrap_or(i32::MAX);
+        let revision = i32::try_from(corrected.revision).unwrap_or(i32::MAX);
+        let affected = |row: &ChargeRow| {
+            row.tenant_id == tenant && row.tariff_id == Some(version.tariff_id) && row.tariff_version == Some(number)
+        };
+        let mut earlier = std::mem::take(&mut self.earlier_charges);
+        for row in earlier.values_mut().filter(|r| affected(r)) {
+            row.correction = Some(self.rerate(row, &compiled, revision));
+        }
+        self.earlier_charges = earlier;
+        let mut current = std::mem::take(&mut self.charges);
+        for row in current.iter_mut().filter(|r| affected(r)) {
+            row.correction = Some(self.rerate(row, &compiled, revision));
+        }
+        self.charges = current;
+    }
+
+    /// A charge's leg rated again under a corrected version.
+    fn rerate(&self, row: &ChargeRow, tariff: &CompiledTariff, revision: i32) -> Correction {
+        let mut correction = Correction {
+            revision,
+            billed_s: None,
+            amount: None,
+            amount_exact: None,
+            explanation: String::new(),
+        };
+        let tz: Option<Tz> = self
+            .balances
+            .get(&(row.tenant_id, row.account_id))
+            .and_then(|b| b.billing_tz.parse().ok());
+        let Some(tz) = tz else {
+            correction.explanation = "the account's billing time zone is unknown".to_string();
+            return correction;
+        };
+        let leg = Leg {
+            destination: &row.destination,
+            answered_at: row.answered_at,
+            duration_s: u32::try_from(row.duration_s).unwrap_or(0),
+        };
+        match rating::rate_leg(tariff, &leg, tz) {
+            Ok(charge) => {
+                correction.billed_s = Some(i32::try_from(charge.billed_s).unwrap_or(i32::MAX));
+                correction.amount = Some(charge.amount);
+                correction.amount_exact = Some(charge.explanation.amount_exact);
+                correction.explanation = format!("correction {revision}: {}", charge.explanation.render());
+            }
+            Err(e) => correction.explanation = e.to_string(),
+        }
+        correction
     }
 
     fn touch_cdr(&mut self, key: Key) {
@@ -602,6 +844,7 @@ impl Fold {
                             answer_at: None,
                             end_at: None,
                             duration_s: None,
+                            media: None,
                         },
                     );
                     self.legs_of.entry(key).or_default().push(e.leg_id);
@@ -647,6 +890,11 @@ impl Fold {
                                     leg.duration_s = Some(whole_seconds(e.at - answer_at));
                                 }
                             }
+                        }
+                    }
+                    for media in &e.media {
+                        if let Some(leg) = self.legs.get_mut(&(key.0, key.1, media.leg_id)) {
+                            leg.media = Some(LegMediaRow::from_event(media));
                         }
                     }
                     ended = true;
@@ -765,26 +1013,15 @@ impl Fold {
         duration_s: i32,
         destination: String,
     ) -> ChargeRow {
-        let mut row = ChargeRow {
-            tenant_id: key.0,
-            call_id: key.1,
+        let mut row = ChargeRow::unrated(
+            key,
             leg_id,
             account_id,
             answered_at,
             duration_s,
             destination,
-            status: "unrated",
-            unrated_reason: None,
-            tariff_id: None,
-            tariff_version: None,
-            matched_prefix: None,
-            billed_s: None,
-            currency: None,
-            amount: None,
-            amount_exact: None,
-            explanation: None,
-            position: meta.global_position,
-        };
+            meta.global_position,
+        );
         let account_key = (key.0, account_id);
         let Some(balance) = self.balances.get(&account_key) else {
             row.unrated_reason = Some("the account is not open".to_string());
@@ -818,6 +1055,12 @@ impl Fold {
             return row;
         };
         row.tariff_version = Some(i32::try_from(tariff.version.version).unwrap_or(i32::MAX));
+        let revision = self
+            .revisions
+            .get(&(key.0, tariff_id, tariff.version.version))
+            .copied()
+            .unwrap_or(0);
+        row.tariff_revision = Some(i32::try_from(revision).unwrap_or(i32::MAX));
         row.currency = Some(tariff.version.currency.clone());
         let leg = Leg {
             destination: &row.destination,
@@ -960,6 +1203,7 @@ impl Fold {
     async fn write(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         self.write_cdrs(conn).await?;
         self.write_charges(conn).await?;
+        self.write_conferences(conn).await?;
         self.write_accounts(conn).await?;
         self.write_reports(conn).await?;
         self.write_live(conn).await?;
@@ -1046,6 +1290,7 @@ impl Fold {
         let mut answer_at = Vec::new();
         let mut end_at = Vec::new();
         let mut duration_s = Vec::new();
+        let mut media = MediaColumns::default();
         for key in &self.cdr_order {
             for id in self.legs_of.get(key).map(Vec::as_slice).unwrap_or_default() {
                 let leg = &self.legs[&(key.0, key.1, *id)];
@@ -1060,14 +1305,17 @@ impl Fold {
                 answer_at.push(leg.answer_at);
                 end_at.push(leg.end_at);
                 duration_s.push(leg.duration_s);
+                media.push(leg.media.as_ref());
             }
         }
         if !tenant_id.is_empty() {
             sqlx::query(
                 "INSERT INTO rm_cdr_legs (tenant_id, call_id, leg_id, kind, target, trunk_id, created_at, ring_at, \
-                 answer_at, end_at, duration_s) \
+                 answer_at, end_at, duration_s, codec, packets_received, packets_sent, bytes_received, bytes_sent, \
+                 packets_lost, jitter_us) \
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::uuid[], \
-                 $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::int[])",
+                 $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::int[], \
+                 $12::text[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[])",
             )
             .bind(&tenant_id)
             .bind(&call_id)
@@ -1080,6 +1328,13 @@ impl Fold {
             .bind(&answer_at)
             .bind(&end_at)
             .bind(&duration_s)
+            .bind(&media.codec)
+            .bind(&media.counters[0])
+            .bind(&media.counters[1])
+            .bind(&media.counters[2])
+            .bind(&media.counters[3])
+            .bind(&media.counters[4])
+            .bind(&media.counters[5])
             .execute(&mut *conn)
             .await?;
         }
@@ -1089,13 +1344,16 @@ impl Fold {
     async fn write_charges(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         if !self.charges.is_empty() {
             let rows = &self.charges;
+            let corrections = CorrectionColumns::of(rows.iter());
             sqlx::query(
                 "INSERT INTO rm_charges (tenant_id, call_id, leg_id, account_id, answered_at, duration_s, destination, \
                  status, unrated_reason, tariff_id, tariff_version, matched_prefix, billed_s, currency, amount, \
-                 amount_exact, explanation, position) \
+                 amount_exact, explanation, position, tariff_revision, corrected_revision, corrected_billed_s, \
+                 corrected_amount, corrected_amount_exact, corrected_explanation, service) \
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::int[], \
                  $7::text[], $8::text[], $9::text[], $10::uuid[], $11::int[], $12::text[], $13::int[], $14::text[], \
-                 $15::numeric[], $16::numeric[], $17::text[], $18::bigint[])",
+                 $15::numeric[], $16::numeric[], $17::text[], $18::bigint[], $19::int[], $20::int[], $21::int[], \
+                 $22::numeric[], $23::numeric[], $24::text[], $25::text[])",
             )
             .bind(rows.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.call_id).collect::<Vec<_>>())
@@ -1115,6 +1373,39 @@ impl Fold {
             .bind(rows.iter().map(|r| r.amount_exact).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.explanation.clone()).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.position).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.tariff_revision).collect::<Vec<_>>())
+            .bind(corrections.revision)
+            .bind(corrections.billed_s)
+            .bind(corrections.amount)
+            .bind(corrections.amount_exact)
+            .bind(corrections.explanation)
+            .bind(rows.iter().map(|r| r.service.to_string()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let rerated: Vec<&ChargeRow> = self
+            .earlier_charges
+            .values()
+            .filter(|r| r.correction.is_some())
+            .collect();
+        if !rerated.is_empty() {
+            let c = CorrectionColumns::of(rerated.iter().copied());
+            sqlx::query(
+                "UPDATE rm_charges c SET corrected_revision = u.revision, corrected_billed_s = u.billed_s, \
+                 corrected_amount = u.amount, corrected_amount_exact = u.amount_exact, \
+                 corrected_explanation = u.explanation \
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::int[], $6::numeric[], $7::numeric[], \
+                 $8::text[]) AS u(tenant_id, call_id, leg_id, revision, billed_s, amount, amount_exact, explanation) \
+                 WHERE (c.tenant_id, c.call_id, c.leg_id) = (u.tenant_id, u.call_id, u.leg_id)",
+            )
+            .bind(rerated.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+            .bind(rerated.iter().map(|r| r.call_id).collect::<Vec<_>>())
+            .bind(rerated.iter().map(|r| r.leg_id).collect::<Vec<_>>())
+            .bind(c.revision)
+            .bind(c.billed_s)
+            .bind(c.amount)
+            .bind(c.amount_exact)
+            .bind(c.explanation)
             .execute(&mut *conn)
             .await?;
         }
@@ -1135,6 +1426,34 @@ impl Fold {
             .bind(
                 rows.iter()
                     .map(|r| serde_json::to_value(&r.1).unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.corrected_versions.is_empty() {
+            let rows: Vec<_> = self.corrected_versions.iter().collect();
+            sqlx::query(
+                "UPDATE rm_rating_tariff_versions t SET body = u.body, revision = u.revision \
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::jsonb[], $5::int[]) \
+                 AS u(tenant_id, tariff_id, version, body, revision) \
+                 WHERE (t.tenant_id, t.tariff_id, t.version) = (u.tenant_id, u.tariff_id, u.version)",
+            )
+            .bind(rows.iter().map(|r| r.0 .0).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.0 .1).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| i32::try_from(r.0 .2).unwrap_or(i32::MAX))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| serde_json::to_value(&r.1 .0).unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| i32::try_from(r.1 .1).unwrap_or(i32::MAX))
                     .collect::<Vec<_>>(),
             )
             .execute(&mut *conn)
@@ -1345,6 +1664,58 @@ impl Fold {
         .execute(&mut *conn)
         .await?;
         Ok(())
+    }
+}
+
+/// Column vectors of charges' corrections, for a bulk insert or update.
+#[derive(Default)]
+struct CorrectionColumns {
+    revision: Vec<Option<i32>>,
+    billed_s: Vec<Option<i32>>,
+    amount: Vec<Option<Decimal>>,
+    amount_exact: Vec<Option<Decimal>>,
+    explanation: Vec<Option<String>>,
+}
+
+impl CorrectionColumns {
+    fn of<'a>(rows: impl Iterator<Item = &'a ChargeRow>) -> CorrectionColumns {
+        let mut c = CorrectionColumns::default();
+        for row in rows {
+            let correction = row.correction.as_ref();
+            c.revision.push(correction.map(|x| x.revision));
+            c.billed_s.push(correction.and_then(|x| x.billed_s));
+            c.amount.push(correction.and_then(|x| x.amount));
+            c.amount_exact.push(correction.and_then(|x| x.amount_exact));
+            c.explanation.push(correction.map(|x| x.explanation.clone()));
+        }
+        c
+    }
+}
+
+/// Column vectors of the legs' media counters, in the order of `write_cdrs`' insert.
+#[derive(Default)]
+struct MediaColumns {
+    codec: Vec<Option<String>>,
+    /// packets received, sent; bytes received, sent; packets lost; jitter (µs).
+    counters: [Vec<Option<i64>>; 6],
+}
+
+impl MediaColumns {
+    fn push(&mut self, media: Option<&LegMediaRow>) {
+        self.codec.push(media.map(|m| m.codec.clone()));
+        let values = media.map(|m| {
+            [
+                m.packets_received,
+                m.packets_sent,
+                m.bytes_received,
+                m.bytes_sent,
+                m.packets_lost,
+                m.jitter_us,
+            ]
+        });
+        for (i, column) in self.counters.iter_mut().enumerate() {
+            column.push(values.map(|v| v[i]));
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! as the read-model rows of the batch it covers, so its effect is exactly once.
 
 pub mod billing;
+pub mod conferences;
 pub mod directory;
 pub mod invoices;
 pub mod rebuild;

@@ -155,6 +155,27 @@ impl World {
             .unwrap();
     }
 
+    /// An internal call from 1001 (Alice) to 1002 starts: no trunk, no account.
+    async fn internal_call(&self, call: Uuid, start: DateTime<Utc>) {
+        self.call(
+            TENANT,
+            call,
+            CallCommand::Initiate(CallInitiated {
+                call_id: call,
+                tenant_id: TENANT,
+                direction: Direction::Internal,
+                caller: "1001".into(),
+                caller_name: "Alice".into(),
+                callee: "1002".into(),
+                did: None,
+                trunk_id: None,
+                account_id: None,
+                at: start,
+            }),
+        )
+        .await;
+    }
+
     /// A whole call: initiated, authorized (reserving on a prepaid account), ringing, answered
     /// after `ring_s`, ended `talk_s` later by the caller.
     #[allow(clippy::too_many_arguments)]
@@ -464,6 +485,34 @@ async fn scripted(db: &TestDb) -> EventStore {
             },
         )
         .await;
+    // The correction itself: tariff 0x7a1 v1 should have priced 4960 at 0.04/min. The
+    // projection re-rates every charge billed with v1 beside its billed amount; finance posts
+    // the one difference (`ledgerline tariff correct` does this step by step).
+    let mut corrected = rates();
+    corrected[3] = Rate::simple(Prefix::parse("4960").unwrap(), 60, 60, d("0.04"));
+    let correct = TariffCommand::CorrectVersion {
+        version: 1,
+        rates: corrected,
+        offpeak_window: Some(
+            OffPeakWindow::new(
+                NaiveTime::from_hms_opt(19, 0, 0).unwrap(),
+                NaiveTime::from_hms_opt(7, 0, 0).unwrap(),
+            )
+            .unwrap(),
+        ),
+        crossing: Crossing::WholeCall,
+        posting: Posting::default(),
+        reason: "4960 at 0.04/min".into(),
+    };
+    world
+        .handler
+        .execute::<Tariff, _>(
+            &ctx(world.now),
+            StreamRef::of::<Tariff>(TENANT, &Uuid::from_u128(0x7a1)),
+            |s: &TariffState| billing::tariff::decide(&correct, s),
+        )
+        .await
+        .unwrap();
     world
         .invoice(
             TENANT,
@@ -685,6 +734,253 @@ async fn scripted_calls_project_to_these_cdrs_charges_balances_and_invoices() {
 }
 
 #[tokio::test]
+async fn a_tariff_correction_rerates_the_charges_of_its_version_beside_their_billed_amounts() {
+    let db = TestDb::new().await.unwrap();
+    let store = scripted(&db).await;
+    // A March call reported only after the correction is billed with the corrected deck.
+    let world = World {
+        handler: CommandHandler::new(store.clone()),
+        now: at("2024-04-02T09:00:00Z"),
+    };
+    world
+        .answered_call(9_1, WHOLE, "+49601234", at("2024-03-08T10:00:00Z"), 600, None)
+        .await;
+    catch_up(&store).await;
+    let charges = rows(
+        &db.pool,
+        "SELECT concat_ws(' | ', right(call_id::text, 4), 'v' || tariff_version || 'r' || tariff_revision, amount, \
+         coalesce('r' || corrected_revision, 'not corrected'), corrected_amount, corrected_explanation) \
+         FROM rm_charges WHERE tenant_id = '00000000-0000-0000-0000-00000000007e' ORDER BY answered_at, call_id",
+    )
+    .await;
+    // Only the 4960 call changes amount; every charge of v1 is re-rated (the split tariff's is
+    // not); the late call is billed at revision 1 and needs no correction.
+    expect![[r#"
+        0029 | v1r0 | 0.01200 | r1 | 0.01200 | correction 1: prefix 4930 tariff v1; 31 s, billed 36 s; first 30 s @ 0.02/min = 0.01; 1 x 6 s from 30 s @ 0.02/min = 0.002; exact 0.012 posted 0.01200 (5 dp half-up)
+        002a | v1r0 | 0.01000 | r1 | 0.01000 | correction 1: prefix 4930 tariff v1; 29 s, billed 30 s; first 30 s @ 0.02/min = 0.01; exact 0.01 posted 0.01000 (5 dp half-up)
+        0033 | v1r0 | 0 | r1 | 0 | correction 1: prefix 4940 tariff v1; 5 s <= grace 5 s: free; exact 0 posted 0.00000 (5 dp half-up)
+        0034 | v1r0 | 0.01000 | r1 | 0.01000 | correction 1: prefix 4940 tariff v1; 6 s, billed 30 s; first 30 s @ 0.02/min = 0.01; exact 0.01 posted 0.01000 (5 dp half-up)
+        003d | v1r0 | 0.18000 | r1 | 0.18000 | correction 1: prefix 4950 tariff v1; 180 s, billed 180 s; first 1 s @ 0.06/min = 0.001; 179 x 1 s from 1 s @ 0.06/min = 0.179; exact 0.18 posted 0.18000 (5 dp half-up)
+        003e | v1r0 | 0.50000 | r1 | 0.40000 | correction 1: prefix 4960 tariff v1; 600 s, billed 600 s; first 60 s @ 0.04/min = 0.04; 9 x 60 s from 60 s @ 0.04/min = 0.36; exact 0.4 posted 0.40000 (5 dp half-up)
+        0047 | v1r0 | 2.00000 | r1 | 2.00000 | correction 1: prefix 4970 tariff v1; 1200 s, billed 1200 s; first 60 s peak @ 0.10/min = 0.1; 19 x 60 s from 60 s peak @ 0.10/min = 1.9; exact 2 posted 2.00000 (5 dp half-up)
+        0048 | v1r0 | 1.40000 | not corrected
+        0015 | v1r0 | 0.10000 | r1 | 0.10000 | correction 1: prefix 4980 tariff v1; 60 s, billed 60 s; first 60 s @ 0.10/min = 0.1; exact 0.1 posted 0.10000 (5 dp half-up)
+        001f | v1r0 | 0.30000 | r1 | 0.30000 | correction 1: prefix 4990 tariff v1; 60 s, billed 60 s; first 60 s @ 0.10/min = 0.1; fee 0.20; exact 0.3 posted 0.30000 (5 dp half-up)
+        0051 | v1r0 | 0.50000 | r1 | 0.50000 | correction 1: prefix 4980 tariff v1; 300 s, billed 300 s; first 60 s @ 0.10/min = 0.1; 4 x 60 s from 60 s @ 0.10/min = 0.4; exact 0.5 posted 0.50000 (5 dp half-up)
+        0052 | v1r0 | 0.40000 | r1 | 0.40000 | correction 1: prefix 4980 tariff v1; 240 s, billed 240 s; first 60 s @ 0.10/min = 0.1; 3 x 60 s from 60 s @ 0.10/min = 0.3; exact 0.4 posted 0.40000 (5 dp half-up)
+        005b | v1r1 | 0.40000 | not corrected
+    "#]]
+    .assert_eq(&charges);
+    let tariffs = rows(
+        &db.pool,
+        "SELECT concat_ws(' | ', right(tariff_id::text, 3), version, revision, \
+         body->'rates'->3->>'prefix', body->'rates'->3->>'first_price_per_minute') \
+         FROM rm_rating_tariff_versions WHERE tenant_id = '00000000-0000-0000-0000-00000000007e' ORDER BY tariff_id",
+    )
+    .await;
+    expect![[r#"
+        7a1 | 1 | 1 | 4960 | 0.04
+        7a2 | 1 | 0 | 4960 | 0.05
+    "#]]
+    .assert_eq(&tariffs);
+}
+
+/// Reference case 1: 0.03/min, 60/60, no fee; a room owned by account C; the host stays
+/// 30 min, guest 1 25 min, guest 2 20 min: three charges to C, 0.90, 0.75 and 0.60 (2.25).
+#[tokio::test]
+async fn conference_legs_are_charged_to_the_room_owner_reference_case_1() {
+    use domain::conference::{
+        self, ConferenceCommand, ConferenceRoom, Role, RoomSettings, RoomState, SessionEndReason,
+    };
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let world = World {
+        handler: CommandHandler::new(store.clone()),
+        now: at("2024-03-01T00:00:00Z"),
+    };
+    let tariff = Uuid::from_u128(0x7a3);
+    let access = Rate::simple(Prefix::parse("4930123459").unwrap(), 60, 60, d("0.03"));
+    world.tariff(TENANT, tariff, Crossing::WholeCall, vec![access]).await;
+    let owner = Uuid::from_u128(0xc1);
+    world
+        .open_account(
+            TENANT,
+            owner,
+            AccountKind::Postpaid { credit_limit: d("100") },
+            tariff,
+            "0",
+        )
+        .await;
+    let room = Uuid::from_u128(0x200);
+    let start = at("2024-03-04T10:00:00Z");
+    let m = |minutes: i64| start + TimeDelta::minutes(minutes);
+    let (host, guest1, guest2) = (
+        Uuid::from_u128(0x1e91),
+        Uuid::from_u128(0x1e92),
+        Uuid::from_u128(0x1e93),
+    );
+    let join = |leg: Uuid, role: Role| ConferenceCommand::Join {
+        leg_id: leg,
+        call_id: Uuid::from_u128(leg.as_u128() + 0xca11_0000),
+        role,
+        at: m(0),
+    };
+    let commands = vec![
+        ConferenceCommand::Create {
+            room_id: room,
+            tenant_id: TENANT,
+            settings: RoomSettings {
+                name: "Board".into(),
+                owner_account_id: owner,
+                host_code: "1234".into(),
+                guest_code: "5678".into(),
+                moderated: true,
+                max_participants: 5,
+                record: false,
+                access_number: Some("+4930123459".into()),
+            },
+            at: m(-60),
+        },
+        ConferenceCommand::StartSession {
+            session_id: Uuid::from_u128(0x5e55),
+            node_id: "media-1".into(),
+            at: m(0),
+        },
+        join(host, Role::Host),
+        join(guest1, Role::Guest),
+        join(guest2, Role::Guest),
+        ConferenceCommand::Leave {
+            leg_id: guest2,
+            at: m(20),
+        },
+        ConferenceCommand::Leave {
+            leg_id: guest1,
+            at: m(25),
+        },
+        ConferenceCommand::Leave {
+            leg_id: host,
+            at: m(30),
+        },
+        ConferenceCommand::EndSession {
+            reason: SessionEndReason::LastHostLeft,
+            at: m(30),
+        },
+    ];
+    for command in commands {
+        world
+            .handler
+            .execute::<ConferenceRoom, _>(
+                &ctx(world.now),
+                StreamRef::of::<ConferenceRoom>(TENANT, &room),
+                |s: &RoomState| conference::decide(&command, s),
+            )
+            .await
+            .unwrap();
+    }
+    catch_up(&store).await;
+    let charges = rows(
+        &db.pool,
+        "SELECT concat_ws(' | ', service, right(call_id::text, 4), right(leg_id::text, 4), right(account_id::text, 2), \
+         destination, duration_s, billed_s, amount, explanation) FROM rm_charges ORDER BY amount DESC",
+    )
+    .await;
+    expect![[r#"
+        conferences | 1e91 | 1e91 | c1 | +4930123459 | 1800 | 1800 | 0.90000 | conference room 00000000-0000-0000-0000-000000000200, paid by the owner: prefix 4930123459 tariff v1; 1800 s, billed 1800 s; first 60 s @ 0.03/min = 0.03; 29 x 60 s from 60 s @ 0.03/min = 0.87; exact 0.9 posted 0.90000 (5 dp half-up)
+        conferences | 1e92 | 1e92 | c1 | +4930123459 | 1500 | 1500 | 0.75000 | conference room 00000000-0000-0000-0000-000000000200, paid by the owner: prefix 4930123459 tariff v1; 1500 s, billed 1500 s; first 60 s @ 0.03/min = 0.03; 24 x 60 s from 60 s @ 0.03/min = 0.72; exact 0.75 posted 0.75000 (5 dp half-up)
+        conferences | 1e93 | 1e93 | c1 | +4930123459 | 1200 | 1200 | 0.60000 | conference room 00000000-0000-0000-0000-000000000200, paid by the owner: prefix 4930123459 tariff v1; 1200 s, billed 1200 s; first 60 s @ 0.03/min = 0.03; 19 x 60 s from 60 s @ 0.03/min = 0.57; exact 0.6 posted 0.60000 (5 dp half-up)
+    "#]]
+    .assert_eq(&charges);
+    let total: Decimal = sqlx::query_scalar("SELECT sum(amount) FROM rm_charges WHERE service = 'conferences'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, d("2.25"));
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_rating_conference_stays")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "an ended session keeps no stays");
+
+    // Rebuilt one event at a time, the session's stays cross every batch: same rows.
+    rebuild::create_schema(&db.pool, "shadow_one", projections::billing::TABLES)
+        .await
+        .unwrap();
+    Runner::new(store.clone(), Billing)
+        .in_schema("shadow_one")
+        .batch_size(1)
+        .catch_up_to_now(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    for table in projections::billing::TABLES {
+        let diff = rebuild::diff(&db.pool, "shadow_one", table, 10).await.unwrap();
+        assert!(diff.is_empty(), "{table}: {diff:?}");
+    }
+}
+
+#[tokio::test]
+async fn media_counters_of_call_ended_land_on_the_cdr_legs() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let world = World {
+        handler: CommandHandler::new(store.clone()),
+        now: at("2024-03-01T00:00:00Z"),
+    };
+    let call = Uuid::from_u128(0x3ed1a);
+    let (answered, unanswered) = (Uuid::from_u128(0x1e91), Uuid::from_u128(0x1e92));
+    let start = at("2024-03-04T10:00:00Z");
+    world.internal_call(call, start).await;
+    let mut commands = vec![CallCommand::Authorize {
+        max_duration_s: None,
+        reservation_id: None,
+        at: start,
+    }];
+    for leg in [answered, unanswered] {
+        commands.push(CallCommand::CreateLeg {
+            leg_id: leg,
+            target: "sip:1002@acme".into(),
+            trunk_id: None,
+            at: start,
+        });
+    }
+    commands.push(CallCommand::Answer {
+        leg_id: answered,
+        at: start,
+    });
+    commands.push(CallCommand::End {
+        hangup_by: Party::Caller,
+        sip_status: 200,
+        reason: None,
+        at: start + TimeDelta::seconds(30),
+        media: vec![domain::call::LegMedia {
+            leg_id: answered,
+            codec: "PCMA".into(),
+            packets_received: 1490,
+            packets_sent: 1500,
+            bytes_received: 256_280,
+            bytes_sent: 258_000,
+            packets_lost: 10,
+            jitter_us: 2_350,
+        }],
+    });
+    for command in commands {
+        world.call(TENANT, call, command).await;
+    }
+    catch_up(&store).await;
+    let legs = rows(
+        &db.pool,
+        "SELECT concat_ws(' | ', right(l.leg_id::text, 4), coalesce(l.codec, 'no media report'), l.packets_received, \
+         l.packets_sent, l.bytes_received, l.bytes_sent, l.packets_lost, l.jitter_us, q.packet_loss_pct, q.jitter_ms) \
+         FROM rm_cdr_legs l LEFT JOIN rm_cdr_leg_quality q USING (tenant_id, call_id, leg_id) ORDER BY l.leg_id",
+    )
+    .await;
+    expect![[r#"
+        1e91 | PCMA | 1490 | 1500 | 256280 | 258000 | 10 | 2350 | 0.67 | 2.4
+        1e92 | no media report
+    "#]]
+    .assert_eq(&legs);
+}
+
+#[tokio::test]
 async fn a_rebuild_in_small_batches_equals_the_live_read_model_row_for_row() {
     let db = TestDb::new().await.unwrap();
     let store = scripted(&db).await;
@@ -800,24 +1096,7 @@ async fn live_calls_show_their_state_until_they_end() {
     let call = Uuid::from_u128(0x11fe);
     let leg = Uuid::from_u128(0x11fe1e9);
     let start = at("2024-03-04T10:00:00Z");
-    world
-        .call(
-            TENANT,
-            call,
-            CallCommand::Initiate(CallInitiated {
-                call_id: call,
-                tenant_id: TENANT,
-                direction: Direction::Internal,
-                caller: "1001".into(),
-                caller_name: "Alice".into(),
-                callee: "1002".into(),
-                did: None,
-                trunk_id: None,
-                account_id: None,
-                at: start,
-            }),
-        )
-        .await;
+    world.internal_call(call, start).await;
     let live = || async {
         catch_up(&store).await;
         rows(
