@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::apikey::ApiKeyEvent;
 use crate::call::CallEvent;
 use crate::event::{DomainEvent, SchemaError};
 use crate::extension::ExtensionEvent;
@@ -27,6 +28,9 @@ pub fn validate(event_type: &str, schema_version: u32, payload: &Value) -> Resul
     if SipDomainEvent::event_types().contains(&event_type) {
         return SipDomainEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
+    if ApiKeyEvent::event_types().contains(&event_type) {
+        return ApiKeyEvent::from_stored(event_type, schema_version, payload).map(drop);
+    }
     Err(SchemaError::UnknownType(event_type.to_string()))
 }
 
@@ -37,6 +41,7 @@ pub fn json_schemas() -> Vec<(&'static str, u32, Value)> {
     all.extend(SipDomainEvent::json_schemas());
     all.extend(CallEvent::json_schemas());
     all.extend(RegistrationEvent::json_schemas());
+    all.extend(ApiKeyEvent::json_schemas());
     all.sort_by(|a, b| a.0.cmp(b.0));
     all
 }
@@ -76,6 +81,7 @@ mod tests {
                 + ExtensionEvent::event_types().len()
                 + CallEvent::event_types().len()
                 + RegistrationEvent::event_types().len()
+                + ApiKeyEvent::event_types().len()
                 + 1
         );
     }

@@ -109,7 +109,7 @@ pub enum ExtensionCommand {
 }
 
 #[allow(clippy::disallowed_methods)] // The binary is where the clock is read.
-fn context(command_id: Option<Uuid>) -> CommandContext {
+pub(crate) fn context(command_id: Option<Uuid>) -> CommandContext {
     let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     CommandContext::new(
         command_id.unwrap_or_else(Uuid::new_v4),

@@ -21,6 +21,8 @@ pub struct UpArgs {
     pub demo: bool,
     #[command(flatten)]
     pub sip: SipArgs,
+    #[command(flatten)]
+    pub http: crate::cli_api::HttpArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -100,7 +102,7 @@ pub async fn catch_up(store: &EventStore) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn shutdown_signal() -> watch::Receiver<bool> {
+pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -124,6 +126,7 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     )
     .await?;
+    let api = gateway::api::start(store.clone(), args.http.config(&args.node_id), shutdown.clone()).await?;
     say!("ledgerline up: node {}", args.node_id);
     match &db.embedded {
         Some(pg) => say!(
@@ -134,6 +137,10 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         None => say!("  database: {}", redacted(&db.url)),
     }
     say!("  sip: listening on udp+tcp {}", sip.local_addr);
+    say!(
+        "  http: API on {} (GraphQL /graphql, GraphiQL /graphiql, metrics /metrics)",
+        api.local_addr
+    );
     say!(
         "  projector: following the log (read models: {})",
         crate::projectors::NAMES

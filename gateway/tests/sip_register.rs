@@ -26,7 +26,15 @@ impl Drop for Node {
 
 fn start(db: &TestDb) -> Node {
     let mut child = Command::new(BIN)
-        .args(["up", "--sip-bind", "127.0.0.1:0", "--sip-secret", "test-secret"])
+        .args([
+            "up",
+            "--sip-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--sip-secret",
+            "test-secret",
+        ])
         .env("DATABASE_URL", &db.url)
         .env("LEDGERLINE_LOG", "warn")
         .stdout(Stdio::piped())
