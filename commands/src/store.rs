@@ -192,7 +192,7 @@ pub struct EventStore {
     validators: Vec<Validator>,
 }
 
-const EVENT_COLUMNS: &str = "tx_id::text::bigint AS tx_id, global_position, event_id, tenant_id, stream_id, \
+pub const EVENT_COLUMNS: &str = "tx_id::text::bigint AS tx_id, global_position, event_id, tenant_id, stream_id, \
      stream_version, event_type, schema_version, payload, metadata, occurred_at, recorded_at, hash";
 
 impl EventStore {
@@ -700,7 +700,7 @@ async fn append_prepared(conn: &mut PgConnection, writes: &[StreamWrite]) -> Res
     })
 }
 
-pub(crate) fn decode_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+pub fn decode_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     Ok(RecordedEvent {
         global_position: row.try_get("global_position")?,
         tx_id: row.try_get("tx_id")?,

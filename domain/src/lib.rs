@@ -4,6 +4,7 @@
 //! needs (including `now` and any looked-up facts) inside its command, and answers
 //! with events or a rejection. `commands` loads, decides and appends.
 
+pub mod apikey;
 pub mod call;
 pub mod conference;
 pub mod decider;

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::apikey::ApiKeyEvent;
 use crate::call::CallEvent;
 use crate::conference::ConferenceEvent;
 use crate::event::{DomainEvent, SchemaError};
@@ -43,6 +44,9 @@ pub fn validate(event_type: &str, schema_version: u32, payload: &Value) -> Resul
     if WebhookEvent::event_types().contains(&event_type) {
         return WebhookEvent::from_stored(event_type, schema_version, payload).map(drop);
     }
+    if ApiKeyEvent::event_types().contains(&event_type) {
+        return ApiKeyEvent::from_stored(event_type, schema_version, payload).map(drop);
+    }
     Err(SchemaError::UnknownType(event_type.to_string()))
 }
 
@@ -57,6 +61,7 @@ pub fn json_schemas() -> Vec<(&'static str, u32, Value)> {
     all.extend(SecurityEvent::json_schemas());
     all.extend(WebhookEvent::json_schemas());
     all.extend(ConferenceEvent::json_schemas());
+    all.extend(ApiKeyEvent::json_schemas());
     all.sort_by(|a, b| a.0.cmp(b.0));
     all
 }
@@ -100,6 +105,7 @@ mod tests {
                 + SecurityEvent::event_types().len()
                 + WebhookEvent::event_types().len()
                 + ConferenceEvent::event_types().len()
+                + ApiKeyEvent::event_types().len()
                 + 1
         );
     }

@@ -1,6 +1,7 @@
 //! The gateway's library side: the doors' sans-IO cores and their tokio shells, testable
 //! without the binary.
 
+pub mod api;
 pub mod call_directory;
 pub mod directory_cache;
 pub mod finance;

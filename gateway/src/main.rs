@@ -11,8 +11,10 @@ macro_rules! say {
     }};
 }
 
+mod bench_api;
 mod bench_replay;
 mod bench_store;
+mod cli_api;
 mod cli_conference;
 mod cli_directory;
 mod cli_events;
@@ -65,6 +67,11 @@ enum Command {
     Media(media_role::MediaRoleArgs),
     /// Run the projector role alone (follows the log and builds the read models).
     Projector(roles::ProjectorArgs),
+    /// Run the API role alone (GraphQL, REST exports, metrics) on --http-bind.
+    Api(cli_api::ApiArgs),
+    /// Create and revoke API keys.
+    #[command(subcommand)]
+    Apikey(cli_api::ApiKeyCommand),
     /// Apply the database migrations and exit.
     Migrate,
     /// Create, list and change tenants.
@@ -124,6 +131,8 @@ enum BenchCommand {
     /// RTP packets relayed per second (batched engine) against a naive task-per-socket relay.
     #[command(name = "rtp_relay", alias = "rtp-relay")]
     RtpRelay,
+    /// GraphQL charges page (p99 and throughput) over a tenant-month of a million charges, against the same query through sqlx.
+    Api(bench_api::BenchApiArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -157,6 +166,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Projector(args) => roles::projector(&data_dir, args).await,
         Command::Sip(args) => roles::sip(&data_dir, args).await,
         Command::Media(args) => media_role::run(&data_dir, args).await,
+        Command::Api(args) => cli_api::serve(&data_dir, args).await,
+        Command::Apikey(cmd) => cli_api::apikey(&data_dir, cmd).await,
+        Command::Bench(BenchCommand::Api(args)) => bench_api::run(&data_dir, args).await,
         Command::Migrate => {
             let db = roles::open(&data_dir).await?;
             println!("migrations applied to {}", roles::redacted(&db.url));

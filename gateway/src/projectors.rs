@@ -58,7 +58,10 @@ pub async fn run_all(store: &EventStore, batch_size: i64, shutdown: watch::Recei
         Runner::new(store.clone(), Invoices).batch_size(batch_size),
         shutdown.clone(),
     );
-    let webhooks = follow(Runner::new(store.clone(), Webhooks).batch_size(batch_size), shutdown.clone());
+    let webhooks = follow(
+        Runner::new(store.clone(), Webhooks).batch_size(batch_size),
+        shutdown.clone(),
+    );
     let conferences = follow(Runner::new(store.clone(), Conferences).batch_size(batch_size), shutdown);
     tokio::try_join!(directory, billing, invoices, webhooks, conferences)?;
     Ok(())

@@ -23,6 +23,8 @@ pub struct UpArgs {
     pub sip: SipArgs,
     #[command(flatten)]
     pub media: crate::media_role::MediaArgs,
+    #[command(flatten)]
+    pub http: crate::cli_api::HttpArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,7 +136,7 @@ pub async fn catch_up(store: &EventStore) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn shutdown_signal() -> watch::Receiver<bool> {
+pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -169,6 +171,7 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         crate::media_role::UP_CONTROL.into(),
     )
     .await?;
+    let api = gateway::api::start(store.clone(), args.http.config(&args.node_id), shutdown.clone()).await?;
     say!("ledgerline up: node {}", args.node_id);
     match &db.embedded {
         Some(pg) => say!(
@@ -180,6 +183,10 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     say!("  sip: listening on udp+tcp {}", sip.local_addr);
     say!("  media: control on tcp {}", media.control_addr);
+    say!(
+        "  http: API on {} (GraphQL /graphql, GraphiQL /graphiql, metrics /metrics)",
+        api.local_addr
+    );
     say!(
         "  projector: following the log (read models: {})",
         crate::projectors::NAMES

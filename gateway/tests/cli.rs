@@ -296,7 +296,7 @@ fn ledgerline_rename(name: &str) -> NewEvent {
 async fn up_runs_the_projector_live_and_stops_cleanly_on_ctrl_c() {
     let db = TestDb::new().await.unwrap();
     let mut up = Command::new(BIN)
-        .args(["up", "--sip-bind", "127.0.0.1:0"])
+        .args(["up", "--sip-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"])
         .env("DATABASE_URL", &db.url)
         .env("LEDGERLINE_LOG", "warn")
         .stdout(Stdio::piped())

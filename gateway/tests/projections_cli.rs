@@ -260,7 +260,14 @@ async fn time_travel_builds_the_balance_between_two_payments() {
 async fn up_demo_seeds_a_tenant_and_says_how_to_query_the_charges() {
     let db = TestDb::new().await.unwrap();
     let mut up = Command::new(BIN)
-        .args(["up", "--demo", "--sip-bind", "127.0.0.1:0"])
+        .args([
+            "up",
+            "--demo",
+            "--sip-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+        ])
         .env("DATABASE_URL", &db.url)
         .env("LEDGERLINE_LOG", "warn")
         .stdout(Stdio::piped())

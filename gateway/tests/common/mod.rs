@@ -76,7 +76,15 @@ pub fn start(db: &TestDb) -> Node {
 /// Like [`start`], with more arguments for `ledgerline up`.
 pub fn start_with(db: &TestDb, extra: &[&str]) -> Node {
     let mut child = Command::new(BIN)
-        .args(["up", "--sip-bind", "127.0.0.1:0", "--sip-secret", "test-secret"])
+        .args([
+            "up",
+            "--sip-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--sip-secret",
+            "test-secret",
+        ])
         .args(extra)
         .env("DATABASE_URL", &db.url)
         .env("LEDGERLINE_LOG", "warn")

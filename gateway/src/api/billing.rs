@@ -1,0 +1,885 @@
+//! Billing area: CDRs, charges (each with its explanation), balances, invoices, reports;
+//! tariff, account, top-up, adjustment and period-close commands. The filters here are the
+//! ones the CSV exports (`rest.rs`) use too.
+
+use async_graphql::connection::Connection;
+use async_graphql::{ComplexObject, Context, Enum, InputObject, Object, SimpleObject};
+use billing::account::{self, AccountCommand, AccountKind, AccountRejection};
+use billing::aggregates::{Account, InvoiceBook, Tariff};
+use billing::invoice::{self, BillingPeriod, InvoiceCommand, TaxMode, TaxPolicy};
+use billing::tariff::{self, TariffCommand};
+use billing::Crossing;
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use commands::{CommandContext, CommandError, StreamRef};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::auth::Capability;
+use super::error::{ApiError, ApiResult};
+use super::{command, page, require, state, text, MutationResult};
+
+/// Filters shared by `cdrs`, `charges` and their CSV exports.
+#[derive(InputObject, Deserialize, Debug, Clone, Default)]
+pub struct CallFilter {
+    /// From this instant (inclusive): the call's start, or the charge's answer time.
+    pub from: Option<DateTime<Utc>>,
+    /// Until this instant (exclusive).
+    pub to: Option<DateTime<Utc>>,
+    /// Calls from or to this extension number.
+    pub extension: Option<String>,
+    /// `internal`, `outbound` or `inbound`.
+    pub direction: Option<String>,
+    /// CDRs: `answered`, `unanswered`, `rejected`, `in_progress`; charges: `rated`, `unrated`.
+    pub status: Option<String>,
+    pub account_id: Option<Uuid>,
+    /// A destination prefix (digits, optionally with a leading `+`).
+    pub destination: Option<String>,
+}
+
+impl CallFilter {
+    pub fn validate(&self, charges: bool) -> ApiResult<()> {
+        if let Some(d) = &self.direction {
+            if !matches!(d.as_str(), "internal" | "outbound" | "inbound") {
+                return Err(ApiError::invalid("direction must be internal, outbound or inbound"));
+            }
+        }
+        if let Some(s) = &self.status {
+            let ok = if charges {
+                matches!(s.as_str(), "rated" | "unrated")
+            } else {
+                matches!(s.as_str(), "answered" | "unanswered" | "rejected" | "in_progress")
+            };
+            if !ok {
+                return Err(ApiError::invalid(if charges {
+                    "status must be rated or unrated"
+                } else {
+                    "status must be answered, unanswered, rejected or in_progress"
+                }));
+            }
+        }
+        for (name, value) in [("destination", &self.destination), ("extension", &self.extension)] {
+            if let Some(v) = value {
+                let digits = v.strip_prefix('+').unwrap_or(v);
+                if v.len() > 32
+                    || !digits
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'#')
+                {
+                    return Err(ApiError::invalid(format!("{name} must be up to 32 digits")));
+                }
+            }
+        }
+        if let (Some(from), Some(to)) = (self.from, self.to) {
+            if to < from {
+                return Err(ApiError::invalid("`to` is before `from`"));
+            }
+        }
+        Ok(())
+    }
+
+    fn push_cdr_where(&self, q: &mut QueryBuilder<'_, Postgres>, tenant: Uuid) {
+        q.push(" WHERE c.tenant_id = ").push_bind(tenant);
+        if let Some(from) = self.from {
+            q.push(" AND c.started_at >= ").push_bind(from);
+        }
+        if let Some(to) = self.to {
+            q.push(" AND c.started_at < ").push_bind(to);
+        }
+        if let Some(ext) = &self.extension {
+            q.push(" AND (c.caller = ").push_bind(ext.clone());
+            q.push(" OR c.callee = ").push_bind(ext.clone()).push(")");
+        }
+        if let Some(d) = &self.direction {
+            q.push(" AND c.direction = ").push_bind(d.clone());
+        }
+        if let Some(a) = self.account_id {
+            q.push(" AND c.account_id = ").push_bind(a);
+        }
+        if let Some(d) = &self.destination {
+            q.push(" AND starts_with(c.callee, ").push_bind(d.clone()).push(")");
+        }
+        match self.status.as_deref() {
+            Some("answered") => {
+                q.push(" AND c.answer_at IS NOT NULL");
+            }
+            Some("unanswered") => {
+                q.push(" AND c.answer_at IS NULL AND c.end_at IS NOT NULL AND c.rejected_reason IS NULL");
+            }
+            Some("rejected") => {
+                q.push(" AND c.rejected_reason IS NOT NULL");
+            }
+            Some("in_progress") => {
+                q.push(" AND c.end_at IS NULL AND c.rejected_reason IS NULL");
+            }
+            _ => {}
+        }
+    }
+
+    fn push_charge_where(&self, q: &mut QueryBuilder<'_, Postgres>, tenant: Uuid) {
+        q.push(" WHERE ch.tenant_id = ").push_bind(tenant);
+        if let Some(a) = self.account_id {
+            q.push(" AND ch.account_id = ").push_bind(a);
+        }
+        if let Some(from) = self.from {
+            q.push(" AND ch.answered_at >= ").push_bind(from);
+        }
+        if let Some(to) = self.to {
+            q.push(" AND ch.answered_at < ").push_bind(to);
+        }
+        if let Some(d) = &self.destination {
+            q.push(" AND starts_with(ch.destination, ")
+                .push_bind(d.clone())
+                .push(")");
+        }
+        if let Some(s) = &self.status {
+            q.push(" AND ch.status = ").push_bind(s.clone());
+        }
+        if self.extension.is_some() || self.direction.is_some() {
+            q.push(" AND EXISTS (SELECT 1 FROM rm_cdrs c WHERE c.tenant_id = ch.tenant_id AND c.call_id = ch.call_id");
+            if let Some(ext) = &self.extension {
+                q.push(" AND (c.caller = ").push_bind(ext.clone());
+                q.push(" OR c.callee = ").push_bind(ext.clone()).push(")");
+            }
+            if let Some(d) = &self.direction {
+                q.push(" AND c.direction = ").push_bind(d.clone());
+            }
+            q.push(")");
+        }
+    }
+}
+
+#[derive(SimpleObject, sqlx::FromRow, Debug, Clone)]
+pub struct Cdr {
+    pub call_id: Uuid,
+    pub direction: String,
+    pub caller: String,
+    pub caller_name: String,
+    pub callee: String,
+    pub callee_name: String,
+    pub did: Option<String>,
+    pub trunk_id: Option<Uuid>,
+    pub account_id: Option<Uuid>,
+    pub started_at: DateTime<Utc>,
+    pub authorized_at: Option<DateTime<Utc>>,
+    pub max_duration_s: Option<i32>,
+    pub rejected_reason: Option<String>,
+    pub ring_at: Option<DateTime<Utc>>,
+    pub answer_at: Option<DateTime<Utc>>,
+    pub end_at: Option<DateTime<Utc>>,
+    pub duration_s: Option<i32>,
+    pub billed_s: Option<i32>,
+    pub end_reason: Option<String>,
+    pub hangup_by: Option<String>,
+    pub sip_status: Option<i32>,
+    pub holds: i32,
+    pub transfers: i32,
+    pub transferred_to: Option<String>,
+    pub charge: Option<Decimal>,
+    pub currency: Option<String>,
+}
+
+pub const CDR_COLUMNS: &str = "c.call_id, c.direction, c.caller, c.caller_name, c.callee, c.callee_name, c.did, \
+     c.trunk_id, c.account_id, c.started_at, c.authorized_at, c.max_duration_s, c.rejected_reason, c.ring_at, \
+     c.answer_at, c.end_at, c.duration_s, c.billed_s, c.end_reason, c.hangup_by, c.sip_status, c.holds, \
+     c.transfers, c.transferred_to, c.charge, c.currency";
+
+#[derive(SimpleObject, sqlx::FromRow, Debug, Clone)]
+pub struct Charge {
+    pub call_id: Uuid,
+    pub leg_id: Uuid,
+    pub account_id: Uuid,
+    pub answered_at: DateTime<Utc>,
+    pub duration_s: i32,
+    pub destination: String,
+    /// `rated` or `unrated` (then `unratedReason` says why).
+    pub status: String,
+    pub unrated_reason: Option<String>,
+    pub tariff_id: Option<Uuid>,
+    pub tariff_version: Option<i32>,
+    pub matched_prefix: Option<String>,
+    pub billed_s: Option<i32>,
+    pub currency: Option<String>,
+    /// The posted amount.
+    pub amount: Option<Decimal>,
+    /// Before rounding.
+    pub amount_exact: Option<Decimal>,
+    /// How the amount was computed, as finance reads it.
+    pub explanation: Option<String>,
+}
+
+pub const CHARGE_COLUMNS: &str =
+    "ch.call_id, ch.leg_id, ch.account_id, ch.answered_at, ch.duration_s, ch.destination, \
+     ch.status, ch.unrated_reason, ch.tariff_id, ch.tariff_version, ch.matched_prefix, ch.billed_s, ch.currency, \
+     ch.amount, ch.amount_exact, ch.explanation";
+
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The charges query: a page (`limit` rows) after `after`, in `(answered_at, call_id, leg_id)` order.
+pub fn charges_query(
+    tenant: Uuid,
+    filter: &CallFilter,
+    after: Option<(DateTime<Utc>, Uuid, Uuid)>,
+    limit: Option<i64>,
+) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new(format!("SELECT {CHARGE_COLUMNS} FROM rm_charges ch"));
+    filter.push_charge_where(&mut q, tenant);
+    if let Some((at, call, leg)) = after {
+        q.push(" AND (ch.answered_at, ch.call_id, ch.leg_id) > (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(call)
+            .push(", ")
+            .push_bind(leg)
+            .push(")");
+    }
+    q.push(" ORDER BY ch.answered_at, ch.call_id, ch.leg_id");
+    if let Some(limit) = limit {
+        q.push(" LIMIT ").push_bind(limit);
+    }
+    q
+}
+
+pub fn cdrs_query(
+    tenant: Uuid,
+    filter: &CallFilter,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: Option<i64>,
+) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new(format!("SELECT {CDR_COLUMNS} FROM rm_cdrs c"));
+    filter.push_cdr_where(&mut q, tenant);
+    if let Some((at, call)) = after {
+        q.push(" AND (c.started_at, c.call_id) > (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(call)
+            .push(")");
+    }
+    q.push(" ORDER BY c.started_at, c.call_id");
+    if let Some(limit) = limit {
+        q.push(" LIMIT ").push_bind(limit);
+    }
+    q
+}
+
+#[derive(SimpleObject, sqlx::FromRow, Debug, Clone)]
+pub struct Balance {
+    pub account_id: Uuid,
+    /// `prepaid` or `postpaid`.
+    pub kind: String,
+    pub credit_limit: Decimal,
+    pub currency: String,
+    pub billing_tz: String,
+    pub payments: Decimal,
+    pub adjustments: Decimal,
+    pub settled_charges: Decimal,
+    pub open_reservations: Decimal,
+    pub balance: Decimal,
+    /// Balance + credit limit - open reservations.
+    pub available: Decimal,
+    pub opened_at: DateTime<Utc>,
+}
+
+#[derive(SimpleObject, sqlx::FromRow, Debug, Clone, serde::Serialize)]
+#[graphql(complex)]
+pub struct Invoice {
+    #[graphql(skip)]
+    #[serde(skip)]
+    pub tenant_id: Uuid,
+    pub account_id: Uuid,
+    /// `YYYY-MM` in the account's billing time zone.
+    pub period: String,
+    pub currency: String,
+    /// `open` or `closed`.
+    pub status: String,
+    pub tax_rate_pct: Option<Decimal>,
+    pub tax_mode: Option<String>,
+    pub billed_net: Option<Decimal>,
+    pub billed_tax: Option<Decimal>,
+    pub billed_total: Option<Decimal>,
+    pub corrected_net: Option<Decimal>,
+    pub corrected_tax: Option<Decimal>,
+    pub corrected_total: Option<Decimal>,
+    /// The rendered document, as billed.
+    pub document: String,
+    pub corrected_document: String,
+}
+
+#[derive(SimpleObject, sqlx::FromRow, Debug, Clone, serde::Serialize)]
+pub struct InvoiceLine {
+    /// `as_billed` or `as_corrected`.
+    pub view: String,
+    pub line_no: i32,
+    pub service: String,
+    pub destination: String,
+    pub kind: String,
+    pub original_period: Option<String>,
+    pub count: i64,
+    pub amount: Decimal,
+}
+
+pub const INVOICE_COLUMNS: &str = "tenant_id, account_id, period, currency, status, tax_rate_pct, tax_mode, \
+     billed_net, billed_tax, billed_total, corrected_net, corrected_tax, corrected_total, document, corrected_document";
+
+impl Invoice {
+    /// The id the REST export takes: `{account_id}_{period}`.
+    pub fn invoice_id(&self) -> String {
+        format!("{}_{}", self.account_id, self.period)
+    }
+}
+
+pub async fn invoice_lines(pool: &sqlx::PgPool, invoice: &Invoice, view: Option<&str>) -> ApiResult<Vec<InvoiceLine>> {
+    Ok(sqlx::query_as(
+        "SELECT view, line_no, service, destination, kind, original_period, count, amount FROM rm_invoice_lines \
+         WHERE tenant_id = $1 AND account_id = $2 AND period = $3 AND ($4::text IS NULL OR view = $4) \
+         ORDER BY view, line_no",
+    )
+    .bind(invoice.tenant_id)
+    .bind(invoice.account_id)
+    .bind(&invoice.period)
+    .bind(view)
+    .fetch_all(pool)
+    .await?)
+}
+
+#[ComplexObject]
+impl Invoice {
+    /// `{accountId}_{period}`: the id of `/api/v1/invoices/{id}`.
+    async fn id(&self) -> String {
+        self.invoice_id()
+    }
+
+    /// The grouped lines, of one view (`as_billed` or `as_corrected`) or both.
+    async fn lines(&self, ctx: &Context<'_>, view: Option<String>) -> ApiResult<Vec<InvoiceLine>> {
+        invoice_lines(&state(ctx).pool, self, view.as_deref()).await
+    }
+}
+
+#[derive(SimpleObject, sqlx::FromRow, Debug, Clone)]
+pub struct HourlyReport {
+    pub hour: DateTime<Utc>,
+    pub direction: String,
+    pub trunk_id: Uuid,
+    pub currency: String,
+    pub calls: i64,
+    pub answered: i64,
+    pub duration_s: i64,
+    pub billed_s: i64,
+    pub cost: Decimal,
+}
+
+#[derive(SimpleObject, sqlx::FromRow, Debug, Clone)]
+pub struct DestinationReport {
+    pub day: NaiveDate,
+    pub destination: String,
+    pub currency: String,
+    pub calls: i64,
+    pub duration_s: i64,
+    pub cost: Decimal,
+}
+
+#[derive(SimpleObject, sqlx::FromRow, Debug, Clone)]
+pub struct DailyReport {
+    pub day: NaiveDate,
+    pub direction: String,
+    pub trunk_id: Uuid,
+    pub currency: String,
+    pub calls: i64,
+    pub answered: i64,
+    pub duration_s: i64,
+    pub billed_s: i64,
+    pub cost: Decimal,
+    /// Answer-seizure ratio, percent.
+    pub asr_pct: Option<Decimal>,
+    /// Average call duration, seconds.
+    pub acd_s: Option<Decimal>,
+}
+
+fn cursor_after3(after: &Option<String>) -> ApiResult<Option<(DateTime<Utc>, Uuid, Uuid)>> {
+    let Some(c) = after else { return Ok(None) };
+    let parts = page::decode(c, 3)?;
+    Ok(Some((
+        page::parse(&parts[0])?,
+        page::parse(&parts[1])?,
+        page::parse(&parts[2])?,
+    )))
+}
+
+fn cursor_after2(after: &Option<String>) -> ApiResult<Option<(DateTime<Utc>, Uuid)>> {
+    let Some(c) = after else { return Ok(None) };
+    let parts = page::decode(c, 2)?;
+    Ok(Some((page::parse(&parts[0])?, page::parse(&parts[1])?)))
+}
+
+#[derive(Default)]
+pub struct BillingQuery;
+
+#[Object]
+impl BillingQuery {
+    /// Call detail records, by start time.
+    #[graphql(complexity = "(first.unwrap_or(50).clamp(1, 500) as usize) * child_complexity")]
+    async fn cdrs(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default)] filter: CallFilter,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Connection<String, Cdr>> {
+        let caller = require(ctx, Capability::Read)?;
+        filter.validate(false)?;
+        let size = page::page_size(ctx, first)?;
+        let rows: Vec<Cdr> = cdrs_query(caller.tenant_id, &filter, cursor_after2(&after)?, Some(size + 1))
+            .build_query_as()
+            .fetch_all(&state(ctx).pool)
+            .await?;
+        Ok(page::connection(rows, size, after.is_some(), |c| {
+            vec![ts(c.started_at), c.call_id.to_string()]
+        }))
+    }
+
+    /// Charges, each with its explanation, by answer time.
+    #[graphql(complexity = "(first.unwrap_or(50).clamp(1, 500) as usize) * child_complexity")]
+    async fn charges(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default)] filter: CallFilter,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Connection<String, Charge>> {
+        let caller = require(ctx, Capability::Read)?;
+        filter.validate(true)?;
+        let size = page::page_size(ctx, first)?;
+        let rows: Vec<Charge> = charges_query(caller.tenant_id, &filter, cursor_after3(&after)?, Some(size + 1))
+            .build_query_as()
+            .fetch_all(&state(ctx).pool)
+            .await?;
+        Ok(page::connection(rows, size, after.is_some(), |c| {
+            vec![ts(c.answered_at), c.call_id.to_string(), c.leg_id.to_string()]
+        }))
+    }
+
+    /// Balances of the tenant's accounts (or of one).
+    #[graphql(complexity = "(first.unwrap_or(50).clamp(1, 500) as usize) * child_complexity")]
+    async fn balances(
+        &self,
+        ctx: &Context<'_>,
+        account_id: Option<Uuid>,
+        first: Option<i32>,
+    ) -> ApiResult<Vec<Balance>> {
+        let caller = require(ctx, Capability::Read)?;
+        let size = page::page_size(ctx, first)?;
+        Ok(sqlx::query_as(
+            "SELECT account_id, kind, credit_limit, currency, billing_tz, payments, adjustments, settled_charges, \
+             open_reservations, balance, available, opened_at FROM rm_balances_view \
+             WHERE tenant_id = $1 AND ($2::uuid IS NULL OR account_id = $2) ORDER BY account_id LIMIT $3",
+        )
+        .bind(caller.tenant_id)
+        .bind(account_id)
+        .bind(size)
+        .fetch_all(&state(ctx).pool)
+        .await?)
+    }
+
+    /// Invoices (one per account and period).
+    #[graphql(complexity = "(first.unwrap_or(50).clamp(1, 500) as usize) * child_complexity")]
+    async fn invoices(
+        &self,
+        ctx: &Context<'_>,
+        account_id: Option<Uuid>,
+        period: Option<String>,
+        first: Option<i32>,
+    ) -> ApiResult<Vec<Invoice>> {
+        let caller = require(ctx, Capability::Read)?;
+        let size = page::page_size(ctx, first)?;
+        if let Some(p) = &period {
+            text("period", p, 7)?;
+        }
+        let sql = format!(
+            "SELECT {INVOICE_COLUMNS} FROM rm_invoices WHERE tenant_id = $1 AND ($2::uuid IS NULL OR account_id = $2) \
+             AND ($3::text IS NULL OR period = $3) ORDER BY account_id, period LIMIT $4"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(caller.tenant_id)
+            .bind(account_id)
+            .bind(period)
+            .bind(size)
+            .fetch_all(&state(ctx).pool)
+            .await?)
+    }
+
+    /// Traffic per hour (UTC), direction and trunk.
+    #[graphql(complexity = "(first.unwrap_or(50).clamp(1, 500) as usize) * child_complexity")]
+    async fn hourly_report(
+        &self,
+        ctx: &Context<'_>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        first: Option<i32>,
+    ) -> ApiResult<Vec<HourlyReport>> {
+        let caller = require(ctx, Capability::Read)?;
+        let size = page::page_size(ctx, first)?;
+        Ok(sqlx::query_as(
+            "SELECT hour, direction, trunk_id, currency, calls, answered, duration_s, billed_s, cost FROM rm_report_hourly \
+             WHERE tenant_id = $1 AND hour >= $2 AND hour < $3 ORDER BY hour, direction, trunk_id, currency LIMIT $4",
+        )
+        .bind(caller.tenant_id)
+        .bind(from)
+        .bind(to)
+        .bind(size)
+        .fetch_all(&state(ctx).pool)
+        .await?)
+    }
+
+    /// Traffic per day (UTC) with ASR and ACD.
+    #[graphql(complexity = "(first.unwrap_or(50).clamp(1, 500) as usize) * child_complexity")]
+    async fn daily_report(
+        &self,
+        ctx: &Context<'_>,
+        from: NaiveDate,
+        to: NaiveDate,
+        first: Option<i32>,
+    ) -> ApiResult<Vec<DailyReport>> {
+        let caller = require(ctx, Capability::Read)?;
+        let size = page::page_size(ctx, first)?;
+        Ok(sqlx::query_as(
+            "SELECT day, direction, trunk_id, currency, calls, answered, duration_s, billed_s, cost, asr_pct, acd_s \
+             FROM rm_report_daily WHERE tenant_id = $1 AND day >= $2 AND day <= $3 \
+             ORDER BY day, direction, trunk_id, currency LIMIT $4",
+        )
+        .bind(caller.tenant_id)
+        .bind(from)
+        .bind(to)
+        .bind(size)
+        .fetch_all(&state(ctx).pool)
+        .await?)
+    }
+
+    /// Calls and cost per day and destination.
+    #[graphql(complexity = "(first.unwrap_or(50).clamp(1, 500) as usize) * child_complexity")]
+    async fn destination_report(
+        &self,
+        ctx: &Context<'_>,
+        from: NaiveDate,
+        to: NaiveDate,
+        first: Option<i32>,
+    ) -> ApiResult<Vec<DestinationReport>> {
+        let caller = require(ctx, Capability::Read)?;
+        let size = page::page_size(ctx, first)?;
+        Ok(sqlx::query_as(
+            "SELECT day, destination, currency, calls, duration_s, cost FROM rm_report_destinations \
+             WHERE tenant_id = $1 AND day >= $2 AND day <= $3 ORDER BY day, destination, currency LIMIT $4",
+        )
+        .bind(caller.tenant_id)
+        .bind(from)
+        .bind(to)
+        .bind(size)
+        .fetch_all(&state(ctx).pool)
+        .await?)
+    }
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum AccountKindInput {
+    Prepaid,
+    Postpaid,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum CrossingInput {
+    /// The whole call at the price of the period it started in.
+    WholeCall,
+    /// Each interval at the price of its own period.
+    Split,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum TaxModeInput {
+    Inclusive,
+    Exclusive,
+}
+
+/// Money from a client: at most 10 places and 10^9 in magnitude.
+fn money(name: &str, amount: Decimal) -> ApiResult<Decimal> {
+    if amount.scale() > 10 || amount.abs() > Decimal::from(1_000_000_000) {
+        return Err(ApiError::invalid(format!(
+            "{name} must have at most 10 decimal places and be at most 10^9"
+        )));
+    }
+    Ok(amount)
+}
+
+fn not_found<R: std::error::Error>(
+    what: &'static str,
+    is_missing: fn(&R) -> bool,
+) -> impl Fn(CommandError<R>) -> ApiError {
+    move |e| match e {
+        CommandError::Rejected(r) if is_missing(&r) => ApiError::not_found(format!("no such {what}")),
+        other => other.into(),
+    }
+}
+
+async fn account_command(
+    ctx: &Context<'_>,
+    cmd: &CommandContext,
+    tenant_id: Uuid,
+    account_id: Uuid,
+    command: AccountCommand,
+) -> ApiResult<commands::Outcome> {
+    state(ctx)
+        .handler
+        .execute::<Account, AccountRejection>(cmd, StreamRef::of::<Account>(tenant_id, &account_id), |s| {
+            account::decide(&command, s)
+        })
+        .await
+        .map_err(not_found("account", |r| matches!(r, AccountRejection::NotOpened)))
+}
+
+#[derive(Default)]
+pub struct BillingMutation;
+
+#[Object]
+impl BillingMutation {
+    /// Create a tariff; publish its versions with `publishTariffVersion`.
+    async fn create_tariff(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        name: String,
+        currency: String,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageBilling)?;
+        text("name", &name, 200)?;
+        text("currency", &currency, 3)?;
+        let cmd = command(ctx, &caller, "createTariff", idempotency_key);
+        let tariff_id = Uuid::new_v5(&cmd.command_id, b"tariff");
+        let command_ = TariffCommand::Create {
+            tariff_id,
+            tenant_id: caller.tenant_id,
+            name,
+            currency,
+        };
+        let outcome = state(ctx)
+            .handler
+            .execute::<Tariff, _>(&cmd, StreamRef::of::<Tariff>(caller.tenant_id, &tariff_id), |s| {
+                tariff::decide(&command_, s)
+            })
+            .await?;
+        Ok(MutationResult::new(tariff_id, outcome))
+    }
+
+    /// Publish a tariff version from a rate deck (the CSV of `ledgerline rate`).
+    #[allow(clippy::too_many_arguments)]
+    async fn publish_tariff_version(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        tariff_id: Uuid,
+        effective_from: DateTime<Utc>,
+        deck: String,
+        #[graphql(default_with = "CrossingInput::WholeCall")] crossing: CrossingInput,
+        #[graphql(desc = "`HH:MM-HH:MM` in the account's billing time zone.")] offpeak_window: Option<String>,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageBilling)?;
+        let offpeak_window = match offpeak_window {
+            Some(w) => Some(w.parse().map_err(ApiError::invalid)?),
+            None => None,
+        };
+        let crossing = match crossing {
+            CrossingInput::WholeCall => Crossing::WholeCall,
+            CrossingInput::Split => Crossing::Split,
+        };
+        let options = billing::csv::DeckOptions {
+            tariff_id,
+            effective_from,
+            offpeak_window,
+            crossing,
+            ..Default::default()
+        };
+        let version = billing::csv::parse_deck(&deck, &options).map_err(|e| ApiError::invalid(format!("deck: {e}")))?;
+        let cmd = command(ctx, &caller, "publishTariffVersion", idempotency_key);
+        let command_ = TariffCommand::PublishVersion {
+            effective_from,
+            now: cmd.now,
+            rates: version.rates,
+            offpeak_window,
+            crossing,
+            posting: version.posting,
+        };
+        let outcome = state(ctx)
+            .handler
+            .execute::<Tariff, _>(&cmd, StreamRef::of::<Tariff>(caller.tenant_id, &tariff_id), |s| {
+                tariff::decide(&command_, s)
+            })
+            .await
+            .map_err(not_found("tariff", |r| {
+                matches!(r, tariff::TariffRejection::NotCreated)
+            }))?;
+        Ok(MutationResult::new(tariff_id, outcome))
+    }
+
+    /// Open an account and its invoice book.
+    async fn open_account(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        kind: AccountKindInput,
+        #[graphql(default)] credit_limit: Decimal,
+        currency: String,
+        billing_tz: String,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageBilling)?;
+        text("currency", &currency, 3)?;
+        text("billingTz", &billing_tz, 64)?;
+        let tz = billing::parse_timezone(&billing_tz).map_err(ApiError::invalid)?;
+        let kind = match kind {
+            AccountKindInput::Prepaid => AccountKind::Prepaid,
+            AccountKindInput::Postpaid => AccountKind::Postpaid {
+                credit_limit: money("creditLimit", credit_limit)?,
+            },
+        };
+        let cmd = command(ctx, &caller, "openAccount", idempotency_key);
+        let account_id = Uuid::new_v5(&cmd.command_id, b"account");
+        let open = AccountCommand::Open {
+            account_id,
+            tenant_id: caller.tenant_id,
+            kind,
+            currency: currency.clone(),
+            billing_tz: tz,
+        };
+        let outcome = account_command(ctx, &cmd, caller.tenant_id, account_id, open).await?;
+        let mut book_cmd = cmd.clone();
+        book_cmd.command_id = Uuid::new_v5(&cmd.command_id, b"invoice-book");
+        let open_book = InvoiceCommand::Open {
+            account_id,
+            tenant_id: caller.tenant_id,
+            currency,
+            billing_tz: tz,
+        };
+        state(ctx)
+            .handler
+            .execute::<InvoiceBook, _>(
+                &book_cmd,
+                StreamRef::of::<InvoiceBook>(caller.tenant_id, &account_id),
+                |s| invoice::decide(&open_book, s),
+            )
+            .await?;
+        Ok(MutationResult::new(account_id, outcome))
+    }
+
+    /// Rate the account's calls answered from `effectiveFrom` on with `tariffId`.
+    async fn assign_tariff(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        account_id: Uuid,
+        tariff_id: Uuid,
+        effective_from: DateTime<Utc>,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageBilling)?;
+        let cmd = command(ctx, &caller, "assignTariff", idempotency_key);
+        let c = AccountCommand::AssignTariff {
+            tariff_id,
+            effective_from,
+            now: cmd.now,
+        };
+        let outcome = account_command(ctx, &cmd, caller.tenant_id, account_id, c).await?;
+        Ok(MutationResult::new(account_id, outcome))
+    }
+
+    /// Record a payment.
+    async fn top_up(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        account_id: Uuid,
+        amount: Decimal,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageBilling)?;
+        let amount = money("amount", amount)?;
+        if amount <= Decimal::ZERO {
+            return Err(ApiError::invalid("amount must be positive"));
+        }
+        let cmd = command(ctx, &caller, "topUp", idempotency_key);
+        let c = AccountCommand::TopUp {
+            payment_id: Uuid::new_v5(&cmd.command_id, b"payment"),
+            amount,
+        };
+        let outcome = account_command(ctx, &cmd, caller.tenant_id, account_id, c).await?;
+        Ok(MutationResult::new(account_id, outcome))
+    }
+
+    /// A signed correction (credit note, goodwill, late fix).
+    async fn adjust_account(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        account_id: Uuid,
+        amount: Decimal,
+        reason: String,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageBilling)?;
+        let amount = money("amount", amount)?;
+        text("reason", &reason, 500)?;
+        let cmd = command(ctx, &caller, "adjustAccount", idempotency_key);
+        let c = AccountCommand::Adjust {
+            adjustment_id: Uuid::new_v5(&cmd.command_id, b"adjustment"),
+            amount,
+            reason,
+        };
+        let outcome = account_command(ctx, &cmd, caller.tenant_id, account_id, c).await?;
+        Ok(MutationResult::new(account_id, outcome))
+    }
+
+    /// Close an account's billing period (`YYYY-MM`), after it has ended, with the tax policy.
+    async fn close_period(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        account_id: Uuid,
+        period: String,
+        tax_rate_pct: Decimal,
+        tax_mode: TaxModeInput,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageBilling)?;
+        let period = parse_period(&period)?;
+        let cmd = command(ctx, &caller, "closePeriod", idempotency_key);
+        let c = InvoiceCommand::ClosePeriod {
+            period,
+            now: cmd.now,
+            tax: TaxPolicy {
+                rate_pct: money("taxRatePct", tax_rate_pct)?,
+                mode: match tax_mode {
+                    TaxModeInput::Inclusive => TaxMode::Inclusive,
+                    TaxModeInput::Exclusive => TaxMode::Exclusive,
+                },
+            },
+        };
+        let outcome = state(ctx)
+            .handler
+            .execute::<InvoiceBook, _>(&cmd, StreamRef::of::<InvoiceBook>(caller.tenant_id, &account_id), |s| {
+                invoice::decide(&c, s)
+            })
+            .await
+            .map_err(not_found("invoice book", |r| {
+                matches!(r, invoice::InvoiceRejection::NotOpened)
+            }))?;
+        Ok(MutationResult::new(account_id, outcome))
+    }
+}
+
+pub fn parse_period(text: &str) -> ApiResult<BillingPeriod> {
+    let bad = || ApiError::invalid("period must be YYYY-MM");
+    let (y, m) = text.split_once('-').ok_or_else(bad)?;
+    if y.len() != 4 || m.len() != 2 {
+        return Err(bad());
+    }
+    let year: i32 = y.parse().map_err(|_| bad())?;
+    let month: u32 = m.parse().map_err(|_| bad())?;
+    if !(1..=12).contains(&month) || !(2000..=2999).contains(&year) {
+        return Err(bad());
+    }
+    Ok(BillingPeriod { year, month })
+}

@@ -1,0 +1,234 @@
+//! The axum server: authentication, the per-key rate limit, body and query limits, the
+//! GraphQL endpoints, and the routes of `rest.rs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::Data;
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, RawQuery, Request, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use commands::{CommandHandler, EventStore};
+use tokio::sync::watch;
+
+use super::auth::{self, Caller, RateLimiter};
+use super::error::{ApiError, Code};
+use super::metrics::Metrics;
+use super::schema::{self, ApiSchema};
+use super::{rest, ApiConfig, ApiState};
+
+pub struct App {
+    pub state: ApiState,
+    pub schema: ApiSchema,
+    pub limiter: RateLimiter,
+    pub metrics: Metrics,
+}
+
+pub type SharedApp = Arc<App>;
+
+pub struct ApiServer {
+    pub local_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub fn app(store: EventStore, config: ApiConfig) -> SharedApp {
+    let state = ApiState {
+        pool: store.pool().clone(),
+        handler: CommandHandler::new(store.clone()),
+        store,
+        config: config.clone(),
+    };
+    Arc::new(App {
+        schema: schema::build(state.clone()),
+        limiter: RateLimiter::new(config.rate_per_second, config.rate_burst),
+        metrics: Metrics::default(),
+        state,
+    })
+}
+
+pub fn router(app: SharedApp) -> Router {
+    let body_limit = app.state.config.max_body_bytes;
+    Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/graphql/ws", get(graphql_ws))
+        .route("/graphiql", get(graphiql))
+        .route("/", get(graphiql))
+        .merge(rest::routes())
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+/// Bind and serve until `shutdown` turns true.
+pub async fn start(
+    store: EventStore,
+    config: ApiConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<ApiServer> {
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {}: {e}", config.bind))?;
+    let local_addr = listener.local_addr()?;
+    let router = router(app(store, config));
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "api: server stopped");
+        }
+    });
+    Ok(ApiServer { local_addr, task })
+}
+
+/// Count every request and its latency, by route and status.
+async fn observe(State(app): State<SharedApp>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    app.metrics
+        .observe(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The caller of a request, within its rate limit.
+pub async fn admit(app: &App, headers: &HeaderMap) -> Result<Caller, Response> {
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let caller = auth::authenticate(&app.state.pool, auth::bearer(value))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    match limit(app, &caller) {
+        Some(refused) => Err(refused),
+        None => Ok(caller),
+    }
+}
+
+/// The 429 answer when the caller is over its rate, else `None`.
+fn limit(app: &App, caller: &Caller) -> Option<Response> {
+    if let Err(wait) = app.limiter.check(caller.key_id, Instant::now()) {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut response =
+            ApiError::new(Code::RateLimited, format!("rate limit exceeded; retry in {seconds} s")).into_response();
+        if let Ok(v) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Some(response);
+    }
+    None
+}
+
+async fn execute(app: &App, caller: Caller, request: async_graphql::Request) -> Response {
+    let mut response = app.schema.execute(request.data(caller)).await;
+    // Parse, validation and limit errors come from the library without a code.
+    for error in &mut response.errors {
+        let has_code = error.extensions.as_ref().is_some_and(|e| e.get("code").is_some());
+        if !has_code {
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", Code::InvalidInput.as_str());
+        }
+    }
+    axum::Json(response).into_response()
+}
+
+async fn graphql_post(State(app): State<SharedApp>, headers: HeaderMap, body: Bytes) -> Response {
+    let caller = match admit(&app, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::invalid(format!(
+                "the body must be a GraphQL request as JSON ({{\"query\": ..., \"variables\": ...}}): {e}"
+            ))
+            .into_response()
+        }
+    };
+    execute(&app, caller, request).await
+}
+
+async fn graphql_get(State(app): State<SharedApp>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        if wants_html {
+            return graphiql().await.into_response();
+        }
+        return ApiError::invalid("GET /graphql needs ?query=...").into_response();
+    };
+    let caller = match admit(&app, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let request = match async_graphql::http::parse_query_string(&query) {
+        Ok(r) => r,
+        Err(e) => return ApiError::invalid(format!("malformed query string: {e}")).into_response(),
+    };
+    // GET is for reads only: a link must never change anything.
+    if request.query.contains("mutation") {
+        if let Ok(doc) = async_graphql::parser::parse_query(&request.query) {
+            let mutates = doc
+                .operations
+                .iter()
+                .any(|(_, op)| op.node.ty == async_graphql::parser::types::OperationType::Mutation);
+            if mutates {
+                return ApiError::invalid("mutations must be POSTed").into_response();
+            }
+        }
+    }
+    execute(&app, caller, request).await
+}
+
+async fn graphiql() -> Html<&'static str> {
+    Html(include_str!("graphiql.html"))
+}
+
+/// graphql-ws (and the older subscriptions-transport-ws): the key comes in the upgrade's
+/// `Authorization` header or in `connection_init`'s payload (`{"authorization": "Bearer …"}`).
+async fn graphql_ws(
+    State(app): State<SharedApp>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let header_key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| auth::bearer(Some(v)))
+        .map(str::to_string);
+    let schema = app.schema.clone();
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
+        GraphQLWebSocket::new(socket, schema, protocol)
+            .on_connection_init(move |payload| async move {
+                let from_payload = ["authorization", "Authorization"]
+                    .iter()
+                    .find_map(|k| payload.get(*k).and_then(|v| v.as_str()))
+                    .and_then(|v| auth::bearer(Some(v)).map(str::to_string))
+                    .or_else(|| payload.get("apiKey").and_then(|v| v.as_str()).map(str::to_string));
+                let key = header_key.or(from_payload);
+                let caller = auth::authenticate(&app.state.pool, key.as_deref()).await?;
+                if limit(&app, &caller).is_some() {
+                    return Err(ApiError::new(Code::RateLimited, "rate limit exceeded").into());
+                }
+                let mut data = Data::default();
+                data.insert(caller);
+                Ok(data)
+            })
+            .serve()
+    })
+}

@@ -1,0 +1,230 @@
+//! The finance flow over HTTP: a top-up through the API (idempotent), simulated calls through
+//! the real deciders and projector, then the charges query, the charges CSV, the balance and
+//! the invoices agree to the cent.
+
+#![allow(clippy::disallowed_methods)] // Tests stamp their commands with the clock.
+
+mod api_support;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use api_support::{gql, start};
+use domain::apikey::Role;
+use rust_decimal::Decimal;
+use serde_json::json;
+use uuid::Uuid;
+
+fn dec(v: &serde_json::Value) -> Decimal {
+    Decimal::from_str(v.as_str().unwrap_or("0")).unwrap()
+}
+
+/// A CSV line's fields (quoted fields may hold commas and doubled quotes).
+fn fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+const CHARGES: &str = "query($a: UUID!, $after: String) { charges(filter: { accountId: $a, status: \"rated\" }, first: 500, after: $after) { \
+   edges { node { callId legId amount currency answeredAt explanation } } pageInfo { hasNextPage endCursor } } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_query_csv_balance_and_invoice_agree() {
+    let env = start().await;
+    env.simulate(1, 400, 5);
+    let tenant = env.tenants().await[0];
+    let finance = env.key(tenant, Role::Finance).await;
+    let mut http = env.client();
+    let accounts: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT account_id, kind FROM rm_balances WHERE tenant_id = $1 ORDER BY kind")
+            .bind(tenant)
+            .fetch_all(&env.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(accounts.len(), 2);
+    let prepaid = accounts.iter().find(|(_, k)| k == "prepaid").unwrap().0;
+
+    // A top-up, sent twice with one idempotency key: one payment.
+    let (_, before) = gql(
+        &mut http,
+        &finance,
+        "query($a: UUID!) { balances(accountId: $a) { payments } }",
+        json!({ "a": prepaid }),
+    )
+    .await;
+    let payments_before = dec(&before["data"]["balances"][0]["payments"]);
+    let idem = Uuid::new_v4();
+    let top_up = "mutation($a: UUID!, $k: UUID!) { topUp(idempotencyKey: $k, accountId: $a, amount: \"12.34\") { id replayed positions } }";
+    let (_, first) = gql(&mut http, &finance, top_up, json!({ "a": prepaid, "k": idem })).await;
+    assert_eq!(first["data"]["topUp"]["replayed"], false, "{first}");
+    let (_, again) = gql(&mut http, &finance, top_up, json!({ "a": prepaid, "k": idem })).await;
+    assert_eq!(again["data"]["topUp"]["replayed"], true, "{again}");
+    assert_eq!(again["data"]["topUp"]["positions"], first["data"]["topUp"]["positions"]);
+    env.catch_up();
+
+    for (account, kind) in &accounts {
+        // Every rated charge of the account, page by page.
+        let mut graphql: BTreeMap<String, Decimal> = BTreeMap::new();
+        // Charges per billing period (months in the account's zone, Europe/Berlin).
+        let mut by_period: BTreeMap<String, Decimal> = BTreeMap::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let (_, body) = gql(&mut http, &finance, CHARGES, json!({ "a": account, "after": after })).await;
+            assert!(body["errors"].is_null(), "{body}");
+            let conn = &body["data"]["charges"];
+            for edge in conn["edges"].as_array().unwrap() {
+                let node = &edge["node"];
+                assert!(
+                    node["explanation"].as_str().is_some_and(|e| !e.is_empty()),
+                    "each charge explains itself"
+                );
+                graphql.insert(
+                    format!(
+                        "{}/{}",
+                        node["callId"].as_str().unwrap(),
+                        node["legId"].as_str().unwrap()
+                    ),
+                    dec(&node["amount"]),
+                );
+                let answered: chrono::DateTime<chrono::Utc> = node["answeredAt"].as_str().unwrap().parse().unwrap();
+                let period = answered
+                    .with_timezone(&chrono_tz::Europe::Berlin)
+                    .format("%Y-%m")
+                    .to_string();
+                *by_period.entry(period).or_default() += dec(&node["amount"]);
+            }
+            pages += 1;
+            if conn["pageInfo"]["hasNextPage"] != true {
+                break;
+            }
+            after = conn["pageInfo"]["endCursor"].as_str().map(str::to_string);
+            assert!(pages < 100);
+        }
+        assert!(!graphql.is_empty(), "{kind} account has charges");
+
+        // The CSV export of the same filter: the same charges, the same amounts.
+        let csv = http
+            .get(
+                &finance,
+                &format!("/api/v1/charges.csv?account_id={account}&status=rated"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(csv.status, 200);
+        assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
+        let text = csv.text();
+        let mut lines = text.lines();
+        let header = fields(lines.next().unwrap());
+        let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+        let mut exported: BTreeMap<String, Decimal> = BTreeMap::new();
+        for line in lines {
+            let f = fields(line);
+            exported.insert(
+                format!("{}/{}", f[col("call_id")], f[col("leg_id")]),
+                Decimal::from_str(&f[col("amount")]).unwrap(),
+            );
+        }
+        assert_eq!(graphql, exported, "{kind}: query and CSV list the same charges");
+        let total: Decimal = graphql.values().sum();
+
+        // The balance settled exactly these charges; the top-up shows once.
+        let (_, body) = gql(
+            &mut http,
+            &finance,
+            "query($a: UUID!) { balances(accountId: $a) { balance payments adjustments settledCharges openReservations } }",
+            json!({ "a": account }),
+        )
+        .await;
+        let b = &body["data"]["balances"][0];
+        assert_eq!(
+            dec(&b["settledCharges"]),
+            total,
+            "{kind}: settled charges = sum of charges ({body})"
+        );
+        assert_eq!(
+            dec(&b["balance"]),
+            dec(&b["payments"]) + dec(&b["adjustments"]) - total,
+            "{kind}: {body}"
+        );
+        if account == &prepaid {
+            assert_eq!(
+                dec(&b["payments"]) - payments_before,
+                Decimal::from_str("12.34").unwrap()
+            );
+            assert!(dec(&b["balance"]) >= Decimal::ZERO, "prepaid never below zero");
+        }
+
+        // The invoices (closed March, open April in Berlin time) bill the same total, to the cent.
+        let (_, body) = gql(
+            &mut http,
+            &finance,
+            "query($a: UUID!) { invoices(accountId: $a) { id period status billedNet lines(view: \"as_billed\") { amount } } }",
+            json!({ "a": account }),
+        )
+        .await;
+        let invoices = body["data"]["invoices"].as_array().unwrap().clone();
+        assert!(!invoices.is_empty(), "{body}");
+        assert!(
+            invoices.iter().any(|i| i["status"] == "closed"),
+            "the simulated period was closed: {body}"
+        );
+        for invoice in &invoices {
+            let period = invoice["period"].as_str().unwrap();
+            let charged = by_period.get(period).copied().unwrap_or_default();
+            let net = dec(&invoice["billedNet"]);
+            let to_the_cent = charged.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+            assert_eq!(net, to_the_cent, "{kind} {period}: invoice {net} vs charges {charged}");
+        }
+        assert_eq!(
+            invoices.len(),
+            by_period.len(),
+            "{kind}: one invoice per period with charges"
+        );
+        for invoice in &invoices {
+            let lines: Decimal = invoice["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| dec(&l["amount"]))
+                .sum();
+            let cents = lines.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+            assert_eq!(cents, dec(&invoice["billedNet"]), "{invoice}");
+            // The REST document says the same, as JSON and as CSV.
+            let id = invoice["id"].as_str().unwrap();
+            let r = http.get(&finance, &format!("/api/v1/invoices/{id}")).await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(dec(&r.json()["billed_net"]), dec(&invoice["billedNet"]));
+            let r = http.get(&finance, &format!("/api/v1/invoices/{id}.csv")).await.unwrap();
+            assert_eq!(r.status, 200);
+            let text = r.text();
+            let mut rows = text.lines();
+            let header = fields(rows.next().unwrap());
+            let (view, amount) = (
+                header.iter().position(|h| h == "view").unwrap(),
+                header.iter().position(|h| h == "amount").unwrap(),
+            );
+            let csv_total: Decimal = rows
+                .map(fields)
+                .filter(|f| f[view] == "as_billed")
+                .map(|f| Decimal::from_str(&f[amount]).unwrap())
+                .sum();
+            assert_eq!(csv_total, lines, "{id}");
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! A key of tenant A walks every query field, list, export and subscription over data that
+//! belongs to tenant B, and finds nothing of B; each role is refused what it must not do,
+//! and a refused request changes nothing.
+
+#![allow(clippy::disallowed_methods)] // Tests stamp their commands with the clock.
+
+mod api_support;
+
+use std::collections::BTreeSet;
+
+use api_support::{code, gql, keys, place_call, start, ws_connect, ws_next, ws_send, Ws};
+use domain::apikey::Role;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Every query field, with a query that selects (nearly) all of its data.
+fn walk() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("me", "{ me { keyId tenantId role tenantName } }"),
+        ("tenants", "{ tenants { tenantId name sipDomain } }"),
+        ("tenant", "{ tenant { tenantId name sipDomain extensionCount } }"),
+        ("extensions", "{ extensions(first: 500) { edges { cursor node { extensionId number displayName } } } }"),
+        ("registrations", "{ registrations { extensionId contact userAgent } }"),
+        ("liveCalls", "{ liveCalls { callId caller callee state } }"),
+        ("cdrs", "{ cdrs(first: 500) { edges { node { callId caller callee accountId charge did trunkId } } pageInfo { hasNextPage } } }"),
+        ("charges", "{ charges(first: 500) { edges { node { callId legId accountId amount destination explanation tariffId } } } }"),
+        ("balances", "{ balances { accountId balance payments settledCharges available } }"),
+        ("invoices", "{ invoices { id accountId period billedTotal document lines { destination amount } } }"),
+        ("hourlyReport", r#"{ hourlyReport(from: "2000-01-01T00:00:00Z", to: "2100-01-01T00:00:00Z", first: 500) { hour calls cost trunkId } }"#),
+        ("dailyReport", r#"{ dailyReport(from: "2000-01-01", to: "2100-01-01", first: 500) { day calls cost trunkId } }"#),
+        ("destinationReport", r#"{ destinationReport(from: "2000-01-01", to: "2100-01-01", first: 500) { day destination calls cost } }"#),
+        ("events", "{ events(first: 500) { edges { node { eventId streamId eventType payload metadata } } } }"),
+        ("projectionStatus", "{ projectionStatus { projection position lag } }"),
+    ]
+}
+
+/// Everything that names tenant B: ids of its rows and its names.
+async fn fingerprints(pool: &sqlx::PgPool, tenant: Uuid) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    out.insert(tenant.to_string());
+    for sql in [
+        "SELECT call_id::text FROM rm_cdrs WHERE tenant_id = $1",
+        "SELECT account_id::text FROM rm_balances WHERE tenant_id = $1",
+        "SELECT extension_id::text FROM rm_extensions WHERE tenant_id = $1",
+        "SELECT sip_domain FROM rm_tenants WHERE tenant_id = $1",
+        "SELECT name FROM rm_tenants WHERE tenant_id = $1",
+        "SELECT event_id::text FROM events WHERE tenant_id = $1",
+        "SELECT DISTINCT stream_id FROM events WHERE tenant_id = $1",
+    ] {
+        let rows: Vec<String> = sqlx::query_scalar(sql).bind(tenant).fetch_all(pool).await.unwrap();
+        out.extend(rows);
+    }
+    out
+}
+
+fn assert_clean(what: &str, text: &str, of_b: &BTreeSet<String>) {
+    for f in of_b {
+        assert!(
+            !text.contains(f.as_str()),
+            "{what} shows {f:?} of tenant B: {}",
+            &text[..text.len().min(400)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
+    let env = start().await;
+    env.simulate(2, 240, 11);
+    let tenants = env.tenants().await;
+    let (a, b) = (tenants[0], tenants[1]);
+    let of_b = fingerprints(&env.db.pool, b).await;
+    assert!(of_b.len() > 50, "tenant B has data to leak");
+    let a_keys = keys(&env, a).await;
+    let key = |role: Role| a_keys.iter().find(|(r, _)| *r == role).map(|(_, k)| k.clone()).unwrap();
+    let admin = key(Role::TenantAdmin);
+    let mut http = env.client();
+
+    // The walk covers every query field the schema has.
+    let (_, intro) = gql(
+        &mut http,
+        &admin,
+        "{ __schema { queryType { fields { name } } } }",
+        json!({}),
+    )
+    .await;
+    let fields: BTreeSet<String> = intro["data"]["__schema"]["queryType"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    let walked: BTreeSet<String> = walk().iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(fields, walked, "a query field is missing from the isolation walk");
+
+    // Every role of A, every field: nothing of B; A's own data is there.
+    let a_tenant = a.to_string();
+    let mut saw_own = BTreeSet::new();
+    for (role, k) in &a_keys {
+        for (name, query) in walk() {
+            let (status, body) = gql(&mut http, k, query, json!({})).await;
+            assert_eq!(status, 200, "{role:?} {name}: {body}");
+            let text = body.to_string();
+            if *role != Role::SystemAdmin || name != "tenants" {
+                assert_clean(&format!("{role:?} {name}"), &text, &of_b);
+            }
+            if body["errors"].is_null() && text.contains(&a_tenant) || text.contains("\"callId\"") {
+                saw_own.insert(name);
+            }
+            let allowed = match name {
+                "tenants" => *role == Role::SystemAdmin,
+                "events" | "projectionStatus" => matches!(role, Role::SystemAdmin | Role::TenantAdmin | Role::Auditor),
+                _ => true,
+            };
+            if allowed {
+                assert!(body["errors"].is_null(), "{role:?} {name}: {body}");
+            } else {
+                assert_eq!(code(&body).as_deref(), Some("FORBIDDEN"), "{role:?} {name}: {body}");
+            }
+        }
+    }
+    for name in ["me", "cdrs", "charges"] {
+        assert!(saw_own.contains(name), "A's own {name} were found");
+    }
+
+    // Asking for B's things by id finds nothing.
+    let b_account: Uuid = sqlx::query_scalar("SELECT account_id FROM rm_balances WHERE tenant_id = $1 LIMIT 1")
+        .bind(b)
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+    let b_period: String =
+        sqlx::query_scalar("SELECT period FROM rm_invoices WHERE tenant_id = $1 AND account_id = $2 LIMIT 1")
+            .bind(b)
+            .bind(b_account)
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+    for query in [
+        format!(r#"{{ balances(accountId: "{b_account}") {{ accountId }} }}"#),
+        format!(r#"{{ invoices(accountId: "{b_account}") {{ id }} }}"#),
+        format!(r#"{{ charges(filter: {{ accountId: "{b_account}" }}) {{ edges {{ node {{ callId }} }} }} }}"#),
+        format!(r#"{{ cdrs(filter: {{ accountId: "{b_account}" }}) {{ edges {{ node {{ callId }} }} }} }}"#),
+        format!(r#"{{ events(filter: {{ streamId: "account-{b_account}" }}) {{ edges {{ node {{ eventId }} }} }} }}"#),
+    ] {
+        let (_, body) = gql(&mut http, &admin, &query, json!({})).await;
+        assert!(body["errors"].is_null(), "{query}: {body}");
+        assert_clean(&query, &body.to_string(), &of_b);
+        assert!(!body.to_string().contains(&b_account.to_string()));
+    }
+
+    // Exports: nothing of B in A's files; B's invoice is not found.
+    for path in [
+        "/api/v1/cdrs.csv".to_string(),
+        "/api/v1/charges.csv".to_string(),
+        format!("/api/v1/charges.csv?account_id={b_account}"),
+        "/api/v1/events.ndjson".to_string(),
+    ] {
+        let r = http.get(&admin, &path).await.unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_clean(&path, &r.text(), &of_b);
+    }
+    let r = http.get(&admin, "/api/v1/charges.csv").await.unwrap();
+    assert!(r.text().lines().count() > 5, "A's charges are exported");
+    for suffix in ["", ".csv"] {
+        let r = http
+            .get(&admin, &format!("/api/v1/invoices/{b_account}_{b_period}{suffix}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "{}", r.text());
+        assert_eq!(code(&r.json()).as_deref().unwrap_or("NOT_FOUND"), "NOT_FOUND");
+    }
+
+    // Writes against B's things with A's keys: not found, and nothing is written.
+    let b_extension: Uuid = sqlx::query_scalar("SELECT extension_id FROM rm_extensions WHERE tenant_id = $1 LIMIT 1")
+        .bind(b)
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+    let head = env.head().await;
+    let (_, body) = gql(
+        &mut http,
+        &key(Role::Finance),
+        "mutation($a: UUID!, $k: UUID!) { topUp(idempotencyKey: $k, accountId: $a, amount: \"5.00\") { id } }",
+        json!({ "a": b_account, "k": Uuid::new_v4() }),
+    )
+    .await;
+    assert_eq!(code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+    let (_, body) = gql(
+        &mut http,
+        &admin,
+        "mutation($e: UUID!, $k: UUID!) { disableExtension(idempotencyKey: $k, extensionId: $e) { id } }",
+        json!({ "e": b_extension, "k": Uuid::new_v4() }),
+    )
+    .await;
+    assert_eq!(code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+    let (_, body) = gql(
+        &mut http,
+        &admin,
+        "mutation($p: String!, $k: UUID!, $a: UUID!) { closePeriod(idempotencyKey: $k, accountId: $a, period: $p, taxRatePct: \"19\", taxMode: EXCLUSIVE) { id } }",
+        json!({ "a": b_account, "p": b_period, "k": Uuid::new_v4() }),
+    )
+    .await;
+    assert_eq!(code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+    assert_eq!(env.head().await, head, "a refused write wrote nothing");
+
+    // Roles: what each must not do is refused, and changes nothing.
+    let a_account: Uuid = sqlx::query_scalar("SELECT account_id FROM rm_balances WHERE tenant_id = $1 LIMIT 1")
+        .bind(a)
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+    let top_up = "mutation($a: UUID!, $k: UUID!) { topUp(idempotencyKey: $k, accountId: $a, amount: \"1.00\") { id } }";
+    let provision = "mutation($k: UUID!) { provisionExtension(idempotencyKey: $k, number: \"7777\", password: \"secret-password-1\") { id } }";
+    let new_key = "mutation($k: UUID!, $r: String!) { createApiKey(idempotencyKey: $k, role: $r) { key } }";
+    let new_tenant =
+        "mutation($k: UUID!) { createTenant(idempotencyKey: $k, name: \"X\", sipDomain: \"x.example\") { id } }";
+    let refusals: Vec<(Role, &str, Value)> = vec![
+        (Role::Auditor, top_up, json!({ "a": a_account })),
+        (Role::Auditor, provision, json!({})),
+        (Role::Auditor, new_key, json!({ "r": "auditor" })),
+        (Role::Developer, top_up, json!({ "a": a_account })),
+        (Role::Developer, provision, json!({})),
+        (Role::Finance, provision, json!({})),
+        (Role::Finance, new_key, json!({ "r": "finance" })),
+        (Role::TenantAdmin, new_key, json!({ "r": "system_admin" })),
+        (Role::TenantAdmin, new_tenant, json!({})),
+        (Role::Finance, new_tenant, json!({})),
+    ];
+    let head = env.head().await;
+    for (role, query, mut vars) in refusals {
+        vars["k"] = json!(Uuid::new_v4());
+        let (_, body) = gql(&mut http, &key(role), query, vars).await;
+        assert_eq!(code(&body).as_deref(), Some("FORBIDDEN"), "{role:?} {query}: {body}");
+    }
+    for (role, path) in [
+        (Role::Developer, "/api/v1/charges.csv"),
+        (Role::Developer, "/api/v1/cdrs.csv"),
+        (Role::Finance, "/api/v1/events.ndjson"),
+        (Role::Developer, "/api/v1/events.ndjson"),
+    ] {
+        let r = http.get(&key(role), path).await.unwrap();
+        assert_eq!(r.status, 403, "{role:?} {path}");
+        assert_eq!(code(&r.json()).as_deref(), Some("FORBIDDEN"));
+    }
+    assert_eq!(env.head().await, head, "refused requests wrote nothing");
+    // And what they may do, they can.
+    let (_, body) = gql(
+        &mut http,
+        &key(Role::Finance),
+        top_up,
+        json!({ "a": a_account, "k": Uuid::new_v4() }),
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
+
+    // Subscriptions: A's feed carries A's events only, and a role without the right is refused.
+    let mut ws = subscribe(env.addr, &key(Role::Developer)).await;
+    // B's call is committed first, then A's: if B leaked, it would arrive before A's.
+    let now = chrono::Utc::now();
+    let b_call = place_call(&env.store, b, "1001", "1002", now).await;
+    let a_call = place_call(&env.store, a, "1001", "1002", now).await;
+    let mut seen = 0;
+    while seen < 6 {
+        let payload = next_payload(&mut ws).await;
+        let text = payload.to_string();
+        assert!(!text.contains(&b_call.to_string()), "B's call reached A's feed: {text}");
+        assert_clean("subscription", &text, &of_b);
+        if text.contains(&a_call.to_string()) {
+            seen += 1;
+        }
+    }
+    let mut ws = subscribe(env.addr, &key(Role::Finance)).await;
+    let msg = next_message(&mut ws).await;
+    // graphql-ws answers a refused subscription with its errors (as `next` or `error`).
+    let errors = if msg["type"] == "error" {
+        &msg["payload"]
+    } else {
+        &msg["payload"]["errors"]
+    };
+    assert_eq!(errors[0]["extensions"]["code"], "FORBIDDEN", "{msg}");
+    assert!(msg["payload"]["data"].is_null(), "{msg}");
+}
+
+async fn subscribe(addr: std::net::SocketAddr, key: &str) -> Ws {
+    let mut ws = ws_connect(addr).await;
+    ws_send(
+        &mut ws,
+        json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {key}") } }),
+    )
+    .await;
+    let ack = next_message(&mut ws).await;
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    ws_send(
+        &mut ws,
+        json!({ "id": "1", "type": "subscribe", "payload": {
+        "query": "subscription { events(after: \"0:0\") { eventType streamId streamVersion payload } }" } }),
+    )
+    .await;
+    ws
+}
+
+async fn next_message(ws: &mut Ws) -> Value {
+    ws_next(ws).await.expect("the feed stays open")
+}
+
+async fn next_payload(ws: &mut Ws) -> Value {
+    let msg = next_message(ws).await;
+    assert_eq!(msg["type"], "next", "{msg}");
+    msg["payload"]["data"]["events"].clone()
+}
