@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use billing::aggregates::{InvoiceBook, Tariff};
+use billing::account::{self, AccountCommand, AccountRejection, AccountState};
+use billing::aggregates::{Account, InvoiceBook, Tariff};
 use billing::invoice::{self, BillingPeriod, InvoiceCommand, InvoiceRejection, InvoiceState, TaxPolicy};
 use billing::tariff::{self, Rate, TariffCommand, TariffRejection, TariffState};
 use billing::{Crossing, OffPeakWindow, Posting};
@@ -338,6 +339,29 @@ async fn post_adjustments(
             )
             .await
             .map_err(command_error)?;
+        // The balance follows the invoice: the account is adjusted by what the corrections
+        // change (a charge corrected upwards costs the customer more). Idempotent by its id,
+        // so a re-run that finds the invoice part done still completes this step.
+        let delta: Decimal = charges
+            .iter()
+            .filter_map(|(call, amount)| before.state.charge_amount(*call).map(|billed| *amount - billed))
+            .sum();
+        if !delta.is_zero() {
+            let adjustment_id = Uuid::new_v5(&account, format!("{operation} balance").as_bytes());
+            let adjust = AccountCommand::Adjust {
+                adjustment_id,
+                amount: -delta,
+                reason: format!("tariff correction: {reason}"),
+            };
+            handler
+                .execute::<Account, AccountRejection>(
+                    &CommandContext::new(adjustment_id, actor, "cli", now),
+                    StreamRef::of::<Account>(tenant_id, &account),
+                    |state: &AccountState| account::decide(&adjust, state),
+                )
+                .await
+                .map_err(|e| FinanceError::Rejected(format!("adjusting the balance of account {account}: {e}")))?;
+        }
         if outcome.replayed {
             continue;
         }

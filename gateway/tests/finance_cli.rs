@@ -203,6 +203,7 @@ async fn a_tariff_correction_rerates_keeps_closed_invoices_as_billed_and_replays
     assert!(stderr(&refused).contains("needs a reason"), "{}", stderr(&refused));
     assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM events").await, before);
 
+    let adjusted_before = decimal(&db.pool, "SELECT coalesce(sum(adjustments), 0) FROM rm_balances").await;
     let printed = ok(ledgerline(&db, &correct));
     assert!(printed.contains("correction 1 recorded"), "{printed}");
 
@@ -257,6 +258,14 @@ async fn a_tariff_correction_rerates_keeps_closed_invoices_as_billed_and_replays
     )
     .await;
     assert!(march_corrected_net > Decimal::ZERO, "as corrected exceeds as billed");
+    // The balances follow the invoices: the accounts are adjusted by the same difference.
+    ok(ledgerline(&db, &["tenant", "list"])); // a CLI read catches the projections up
+    let adjusted_after = decimal(&db.pool, "SELECT coalesce(sum(adjustments), 0) FROM rm_balances").await;
+    assert_eq!(
+        adjusted_after - adjusted_before,
+        -delta,
+        "the customers were charged the difference"
+    );
 
     // Running it again finds nothing left to do; the replay of every projection is identical.
     let after = scalar_i64(&db.pool, "SELECT count(*) FROM events").await;
