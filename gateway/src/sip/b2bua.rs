@@ -1175,20 +1175,8 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         let status = call.best_failure.unwrap_or(code);
         let status = if is_trunk && status >= 500 { 503 } else { status };
         let (key, invite, tag) = (call.a_key.clone(), call.a_invite.clone(), call.a_tag.clone());
-        let at = self.at(now, id);
-        self.apply(
-            now,
-            id,
-            CallCommand::End {
-                hangup_by: Party::Callee,
-                sip_status: status,
-                reason: None,
-                at,
-                media: vec![],
-            },
-        );
         self.reply(now, &key, &invite, status, &tag, &[], None);
-        self.finish(now, id);
+        self.end(now, id, Party::Callee, status, None);
     }
 
     fn cancel_leg(&mut self, now: Now, id: Uuid, index: usize) {
@@ -1388,19 +1376,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         for index in 0..legs {
             self.cancel_leg(now, id, index);
         }
-        let at = self.at(now, id);
-        self.apply(
-            now,
-            id,
-            CallCommand::End {
-                hangup_by: Party::Caller,
-                sip_status: 487,
-                reason: Some(EndReason::Cancelled),
-                at,
-                media: vec![],
-            },
-        );
-        self.finish(now, id);
+        self.end(now, id, Party::Caller, 487, Some(EndReason::Cancelled));
     }
 
     fn dialog_of(call: &ActiveCall, side: Side) -> Option<Dialog> {
@@ -1442,46 +1418,12 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 for index in legs {
                     self.cancel_leg(now, id, index);
                 }
-                let at = self.at(now, id);
-                let hangup_by = if side == Side::Caller {
-                    Party::Caller
-                } else {
-                    Party::Callee
-                };
-                self.apply(
-                    now,
-                    id,
-                    CallCommand::End {
-                        hangup_by,
-                        sip_status: 200,
-                        reason: None,
-                        at,
-                        media: vec![],
-                    },
-                );
-                self.finish(now, id);
+                self.end(now, id, party_of(side), 200, None);
             }
             return;
         };
         self.bye(now, &other, id);
-        let at = self.at(now, id);
-        let hangup_by = if side == Side::Caller {
-            Party::Caller
-        } else {
-            Party::Callee
-        };
-        self.apply(
-            now,
-            id,
-            CallCommand::End {
-                hangup_by,
-                sip_status: 200,
-                reason: None,
-                at,
-                media: vec![],
-            },
-        );
-        self.finish(now, id);
+        self.end(now, id, party_of(side), 200, None);
     }
 
     /// A re-INVITE from one side (hold, resume, a new offer): relayed to the other side.
@@ -1524,11 +1466,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         });
         if !request.body.is_empty() {
             let hold = sdp_is_hold(&request.body);
-            let by = if side == Side::Caller {
-                Party::Caller
-            } else {
-                Party::Callee
-            };
+            let by = party_of(side);
             let command = match (hold, call.state.on_hold) {
                 (true, false) => Some(CallCommand::Hold { by, at }),
                 (false, true) => Some(CallCommand::Resume { by, at }),
@@ -1622,11 +1560,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 .unwrap_or_default(),
         );
         self.reply(now, &key, &request, 202, &tag, &[], None);
-        let by = if side == Side::Caller {
-            Party::Caller
-        } else {
-            Party::Callee
-        };
+        let by = party_of(side);
         let at = self.at(now, id);
         self.apply(
             now,
@@ -1779,19 +1713,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         for dialog in dialogs {
             self.bye(now, &dialog, id);
         }
-        let at = self.at(now, id);
-        self.apply(
-            now,
-            id,
-            CallCommand::End {
-                hangup_by: Party::System,
-                sip_status: status,
-                reason: Some(EndReason::from_sip_status(status)),
-                at,
-                media: vec![],
-            },
-        );
-        self.finish(now, id);
+        self.end(now, id, Party::System, status, Some(EndReason::from_sip_status(status)));
     }
 
     /// Call timers: ringing too long, and prepaid calls at their maximum duration.
@@ -1834,19 +1756,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             self.cancel_leg(now, id, index);
         }
         self.reply(now, &key, &invite, 408, &tag, &[], None);
-        let at = self.at(now, id);
-        self.apply(
-            now,
-            id,
-            CallCommand::End {
-                hangup_by: Party::System,
-                sip_status: 408,
-                reason: Some(EndReason::NoAnswer),
-                at,
-                media: vec![],
-            },
-        );
-        self.finish(now, id);
+        self.end(now, id, Party::System, 408, Some(EndReason::NoAnswer));
     }
 
     /// The prepaid limit: both sides get a BYE and the call ends as `credit_exhausted`.
@@ -1864,14 +1774,19 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         for dialog in dialogs {
             self.bye(now, &dialog, id);
         }
+        self.end(now, id, Party::System, 200, Some(EndReason::CreditExhausted));
+    }
+
+    /// Ends the call: `CallEnded` through the decider, then [`SipNode::finish`].
+    fn end(&mut self, now: Now, id: Uuid, hangup_by: Party, sip_status: u16, reason: Option<EndReason>) {
         let at = self.at(now, id);
         self.apply(
             now,
             id,
             CallCommand::End {
-                hangup_by: Party::System,
-                sip_status: 200,
-                reason: Some(EndReason::CreditExhausted),
+                hangup_by,
+                sip_status,
+                reason,
                 at,
                 media: vec![],
             },
@@ -1920,6 +1835,14 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
     /// Calls in progress for a tenant on this node.
     pub fn active_calls(&self, tenant_id: Uuid) -> u32 {
         self.calls.per_tenant.get(&tenant_id).copied().unwrap_or(0)
+    }
+}
+
+/// Who a side of the call is, in the call's events.
+fn party_of(side: Side) -> Party {
+    match side {
+        Side::Caller => Party::Caller,
+        Side::Leg(_) => Party::Callee,
     }
 }
 
