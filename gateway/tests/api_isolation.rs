@@ -31,6 +31,9 @@ fn walk() -> Vec<(&'static str, &'static str)> {
         ("destinationReport", r#"{ destinationReport(from: "2000-01-01", to: "2100-01-01", first: 500) { day destination calls cost } }"#),
         ("events", "{ events(first: 500) { edges { node { eventId streamId eventType payload metadata } } } }"),
         ("projectionStatus", "{ projectionStatus { projection position lag } }"),
+        ("trunks", "{ trunks(first: 500) { trunkId name host port transport allowedIps username hasOutboundCredentials enabled } }"),
+        ("routes", "{ routes(first: 500) { routeId prefix stripDigits prepend priority trunkIds } }"),
+        ("dids", "{ dids(first: 500) { did extensionNumber } }"),
     ]
 }
 
@@ -46,6 +49,11 @@ async fn fingerprints(pool: &sqlx::PgPool, tenant: Uuid) -> BTreeSet<String> {
         "SELECT name FROM rm_tenants WHERE tenant_id = $1",
         "SELECT event_id::text FROM events WHERE tenant_id = $1",
         "SELECT DISTINCT stream_id FROM events WHERE tenant_id = $1",
+        "SELECT trunk_id::text FROM rm_trunks WHERE tenant_id = $1",
+        "SELECT name FROM rm_trunks WHERE tenant_id = $1",
+        "SELECT host FROM rm_trunks WHERE tenant_id = $1",
+        "SELECT route_id::text FROM rm_routes WHERE tenant_id = $1",
+        "SELECT did FROM rm_dids WHERE tenant_id = $1",
     ] {
         let rows: Vec<String> = sqlx::query_scalar(sql).bind(tenant).fetch_all(pool).await.unwrap();
         out.extend(rows);
@@ -69,12 +77,19 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     env.simulate(2, 240, 11);
     let tenants = env.tenants().await;
     let (a, b) = (tenants[0], tenants[1]);
+    // Trunks, routes and DIDs for both tenants, through the API.
+    let mut http = env.client();
+    let b_trunk = seed_routing(&mut http, &env.key(b, Role::TenantAdmin).await, "b").await;
+    seed_routing(&mut http, &env.key(a, Role::TenantAdmin).await, "a").await;
+    env.catch_up();
     let of_b = fingerprints(&env.db.pool, b).await;
+    for f in [b_trunk.to_string(), "trunk-b".into(), "+4930999000".into()] {
+        assert!(of_b.contains(&f), "B's routing is in the read models: {f}");
+    }
     assert!(of_b.len() > 50, "tenant B has data to leak");
     let a_keys = keys(&env, a).await;
     let key = |role: Role| a_keys.iter().find(|(r, _)| *r == role).map(|(_, k)| k.clone()).unwrap();
     let admin = key(Role::TenantAdmin);
-    let mut http = env.client();
 
     // The walk covers every query field the schema has.
     let (_, intro) = gql(
@@ -104,7 +119,14 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             if *role != Role::SystemAdmin || name != "tenants" {
                 assert_clean(&format!("{role:?} {name}"), &text, &of_b);
             }
-            if body["errors"].is_null() && text.contains(&a_tenant) || text.contains("\"callId\"") {
+            // The read models never show a trunk's password (`events` shows the tenant's own log,
+            // where `TrunkAdded` carries it).
+            if name != "events" {
+                assert!(!text.contains(TRUNK_PASSWORD), "{role:?} {name} shows a trunk password");
+            }
+            let own_routing =
+                text.contains("trunk-a") || text.contains("+4930111000") || text.contains("\"stripDigits\":2");
+            if body["errors"].is_null() && text.contains(&a_tenant) || text.contains("\"callId\"") || own_routing {
                 saw_own.insert(name);
             }
             let allowed = match name {
@@ -119,7 +141,7 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             }
         }
     }
-    for name in ["me", "cdrs", "charges"] {
+    for name in ["me", "cdrs", "charges", "trunks", "routes", "dids"] {
         assert!(saw_own.contains(name), "A's own {name} were found");
     }
 
@@ -202,6 +224,25 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     )
     .await;
     assert_eq!(code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+    for (query, vars) in [
+        (
+            "mutation($t: UUID!, $k: UUID!) { removeTrunk(idempotencyKey: $k, trunkId: $t) { id } }",
+            json!({ "t": b_trunk }),
+        ),
+        (
+            "mutation($d: String!, $k: UUID!) { removeDid(idempotencyKey: $k, did: $d) { id } }",
+            json!({ "d": "+4930999000" }),
+        ),
+        (
+            "mutation($t: UUID!, $k: UUID!) { addRoute(idempotencyKey: $k, prefix: \"0\", trunkIds: [$t]) { id } }",
+            json!({ "t": b_trunk }),
+        ),
+    ] {
+        let mut vars = vars;
+        vars["k"] = json!(Uuid::new_v4());
+        let (_, body) = gql(&mut http, &admin, query, vars).await;
+        assert_eq!(code(&body).as_deref(), Some("NOT_FOUND"), "{query}: {body}");
+    }
     assert_eq!(env.head().await, head, "a refused write wrote nothing");
 
     // Roles: what each must not do is refused, and changes nothing.
@@ -226,6 +267,9 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
         (Role::TenantAdmin, new_key, json!({ "r": "system_admin" })),
         (Role::TenantAdmin, new_tenant, json!({})),
         (Role::Finance, new_tenant, json!({})),
+        (Role::Developer, ADD_TRUNK, json!({ "n": "x", "h": "sip.example" })),
+        (Role::Finance, ADD_TRUNK, json!({ "n": "x", "h": "sip.example" })),
+        (Role::Auditor, ADD_TRUNK, json!({ "n": "x", "h": "sip.example" })),
     ];
     let head = env.head().await;
     for (role, query, mut vars) in refusals {
@@ -280,6 +324,40 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     };
     assert_eq!(errors[0]["extensions"]["code"], "FORBIDDEN", "{msg}");
     assert!(msg["payload"]["data"].is_null(), "{msg}");
+}
+
+const TRUNK_PASSWORD: &str = "trunk-secret-not-for-eyes";
+const ADD_TRUNK: &str = "mutation($k: UUID!, $n: String!, $h: String!) { addTrunk(idempotencyKey: $k, name: $n, host: $h, allowedIps: [\"192.0.2.7\"], username: \"acct\", password: \"trunk-secret-not-for-eyes\") { id replayed } }";
+
+/// A trunk `trunk-{tag}` with outbound credentials, a route over it and a DID, through the
+/// API with an admin key of the tenant; the trunk's id. A retried key is a replay.
+async fn seed_routing(http: &mut gateway::api::client::HttpClient, admin: &str, tag: &str) -> Uuid {
+    let k = Uuid::new_v4();
+    let vars = json!({ "k": k, "n": format!("trunk-{tag}"), "h": format!("carrier-{tag}.example") });
+    let (_, body) = gql(http, admin, ADD_TRUNK, vars.clone()).await;
+    assert!(body["errors"].is_null(), "{body}");
+    let trunk: Uuid = body["data"]["addTrunk"]["id"].as_str().unwrap().parse().unwrap();
+    let (_, again) = gql(http, admin, ADD_TRUNK, vars).await;
+    assert_eq!(again["data"]["addTrunk"]["replayed"], true, "{again}");
+    assert_eq!(again["data"]["addTrunk"]["id"], body["data"]["addTrunk"]["id"]);
+    let (_, body) = gql(
+        http,
+        admin,
+        "mutation($k: UUID!, $t: UUID!) { addRoute(idempotencyKey: $k, prefix: \"00\", trunkIds: [$t], stripDigits: 2, prepend: \"+\") { id } }",
+        json!({ "k": Uuid::new_v4(), "t": trunk }),
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
+    let did = if tag == "a" { "+4930111000" } else { "+4930999000" };
+    let (_, body) = gql(
+        http,
+        admin,
+        "mutation($k: UUID!, $d: String!) { addDid(idempotencyKey: $k, did: $d, extensionNumber: \"1001\") { id } }",
+        json!({ "k": Uuid::new_v4(), "d": did }),
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
+    trunk
 }
 
 async fn subscribe(addr: std::net::SocketAddr, key: &str) -> Ws {

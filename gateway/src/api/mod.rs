@@ -16,6 +16,7 @@ pub mod keys;
 pub mod metrics;
 pub mod page;
 pub mod rest;
+pub mod routing;
 pub mod schema;
 pub mod server;
 

@@ -7,13 +7,14 @@ use super::billing::{BillingMutation, BillingQuery};
 use super::directory::{DirectoryMutation, DirectoryQuery};
 use super::events::{EventsQuery, EventsSubscription};
 use super::keys::KeysMutation;
+use super::routing::{RoutingMutation, RoutingQuery};
 use super::{ApiConfig, ApiState};
 
 #[derive(MergedObject, Default)]
-pub struct Query(DirectoryQuery, BillingQuery, EventsQuery);
+pub struct Query(DirectoryQuery, BillingQuery, EventsQuery, RoutingQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(DirectoryMutation, BillingMutation, KeysMutation);
+pub struct Mutation(DirectoryMutation, BillingMutation, KeysMutation, RoutingMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(EventsSubscription);
