@@ -34,6 +34,8 @@ fn walk() -> Vec<(&'static str, &'static str)> {
         ("trunks", "{ trunks(first: 500) { trunkId name host port transport allowedIps username hasOutboundCredentials enabled } }"),
         ("routes", "{ routes(first: 500) { routeId prefix stripDigits prepend priority trunkIds } }"),
         ("dids", "{ dids(first: 500) { did extensionNumber } }"),
+        ("webhooks", "{ webhooks { webhookId url eventTypes enabled disabledReason secretFingerprint createdAt updatedAt } }"),
+        ("webhookDeliveries", "{ webhookDeliveries(first: 500) { items { webhookId eventId eventPosition eventType attempts status lastHttpStatus lastError } endCursor hasNextPage } }"),
     ]
 }
 
@@ -54,6 +56,10 @@ async fn fingerprints(pool: &sqlx::PgPool, tenant: Uuid) -> BTreeSet<String> {
         "SELECT host FROM rm_trunks WHERE tenant_id = $1",
         "SELECT route_id::text FROM rm_routes WHERE tenant_id = $1",
         "SELECT did FROM rm_dids WHERE tenant_id = $1",
+        "SELECT webhook_id::text FROM rm_webhooks WHERE tenant_id = $1",
+        "SELECT url FROM rm_webhooks WHERE tenant_id = $1",
+        "SELECT secret_fingerprint FROM rm_webhooks WHERE tenant_id = $1",
+        "SELECT secret FROM webhook_secrets WHERE tenant_id = $1",
     ] {
         let rows: Vec<String> = sqlx::query_scalar(sql).bind(tenant).fetch_all(pool).await.unwrap();
         out.extend(rows);
@@ -79,11 +85,22 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     let (a, b) = (tenants[0], tenants[1]);
     // Trunks, routes and DIDs for both tenants, through the API.
     let mut http = env.client();
+    // Webhooks for both (a developer may register); the routing events after them are
+    // enqueued for delivery.
+    let b_hook = register_webhook(&mut http, &env.key(b, Role::Developer).await, "b").await;
+    let a_hook = register_webhook(&mut http, &env.key(a, Role::Developer).await, "a").await;
     let b_trunk = seed_routing(&mut http, &env.key(b, Role::TenantAdmin).await, "b").await;
     seed_routing(&mut http, &env.key(a, Role::TenantAdmin).await, "a").await;
+    enqueue_deliveries(&env).await;
     env.catch_up();
     let of_b = fingerprints(&env.db.pool, b).await;
-    for f in [b_trunk.to_string(), "trunk-b".into(), "+4930999000".into()] {
+    for f in [
+        b_trunk.to_string(),
+        "trunk-b".into(),
+        "+4930999000".into(),
+        b_hook.to_string(),
+        secret("b"),
+    ] {
         assert!(of_b.contains(&f), "B's routing is in the read models: {f}");
     }
     assert!(of_b.len() > 50, "tenant B has data to leak");
@@ -124,9 +141,15 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             if name != "events" {
                 assert!(!text.contains(TRUNK_PASSWORD), "{role:?} {name} shows a trunk password");
             }
+            assert!(!text.contains(&secret("a")), "{role:?} {name} shows a webhook secret");
             let own_routing =
                 text.contains("trunk-a") || text.contains("+4930111000") || text.contains("\"stripDigits\":2");
-            if body["errors"].is_null() && text.contains(&a_tenant) || text.contains("\"callId\"") || own_routing {
+            let own_hooks = text.contains(&a_hook.to_string());
+            if body["errors"].is_null() && text.contains(&a_tenant)
+                || text.contains("\"callId\"")
+                || own_routing
+                || own_hooks
+            {
                 saw_own.insert(name);
             }
             let allowed = match name {
@@ -141,7 +164,16 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             }
         }
     }
-    for name in ["me", "cdrs", "charges", "trunks", "routes", "dids"] {
+    for name in [
+        "me",
+        "cdrs",
+        "charges",
+        "trunks",
+        "routes",
+        "dids",
+        "webhooks",
+        "webhookDeliveries",
+    ] {
         assert!(saw_own.contains(name), "A's own {name} were found");
     }
 
@@ -164,6 +196,7 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
         format!(r#"{{ charges(filter: {{ accountId: "{b_account}" }}) {{ edges {{ node {{ callId }} }} }} }}"#),
         format!(r#"{{ cdrs(filter: {{ accountId: "{b_account}" }}) {{ edges {{ node {{ callId }} }} }} }}"#),
         format!(r#"{{ events(filter: {{ streamId: "account-{b_account}" }}) {{ edges {{ node {{ eventId }} }} }} }}"#),
+        format!(r#"{{ webhookDeliveries(webhookId: "{b_hook}") {{ items {{ eventId }} }} }}"#),
     ] {
         let (_, body) = gql(&mut http, &admin, &query, json!({})).await;
         assert!(body["errors"].is_null(), "{query}: {body}");
@@ -237,6 +270,10 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             "mutation($t: UUID!, $k: UUID!) { addRoute(idempotencyKey: $k, prefix: \"0\", trunkIds: [$t]) { id } }",
             json!({ "t": b_trunk }),
         ),
+        (
+            "mutation($w: UUID!, $k: UUID!) { removeWebhook(idempotencyKey: $k, webhookId: $w) { id } }",
+            json!({ "w": b_hook }),
+        ),
     ] {
         let mut vars = vars;
         vars["k"] = json!(Uuid::new_v4());
@@ -270,6 +307,21 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
         (Role::Developer, ADD_TRUNK, json!({ "n": "x", "h": "sip.example" })),
         (Role::Finance, ADD_TRUNK, json!({ "n": "x", "h": "sip.example" })),
         (Role::Auditor, ADD_TRUNK, json!({ "n": "x", "h": "sip.example" })),
+        (
+            Role::Finance,
+            REGISTER_WEBHOOK,
+            json!({ "u": "https://x.example/", "s": secret("x") }),
+        ),
+        (
+            Role::Auditor,
+            REGISTER_WEBHOOK,
+            json!({ "u": "https://x.example/", "s": secret("x") }),
+        ),
+        (
+            Role::Auditor,
+            "mutation($k: UUID!, $w: UUID!) { removeWebhook(idempotencyKey: $k, webhookId: $w) { id } }",
+            json!({ "w": a_hook }),
+        ),
     ];
     let head = env.head().await;
     for (role, query, mut vars) in refusals {
@@ -358,6 +410,43 @@ async fn seed_routing(http: &mut gateway::api::client::HttpClient, admin: &str, 
     .await;
     assert!(body["errors"].is_null(), "{body}");
     trunk
+}
+
+const REGISTER_WEBHOOK: &str = "mutation($k: UUID!, $u: String!, $s: String) { registerWebhook(idempotencyKey: $k, url: $u, eventTypes: [\"*\"], secret: $s) { id replayed generatedSecret } }";
+
+fn secret(tag: &str) -> String {
+    format!("whsec_{tag}_isolation_0123456789abcdef")
+}
+
+/// A webhook on every event of the key's tenant, with a known secret; its id. A retry is a
+/// replay and never answers the secret.
+async fn register_webhook(http: &mut gateway::api::client::HttpClient, key: &str, tag: &str) -> Uuid {
+    let vars = json!({ "k": Uuid::new_v4(), "u": format!("https://hooks-{tag}.example/in"), "s": secret(tag) });
+    let (_, body) = gql(http, key, REGISTER_WEBHOOK, vars.clone()).await;
+    assert!(body["errors"].is_null(), "{body}");
+    assert!(body["data"]["registerWebhook"]["generatedSecret"].is_null(), "{body}");
+    let (_, again) = gql(http, key, REGISTER_WEBHOOK, vars).await;
+    assert_eq!(again["data"]["registerWebhook"]["replayed"], true, "{again}");
+    body["data"]["registerWebhook"]["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// The real dispatcher enqueues every tenant's deliveries (nothing is sent).
+async fn enqueue_deliveries(env: &api_support::Env) {
+    use gateway::webhooks::clock::{ManualClock, SeededJitter, SharedJitter};
+    use gateway::webhooks::http::{ReqwestPoster, Targets};
+    use gateway::webhooks::{Dispatcher, DispatcherConfig};
+    let dispatcher = Dispatcher::new(
+        env.store.clone(),
+        std::sync::Arc::new(ManualClock::new(chrono::Utc::now())),
+        std::sync::Arc::new(ReqwestPoster::new(std::time::Duration::from_secs(5), Targets::Any).unwrap()),
+        SharedJitter::new(SeededJitter::new(1)),
+        DispatcherConfig::default(),
+    );
+    let enqueued = dispatcher
+        .enqueue_to_now(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(enqueued > 0, "deliveries were enqueued");
 }
 
 async fn subscribe(addr: std::net::SocketAddr, key: &str) -> Ws {

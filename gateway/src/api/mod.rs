@@ -19,6 +19,7 @@ pub mod rest;
 pub mod routing;
 pub mod schema;
 pub mod server;
+pub mod webhooks;
 
 use async_graphql::Context;
 use chrono::{DateTime, Utc};

@@ -8,13 +8,20 @@ use super::directory::{DirectoryMutation, DirectoryQuery};
 use super::events::{EventsQuery, EventsSubscription};
 use super::keys::KeysMutation;
 use super::routing::{RoutingMutation, RoutingQuery};
+use super::webhooks::{WebhooksMutation, WebhooksQuery};
 use super::{ApiConfig, ApiState};
 
 #[derive(MergedObject, Default)]
-pub struct Query(DirectoryQuery, BillingQuery, EventsQuery, RoutingQuery);
+pub struct Query(DirectoryQuery, BillingQuery, EventsQuery, RoutingQuery, WebhooksQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(DirectoryMutation, BillingMutation, KeysMutation, RoutingMutation);
+pub struct Mutation(
+    DirectoryMutation,
+    BillingMutation,
+    KeysMutation,
+    RoutingMutation,
+    WebhooksMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(EventsSubscription);
