@@ -34,6 +34,8 @@ fn walk() -> Vec<(&'static str, &'static str)> {
         ("trunks", "{ trunks(first: 500) { trunkId name host port transport allowedIps username hasOutboundCredentials enabled } }"),
         ("routes", "{ routes(first: 500) { routeId prefix stripDigits prepend priority trunkIds } }"),
         ("dids", "{ dids(first: 500) { did extensionNumber } }"),
+        ("conferenceRooms", "{ conferenceRooms(first: 500) { roomId name ownerAccountId accessNumber moderated maxParticipants record createdAt sessionId sessionStartedAt sessions } }"),
+        ("liveConferenceRooms", "{ liveConferenceRooms(first: 500) { roomId name ownerAccountId moderated sessionId sessionNode sessionStartedAt participantCount hosts muted participants { legId callId role muted joinedAt } } }"),
         ("webhooks", "{ webhooks { webhookId url eventTypes enabled disabledReason secretFingerprint createdAt updatedAt } }"),
         ("webhookDeliveries", "{ webhookDeliveries(first: 500) { items { webhookId eventId eventPosition eventType attempts status lastHttpStatus lastError } endCursor hasNextPage } }"),
     ]
@@ -57,6 +59,10 @@ async fn fingerprints(pool: &sqlx::PgPool, tenant: Uuid) -> BTreeSet<String> {
         "SELECT route_id::text FROM rm_routes WHERE tenant_id = $1",
         "SELECT did FROM rm_dids WHERE tenant_id = $1",
         "SELECT webhook_id::text FROM rm_webhooks WHERE tenant_id = $1",
+        "SELECT room_id::text FROM rm_conference_rooms WHERE tenant_id = $1",
+        "SELECT DISTINCT session_id::text FROM rm_conference_legs WHERE tenant_id = $1",
+        "SELECT leg_id::text FROM rm_conference_legs WHERE tenant_id = $1",
+        "SELECT call_id::text FROM rm_conference_legs WHERE tenant_id = $1",
         "SELECT url FROM rm_webhooks WHERE tenant_id = $1",
         "SELECT secret_fingerprint FROM rm_webhooks WHERE tenant_id = $1",
         "SELECT secret FROM webhook_secrets WHERE tenant_id = $1",
@@ -80,9 +86,23 @@ fn assert_clean(what: &str, text: &str, of_b: &BTreeSet<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     let env = start().await;
-    env.simulate(2, 240, 11);
+    // Simulated traffic with conference sessions, and each tenant's room in session now.
+    env.ledgerline(&[
+        "simulate",
+        "--tenants",
+        "2",
+        "--calls",
+        "240",
+        "--seed",
+        "11",
+        "--conferences",
+        "4",
+    ]);
+    env.catch_up();
     let tenants = env.tenants().await;
     let (a, b) = (tenants[0], tenants[1]);
+    let a_leg = open_room(&env, a).await;
+    let b_leg = open_room(&env, b).await;
     // Trunks, routes and DIDs for both tenants, through the API.
     let mut http = env.client();
     // Webhooks for both (a developer may register); the routing events after them are
@@ -95,6 +115,7 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     env.catch_up();
     let of_b = fingerprints(&env.db.pool, b).await;
     for f in [
+        b_leg.to_string(),
         b_trunk.to_string(),
         "trunk-b".into(),
         "+4930999000".into(),
@@ -144,11 +165,13 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             assert!(!text.contains(&secret("a")), "{role:?} {name} shows a webhook secret");
             let own_routing =
                 text.contains("trunk-a") || text.contains("+4930111000") || text.contains("\"stripDigits\":2");
-            let own_hooks = text.contains(&a_hook.to_string());
+            let own_hooks = text.contains(&a_hook.to_string()) || text.contains(&a_leg.to_string());
+            let own_rooms = name == "conferenceRooms" && text.contains("\"sessions\":");
             if body["errors"].is_null() && text.contains(&a_tenant)
                 || text.contains("\"callId\"")
                 || own_routing
                 || own_hooks
+                || own_rooms
             {
                 saw_own.insert(name);
             }
@@ -171,6 +194,8 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
         "trunks",
         "routes",
         "dids",
+        "conferenceRooms",
+        "liveConferenceRooms",
         "webhooks",
         "webhookDeliveries",
     ] {
@@ -410,6 +435,40 @@ async fn seed_routing(http: &mut gateway::api::client::HttpClient, admin: &str, 
     .await;
     assert!(body["errors"].is_null(), "{body}");
     trunk
+}
+
+/// Start a session in the tenant's simulated room and let a host in; the host's leg id.
+async fn open_room(env: &api_support::Env, tenant: Uuid) -> Uuid {
+    use commands::{CommandContext, CommandHandler, StreamRef};
+    use domain::conference::{self as room, ConferenceCommand, ConferenceRoom};
+    let handler = CommandHandler::new(env.store.clone());
+    // The simulator's room of the tenant (`simulate_conferences::room_id`).
+    let room_id = Uuid::new_v5(&tenant, b"room");
+    let leg = Uuid::new_v4();
+    let now = chrono::Utc::now();
+    for command in [
+        ConferenceCommand::StartSession {
+            session_id: Uuid::new_v4(),
+            node_id: "media-test".into(),
+            at: now,
+        },
+        ConferenceCommand::Join {
+            leg_id: leg,
+            call_id: Uuid::new_v4(),
+            role: room::Role::Host,
+            at: now,
+        },
+    ] {
+        handler
+            .execute::<ConferenceRoom, _>(
+                &CommandContext::new(Uuid::new_v4(), "test", "test", now),
+                StreamRef::of::<ConferenceRoom>(tenant, &room_id),
+                |s| room::decide(&command, s),
+            )
+            .await
+            .unwrap();
+    }
+    leg
 }
 
 const REGISTER_WEBHOOK: &str = "mutation($k: UUID!, $u: String!, $s: String) { registerWebhook(idempotencyKey: $k, url: $u, eventTypes: [\"*\"], secret: $s) { id replayed generatedSecret } }";
