@@ -31,6 +31,13 @@ fn walk() -> Vec<(&'static str, &'static str)> {
         ("destinationReport", r#"{ destinationReport(from: "2000-01-01", to: "2100-01-01", first: 500) { day destination calls cost } }"#),
         ("events", "{ events(first: 500) { edges { node { eventId streamId eventType payload metadata } } } }"),
         ("projectionStatus", "{ projectionStatus { projection position lag } }"),
+        ("trunks", "{ trunks(first: 500) { trunkId name host port transport allowedIps username hasOutboundCredentials enabled } }"),
+        ("routes", "{ routes(first: 500) { routeId prefix stripDigits prepend priority trunkIds } }"),
+        ("dids", "{ dids(first: 500) { did extensionNumber } }"),
+        ("conferenceRooms", "{ conferenceRooms(first: 500) { roomId name ownerAccountId accessNumber moderated maxParticipants record createdAt sessionId sessionStartedAt sessions } }"),
+        ("liveConferenceRooms", "{ liveConferenceRooms(first: 500) { roomId name ownerAccountId moderated sessionId sessionNode sessionStartedAt participantCount hosts muted participants { legId callId role muted joinedAt } } }"),
+        ("webhooks", "{ webhooks { webhookId url eventTypes enabled disabledReason secretFingerprint createdAt updatedAt } }"),
+        ("webhookDeliveries", "{ webhookDeliveries(first: 500) { items { webhookId eventId eventPosition eventType attempts status lastHttpStatus lastError } endCursor hasNextPage } }"),
     ]
 }
 
@@ -46,6 +53,19 @@ async fn fingerprints(pool: &sqlx::PgPool, tenant: Uuid) -> BTreeSet<String> {
         "SELECT name FROM rm_tenants WHERE tenant_id = $1",
         "SELECT event_id::text FROM events WHERE tenant_id = $1",
         "SELECT DISTINCT stream_id FROM events WHERE tenant_id = $1",
+        "SELECT trunk_id::text FROM rm_trunks WHERE tenant_id = $1",
+        "SELECT name FROM rm_trunks WHERE tenant_id = $1",
+        "SELECT host FROM rm_trunks WHERE tenant_id = $1",
+        "SELECT route_id::text FROM rm_routes WHERE tenant_id = $1",
+        "SELECT did FROM rm_dids WHERE tenant_id = $1",
+        "SELECT webhook_id::text FROM rm_webhooks WHERE tenant_id = $1",
+        "SELECT room_id::text FROM rm_conference_rooms WHERE tenant_id = $1",
+        "SELECT DISTINCT session_id::text FROM rm_conference_legs WHERE tenant_id = $1",
+        "SELECT leg_id::text FROM rm_conference_legs WHERE tenant_id = $1",
+        "SELECT call_id::text FROM rm_conference_legs WHERE tenant_id = $1",
+        "SELECT url FROM rm_webhooks WHERE tenant_id = $1",
+        "SELECT secret_fingerprint FROM rm_webhooks WHERE tenant_id = $1",
+        "SELECT secret FROM webhook_secrets WHERE tenant_id = $1",
     ] {
         let rows: Vec<String> = sqlx::query_scalar(sql).bind(tenant).fetch_all(pool).await.unwrap();
         out.extend(rows);
@@ -66,15 +86,48 @@ fn assert_clean(what: &str, text: &str, of_b: &BTreeSet<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     let env = start().await;
-    env.simulate(2, 240, 11);
+    // Simulated traffic with conference sessions, and each tenant's room in session now.
+    env.ledgerline(&[
+        "simulate",
+        "--tenants",
+        "2",
+        "--calls",
+        "240",
+        "--seed",
+        "11",
+        "--conferences",
+        "4",
+    ]);
+    env.catch_up();
     let tenants = env.tenants().await;
     let (a, b) = (tenants[0], tenants[1]);
+    let a_leg = open_room(&env, a).await;
+    let b_leg = open_room(&env, b).await;
+    // Trunks, routes and DIDs for both tenants, through the API.
+    let mut http = env.client();
+    // Webhooks for both (a developer may register); the routing events after them are
+    // enqueued for delivery.
+    let b_hook = register_webhook(&mut http, &env.key(b, Role::Developer).await, "b").await;
+    let a_hook = register_webhook(&mut http, &env.key(a, Role::Developer).await, "a").await;
+    let b_trunk = seed_routing(&mut http, &env.key(b, Role::TenantAdmin).await, "b").await;
+    seed_routing(&mut http, &env.key(a, Role::TenantAdmin).await, "a").await;
+    enqueue_deliveries(&env).await;
+    env.catch_up();
     let of_b = fingerprints(&env.db.pool, b).await;
+    for f in [
+        b_leg.to_string(),
+        b_trunk.to_string(),
+        "trunk-b".into(),
+        "+4930999000".into(),
+        b_hook.to_string(),
+        secret("b"),
+    ] {
+        assert!(of_b.contains(&f), "B's routing is in the read models: {f}");
+    }
     assert!(of_b.len() > 50, "tenant B has data to leak");
     let a_keys = keys(&env, a).await;
     let key = |role: Role| a_keys.iter().find(|(r, _)| *r == role).map(|(_, k)| k.clone()).unwrap();
     let admin = key(Role::TenantAdmin);
-    let mut http = env.client();
 
     // The walk covers every query field the schema has.
     let (_, intro) = gql(
@@ -104,7 +157,22 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             if *role != Role::SystemAdmin || name != "tenants" {
                 assert_clean(&format!("{role:?} {name}"), &text, &of_b);
             }
-            if body["errors"].is_null() && text.contains(&a_tenant) || text.contains("\"callId\"") {
+            // The read models never show a trunk's password (`events` shows the tenant's own log,
+            // where `TrunkAdded` carries it).
+            if name != "events" {
+                assert!(!text.contains(TRUNK_PASSWORD), "{role:?} {name} shows a trunk password");
+            }
+            assert!(!text.contains(&secret("a")), "{role:?} {name} shows a webhook secret");
+            let own_routing =
+                text.contains("trunk-a") || text.contains("+4930111000") || text.contains("\"stripDigits\":2");
+            let own_hooks = text.contains(&a_hook.to_string()) || text.contains(&a_leg.to_string());
+            let own_rooms = name == "conferenceRooms" && text.contains("\"sessions\":");
+            if body["errors"].is_null() && text.contains(&a_tenant)
+                || text.contains("\"callId\"")
+                || own_routing
+                || own_hooks
+                || own_rooms
+            {
                 saw_own.insert(name);
             }
             let allowed = match name {
@@ -119,7 +187,18 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             }
         }
     }
-    for name in ["me", "cdrs", "charges"] {
+    for name in [
+        "me",
+        "cdrs",
+        "charges",
+        "trunks",
+        "routes",
+        "dids",
+        "conferenceRooms",
+        "liveConferenceRooms",
+        "webhooks",
+        "webhookDeliveries",
+    ] {
         assert!(saw_own.contains(name), "A's own {name} were found");
     }
 
@@ -142,6 +221,7 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
         format!(r#"{{ charges(filter: {{ accountId: "{b_account}" }}) {{ edges {{ node {{ callId }} }} }} }}"#),
         format!(r#"{{ cdrs(filter: {{ accountId: "{b_account}" }}) {{ edges {{ node {{ callId }} }} }} }}"#),
         format!(r#"{{ events(filter: {{ streamId: "account-{b_account}" }}) {{ edges {{ node {{ eventId }} }} }} }}"#),
+        format!(r#"{{ webhookDeliveries(webhookId: "{b_hook}") {{ items {{ eventId }} }} }}"#),
     ] {
         let (_, body) = gql(&mut http, &admin, &query, json!({})).await;
         assert!(body["errors"].is_null(), "{query}: {body}");
@@ -202,6 +282,29 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     )
     .await;
     assert_eq!(code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+    for (query, vars) in [
+        (
+            "mutation($t: UUID!, $k: UUID!) { removeTrunk(idempotencyKey: $k, trunkId: $t) { id } }",
+            json!({ "t": b_trunk }),
+        ),
+        (
+            "mutation($d: String!, $k: UUID!) { removeDid(idempotencyKey: $k, did: $d) { id } }",
+            json!({ "d": "+4930999000" }),
+        ),
+        (
+            "mutation($t: UUID!, $k: UUID!) { addRoute(idempotencyKey: $k, prefix: \"0\", trunkIds: [$t]) { id } }",
+            json!({ "t": b_trunk }),
+        ),
+        (
+            "mutation($w: UUID!, $k: UUID!) { removeWebhook(idempotencyKey: $k, webhookId: $w) { id } }",
+            json!({ "w": b_hook }),
+        ),
+    ] {
+        let mut vars = vars;
+        vars["k"] = json!(Uuid::new_v4());
+        let (_, body) = gql(&mut http, &admin, query, vars).await;
+        assert_eq!(code(&body).as_deref(), Some("NOT_FOUND"), "{query}: {body}");
+    }
     assert_eq!(env.head().await, head, "a refused write wrote nothing");
 
     // Roles: what each must not do is refused, and changes nothing.
@@ -226,6 +329,24 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
         (Role::TenantAdmin, new_key, json!({ "r": "system_admin" })),
         (Role::TenantAdmin, new_tenant, json!({})),
         (Role::Finance, new_tenant, json!({})),
+        (Role::Developer, ADD_TRUNK, json!({ "n": "x", "h": "sip.example" })),
+        (Role::Finance, ADD_TRUNK, json!({ "n": "x", "h": "sip.example" })),
+        (Role::Auditor, ADD_TRUNK, json!({ "n": "x", "h": "sip.example" })),
+        (
+            Role::Finance,
+            REGISTER_WEBHOOK,
+            json!({ "u": "https://x.example/", "s": secret("x") }),
+        ),
+        (
+            Role::Auditor,
+            REGISTER_WEBHOOK,
+            json!({ "u": "https://x.example/", "s": secret("x") }),
+        ),
+        (
+            Role::Auditor,
+            "mutation($k: UUID!, $w: UUID!) { removeWebhook(idempotencyKey: $k, webhookId: $w) { id } }",
+            json!({ "w": a_hook }),
+        ),
     ];
     let head = env.head().await;
     for (role, query, mut vars) in refusals {
@@ -280,6 +401,111 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     };
     assert_eq!(errors[0]["extensions"]["code"], "FORBIDDEN", "{msg}");
     assert!(msg["payload"]["data"].is_null(), "{msg}");
+}
+
+const TRUNK_PASSWORD: &str = "trunk-secret-not-for-eyes";
+const ADD_TRUNK: &str = "mutation($k: UUID!, $n: String!, $h: String!) { addTrunk(idempotencyKey: $k, name: $n, host: $h, allowedIps: [\"192.0.2.7\"], username: \"acct\", password: \"trunk-secret-not-for-eyes\") { id replayed } }";
+
+/// A trunk `trunk-{tag}` with outbound credentials, a route over it and a DID, through the
+/// API with an admin key of the tenant; the trunk's id. A retried key is a replay.
+async fn seed_routing(http: &mut gateway::api::client::HttpClient, admin: &str, tag: &str) -> Uuid {
+    let k = Uuid::new_v4();
+    let vars = json!({ "k": k, "n": format!("trunk-{tag}"), "h": format!("carrier-{tag}.example") });
+    let (_, body) = gql(http, admin, ADD_TRUNK, vars.clone()).await;
+    assert!(body["errors"].is_null(), "{body}");
+    let trunk: Uuid = body["data"]["addTrunk"]["id"].as_str().unwrap().parse().unwrap();
+    let (_, again) = gql(http, admin, ADD_TRUNK, vars).await;
+    assert_eq!(again["data"]["addTrunk"]["replayed"], true, "{again}");
+    assert_eq!(again["data"]["addTrunk"]["id"], body["data"]["addTrunk"]["id"]);
+    let (_, body) = gql(
+        http,
+        admin,
+        "mutation($k: UUID!, $t: UUID!) { addRoute(idempotencyKey: $k, prefix: \"00\", trunkIds: [$t], stripDigits: 2, prepend: \"+\") { id } }",
+        json!({ "k": Uuid::new_v4(), "t": trunk }),
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
+    let did = if tag == "a" { "+4930111000" } else { "+4930999000" };
+    let (_, body) = gql(
+        http,
+        admin,
+        "mutation($k: UUID!, $d: String!) { addDid(idempotencyKey: $k, did: $d, extensionNumber: \"1001\") { id } }",
+        json!({ "k": Uuid::new_v4(), "d": did }),
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
+    trunk
+}
+
+/// Start a session in the tenant's simulated room and let a host in; the host's leg id.
+async fn open_room(env: &api_support::Env, tenant: Uuid) -> Uuid {
+    use commands::{CommandContext, CommandHandler, StreamRef};
+    use domain::conference::{self as room, ConferenceCommand, ConferenceRoom};
+    let handler = CommandHandler::new(env.store.clone());
+    // The simulator's room of the tenant (`simulate_conferences::room_id`).
+    let room_id = Uuid::new_v5(&tenant, b"room");
+    let leg = Uuid::new_v4();
+    let now = chrono::Utc::now();
+    for command in [
+        ConferenceCommand::StartSession {
+            session_id: Uuid::new_v4(),
+            node_id: "media-test".into(),
+            at: now,
+        },
+        ConferenceCommand::Join {
+            leg_id: leg,
+            call_id: Uuid::new_v4(),
+            role: room::Role::Host,
+            at: now,
+        },
+    ] {
+        handler
+            .execute::<ConferenceRoom, _>(
+                &CommandContext::new(Uuid::new_v4(), "test", "test", now),
+                StreamRef::of::<ConferenceRoom>(tenant, &room_id),
+                |s| room::decide(&command, s),
+            )
+            .await
+            .unwrap();
+    }
+    leg
+}
+
+const REGISTER_WEBHOOK: &str = "mutation($k: UUID!, $u: String!, $s: String) { registerWebhook(idempotencyKey: $k, url: $u, eventTypes: [\"*\"], secret: $s) { id replayed generatedSecret } }";
+
+fn secret(tag: &str) -> String {
+    format!("whsec_{tag}_isolation_0123456789abcdef")
+}
+
+/// A webhook on every event of the key's tenant, with a known secret; its id. A retry is a
+/// replay and never answers the secret.
+async fn register_webhook(http: &mut gateway::api::client::HttpClient, key: &str, tag: &str) -> Uuid {
+    let vars = json!({ "k": Uuid::new_v4(), "u": format!("https://hooks-{tag}.example/in"), "s": secret(tag) });
+    let (_, body) = gql(http, key, REGISTER_WEBHOOK, vars.clone()).await;
+    assert!(body["errors"].is_null(), "{body}");
+    assert!(body["data"]["registerWebhook"]["generatedSecret"].is_null(), "{body}");
+    let (_, again) = gql(http, key, REGISTER_WEBHOOK, vars).await;
+    assert_eq!(again["data"]["registerWebhook"]["replayed"], true, "{again}");
+    body["data"]["registerWebhook"]["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// The real dispatcher enqueues every tenant's deliveries (nothing is sent).
+async fn enqueue_deliveries(env: &api_support::Env) {
+    use gateway::webhooks::clock::{ManualClock, SeededJitter, SharedJitter};
+    use gateway::webhooks::http::{ReqwestPoster, Targets};
+    use gateway::webhooks::{Dispatcher, DispatcherConfig};
+    let dispatcher = Dispatcher::new(
+        env.store.clone(),
+        std::sync::Arc::new(ManualClock::new(chrono::Utc::now())),
+        std::sync::Arc::new(ReqwestPoster::new(std::time::Duration::from_secs(5), Targets::Any).unwrap()),
+        SharedJitter::new(SeededJitter::new(1)),
+        DispatcherConfig::default(),
+    );
+    let enqueued = dispatcher
+        .enqueue_to_now(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(enqueued > 0, "deliveries were enqueued");
 }
 
 async fn subscribe(addr: std::net::SocketAddr, key: &str) -> Ws {

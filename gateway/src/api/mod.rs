@@ -4,11 +4,12 @@
 //! Reads come from read models (`rm_*`) and the event store, always filtered by the caller's
 //! tenant in SQL; writes are commands through `commands::CommandHandler`, the idempotency key
 //! naming the command. One resolver module per area (`directory`, `billing`, `events`,
-//! `keys`): a new area adds a module and one line in `schema.rs`.
+//! `keys`, `routing`, `webhooks`, `conferences`): a new area adds a module and one line in `schema.rs`.
 
 pub mod auth;
 pub mod billing;
 pub mod client;
+pub mod conferences;
 pub mod directory;
 pub mod error;
 pub mod events;
@@ -16,8 +17,10 @@ pub mod keys;
 pub mod metrics;
 pub mod page;
 pub mod rest;
+pub mod routing;
 pub mod schema;
 pub mod server;
+pub mod webhooks;
 
 use async_graphql::Context;
 use chrono::{DateTime, Utc};

@@ -1,19 +1,35 @@
 //! The schema: one query, mutation and subscription object per area, merged. A new area
-//! (trunks, rooms, webhooks) adds its objects here.
+//! adds its objects here.
 
 use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
 
 use super::billing::{BillingMutation, BillingQuery};
+use super::conferences::ConferencesQuery;
 use super::directory::{DirectoryMutation, DirectoryQuery};
 use super::events::{EventsQuery, EventsSubscription};
 use super::keys::KeysMutation;
+use super::routing::{RoutingMutation, RoutingQuery};
+use super::webhooks::{WebhooksMutation, WebhooksQuery};
 use super::{ApiConfig, ApiState};
 
 #[derive(MergedObject, Default)]
-pub struct Query(DirectoryQuery, BillingQuery, EventsQuery);
+pub struct Query(
+    DirectoryQuery,
+    BillingQuery,
+    EventsQuery,
+    RoutingQuery,
+    WebhooksQuery,
+    ConferencesQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(DirectoryMutation, BillingMutation, KeysMutation);
+pub struct Mutation(
+    DirectoryMutation,
+    BillingMutation,
+    KeysMutation,
+    RoutingMutation,
+    WebhooksMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(EventsSubscription);
