@@ -275,6 +275,9 @@ struct Reservation {
     billing_tz: chrono_tz::Tz,
     currency: String,
     answered_at: Option<DateTime<Utc>>,
+    /// The longest call the reservation covers: the node cuts the call there, and the
+    /// settled duration never exceeds it (wall-clock timestamps may lag the cut by a little).
+    max_duration_s: u32,
 }
 
 /// Prepaid authorization and settlement for the SIP node's calls.
@@ -417,6 +420,7 @@ impl CallBilling {
                 billing_tz,
                 currency,
                 answered_at: None,
+                max_duration_s: max,
             },
         );
         Ok(Authorization::Granted {
@@ -483,7 +487,9 @@ impl CallBilling {
                 .release(r.tenant_id, r.account_id, r.reservation_id, ended_at)
                 .await;
         };
-        let duration_s = u32::try_from((ended_at - answered_at).num_seconds().max(0)).unwrap_or(MAX_CALL_S);
+        let duration_s = u32::try_from((ended_at - answered_at).num_seconds().max(0))
+            .unwrap_or(MAX_CALL_S)
+            .min(r.max_duration_s);
         let leg = Leg {
             destination: &r.destination,
             answered_at,
