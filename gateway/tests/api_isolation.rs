@@ -35,7 +35,7 @@ fn walk() -> Vec<(&'static str, &'static str)> {
         ("routes", "{ routes(first: 500) { routeId prefix stripDigits prepend priority trunkIds } }"),
         ("dids", "{ dids(first: 500) { did extensionNumber } }"),
         ("conferenceRooms", "{ conferenceRooms(first: 500) { roomId name ownerAccountId accessNumber moderated maxParticipants record createdAt sessionId sessionStartedAt sessions } }"),
-        ("liveConferenceRooms", "{ liveConferenceRooms(first: 500) { roomId name ownerAccountId moderated sessionId sessionNode sessionStartedAt participantCount hosts muted participants { legId callId role muted joinedAt } } }"),
+        ("liveConferenceRooms", "{ liveConferenceRooms(first: 500) { roomId name ownerAccountId moderated sessionId sessionNode sessionStartedAt participantCount hosts muted talking participants { legId callId role muted talking joinedAt } } }"),
         ("webhooks", "{ webhooks { webhookId url eventTypes enabled disabledReason secretFingerprint createdAt updatedAt } }"),
         ("webhookDeliveries", "{ webhookDeliveries(first: 500) { items { webhookId eventId eventPosition eventType attempts status lastHttpStatus lastError } endCursor hasNextPage } }"),
     ]
@@ -201,6 +201,19 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     ] {
         assert!(saw_own.contains(name), "A's own {name} were found");
     }
+    // A's live room shows its host talking (the flag the media node wrote), B's does not leak in.
+    let (_, live) = gql(
+        &mut http,
+        &admin,
+        "{ liveConferenceRooms { talking participants { legId talking } } }",
+        json!({}),
+    )
+    .await;
+    let rooms = live["data"]["liveConferenceRooms"].as_array().unwrap();
+    assert_eq!(rooms.len(), 1, "{live}");
+    assert_eq!(rooms[0]["talking"], 1, "{live}");
+    assert_eq!(rooms[0]["participants"][0]["legId"], a_leg.to_string(), "{live}");
+    assert_eq!(rooms[0]["participants"][0]["talking"], true, "{live}");
 
     // Asking for B's things by id finds nothing.
     let b_account: Uuid = sqlx::query_scalar("SELECT account_id FROM rm_balances WHERE tenant_id = $1 LIMIT 1")
@@ -445,10 +458,11 @@ async fn open_room(env: &api_support::Env, tenant: Uuid) -> Uuid {
     // The simulator's room of the tenant (`simulate_conferences::room_id`).
     let room_id = Uuid::new_v5(&tenant, b"room");
     let leg = Uuid::new_v4();
+    let session_id = Uuid::new_v4();
     let now = chrono::Utc::now();
     for command in [
         ConferenceCommand::StartSession {
-            session_id: Uuid::new_v4(),
+            session_id,
             node_id: "media-test".into(),
             at: now,
         },
@@ -468,6 +482,18 @@ async fn open_room(env: &api_support::Env, tenant: Uuid) -> Uuid {
             .await
             .unwrap();
     }
+    // The media node running the session flags the host as talking.
+    sqlx::query(
+        "INSERT INTO live_conference_talking (tenant_id, room_id, session_id, leg_id, node_id, since)
+         VALUES ($1, $2, $3, $4, 'media-test', now())",
+    )
+    .bind(tenant)
+    .bind(room_id)
+    .bind(session_id)
+    .bind(leg)
+    .execute(&env.db.pool)
+    .await
+    .unwrap();
     leg
 }
 

@@ -22,6 +22,9 @@ pub const TICK_US: Micros = 20_000;
 pub const MAX_TALKERS: usize = 4;
 /// Mean absolute amplitude under which a frame is silence (about −50 dBFS).
 pub const TALK_THRESHOLD: u32 = 100;
+/// How many quiet ticks (20 ms each) a talker keeps the talking flag: 500 ms, so the flag
+/// follows speech, not every pause between syllables.
+pub const TALK_HANG_TICKS: u32 = 25;
 /// Frames buffered per participant before the oldest is dropped (bounded latency).
 pub const MAX_BUFFERED: usize = 6;
 /// The most ticks one `handle_timeout` catches up (a stalled node skips, it does not burst).
@@ -68,6 +71,12 @@ pub enum MixerEvent {
     },
     SessionEnded {
         reason: EndReason,
+    },
+    /// The participant started or stopped talking (voice above the threshold while unmuted;
+    /// it stops after `TALK_HANG_TICKS` quiet ticks, or at once when muted).
+    TalkingChanged {
+        leg_id: Uuid,
+        talking: bool,
     },
 }
 
@@ -117,6 +126,9 @@ struct Participant {
     /// This tick's frame and its energy, when it has one.
     current: Option<(Frame, u32)>,
     source: Source,
+    /// Talker detection with a hang time.
+    talking: bool,
+    quiet_ticks: u32,
 }
 
 pub struct Mixer {
@@ -250,6 +262,8 @@ impl Mixer {
             last_digit: None,
             current: None,
             source: Source::Shared(codec, Kind::Mix),
+            talking: false,
+            quiet_ticks: 0,
         });
         Ok(())
     }
@@ -294,6 +308,14 @@ impl Mixer {
                 muted,
                 by,
             });
+            if muted && p.talking {
+                p.talking = false;
+                p.quiet_ticks = 0;
+                self.events.push_back(MixerEvent::TalkingChanged {
+                    leg_id: *leg_id,
+                    talking: false,
+                });
+            }
         }
         true
     }
@@ -370,6 +392,7 @@ impl Mixer {
                 (f, e)
             });
         }
+        self.track_talking(waiting);
         // 2. The loudest unmuted talkers (none while a moderated room waits for its host).
         if !waiting {
             for (i, p) in self.participants.iter().enumerate() {
@@ -444,6 +467,40 @@ impl Mixer {
                 self.participants[i].source = Source::Shared(codec, Kind::Mix);
             }
         }
+    }
+
+    /// Update each participant's talking flag from this tick's frame.
+    /// Nobody talks while a moderated room waits for its host: nobody is heard.
+    fn track_talking(&mut self, waiting: bool) {
+        for p in self.participants.iter_mut() {
+            let voiced = !waiting && !p.muted && p.current.is_some_and(|(_, e)| e >= TALK_THRESHOLD);
+            let was = p.talking;
+            if voiced {
+                p.quiet_ticks = 0;
+                p.talking = true;
+            } else if p.talking {
+                p.quiet_ticks += 1;
+                if p.quiet_ticks >= TALK_HANG_TICKS {
+                    p.talking = false;
+                    p.quiet_ticks = 0;
+                }
+            }
+            if p.talking != was {
+                self.events.push_back(MixerEvent::TalkingChanged {
+                    leg_id: p.leg_id,
+                    talking: p.talking,
+                });
+            }
+        }
+    }
+
+    /// Who is talking now (with the hang time), in join order.
+    pub fn talking(&self) -> Vec<Uuid> {
+        self.participants
+            .iter()
+            .filter(|p| p.talking)
+            .map(|p| p.leg_id)
+            .collect()
     }
 
     fn next_prompt_frame(&mut self) -> Option<Pcm> {
@@ -590,6 +647,20 @@ mod tests {
         })
     }
 
+    /// The next event that is not a talking flag (those have their own test).
+    fn next_fact(m: &mut Mixer) -> Option<MixerEvent> {
+        std::iter::from_fn(|| m.poll_event()).find(|e| !matches!(e, MixerEvent::TalkingChanged { .. }))
+    }
+
+    fn talking_changes(m: &mut Mixer) -> Vec<(Uuid, bool)> {
+        std::iter::from_fn(|| m.poll_event())
+            .filter_map(|e| match e {
+                MixerEvent::TalkingChanged { leg_id, talking } => Some((leg_id, talking)),
+                _ => None,
+            })
+            .collect()
+    }
+
     const A: Uuid = Uuid::from_u128(1);
     const B: Uuid = Uuid::from_u128(2);
     const C: Uuid = Uuid::from_u128(3);
@@ -655,7 +726,7 @@ mod tests {
         // A muted participant still hears the others.
         assert_eq!(tones(&heard[&B]), vec![440.0, 1700.0]);
         assert_eq!(
-            m.poll_event(),
+            next_fact(&mut m),
             Some(MixerEvent::MuteChanged {
                 leg_id: B,
                 muted: true,
@@ -674,13 +745,40 @@ mod tests {
         let heard = talk(&mut m, 50, 50, 8000.0);
         assert_eq!(tones(&heard[&C]), vec![1000.0]);
         assert_eq!(
-            m.poll_event(),
+            next_fact(&mut m),
             Some(MixerEvent::MuteChanged {
                 leg_id: B,
                 muted: false,
                 by: MuteBy::Participant
             })
         );
+    }
+
+    #[test]
+    fn talking_follows_voice_with_a_hang_time_and_stops_on_mute() {
+        let mut m = three();
+        talk(&mut m, 0, 5, 8000.0);
+        let mut started = talking_changes(&mut m);
+        started.sort();
+        assert_eq!(started, vec![(A, true), (B, true), (C, true)]);
+        assert_eq!(m.talking(), vec![A, B, C]);
+        // Muting B drops its flag at once.
+        m.set_muted(&B, true, MuteBy::Other);
+        assert_eq!(talking_changes(&mut m), vec![(B, false)]);
+        // Silence from everyone: the flags hold through the hang time, then drop.
+        let silence = [Codec::Pcmu.silence(); FRAME];
+        for n in 5..5 + TALK_HANG_TICKS as u64 - 1 {
+            m.handle_audio(&A, &silence);
+            m.tick(n * TICK_US);
+        }
+        assert_eq!(m.talking(), vec![A, C], "still within the hang time");
+        assert!(talking_changes(&mut m).is_empty());
+        m.handle_audio(&A, &silence);
+        m.tick((5 + TALK_HANG_TICKS as u64) * TICK_US);
+        let mut stopped = talking_changes(&mut m);
+        stopped.sort();
+        assert_eq!(stopped, vec![(A, false), (C, false)]);
+        assert!(m.talking().is_empty());
     }
 
     #[test]
@@ -743,6 +841,7 @@ mod tests {
         // Guests talk but hear only the prompt (a 400 Hz square), not each other.
         let heard = talk(&mut m, 0, 10, 8000.0);
         assert!(m.talkers().is_empty());
+        assert!(m.talking().is_empty(), "nobody talks while nobody is heard");
         assert!(m.recording_frame().is_none(), "nothing is recorded while waiting");
         for leg in [B, C] {
             let power_prompt = goertzel(&heard[&leg], 400.0);
@@ -758,7 +857,7 @@ mod tests {
         assert_eq!(tones(&heard[&B]), vec![440.0, 1700.0]);
         // The last host leaves: everyone else is disconnected and the session ends.
         assert!(m.leave(&A));
-        let events: Vec<MixerEvent> = std::iter::from_fn(|| m.poll_event()).collect();
+        let events: Vec<MixerEvent> = std::iter::from_fn(|| next_fact(&mut m)).collect();
         assert_eq!(
             events,
             vec![
@@ -795,10 +894,10 @@ mod tests {
         assert_eq!(m.poll_timeout(), Some(11 * TICK_US));
         assert!(m.leave(&A));
         assert!(!m.leave(&A));
-        assert_eq!(m.poll_event(), None);
+        assert_eq!(next_fact(&mut m), None);
         assert!(m.leave(&B));
         assert_eq!(
-            m.poll_event(),
+            next_fact(&mut m),
             Some(MixerEvent::SessionEnded {
                 reason: EndReason::Empty
             })

@@ -129,6 +129,8 @@ impl MediaNode {
             sessions: HashMap::new(),
             pending_actor: HashMap::new(),
         };
+        // A node that restarts forgets who was talking in the sessions it ran.
+        journal.clear_talking(None, None).await;
         let journal = Arc::new(tokio::sync::Mutex::new(journal));
         let mut tasks = vec![tokio::spawn(server.clone().serve(listener))];
         tasks.push(tokio::spawn(run_journal(journal.clone(), events)));
@@ -244,6 +246,49 @@ impl Journal {
         log_failure("kick", r);
     }
 
+    /// The live talking flag (`live_conference_talking`): a row while the participant talks.
+    async fn set_talking(&self, room_id: Uuid, leg_id: Uuid, talking: bool) {
+        if !talking {
+            return self.clear_talking(Some(room_id), Some(leg_id)).await;
+        }
+        let (Some(tenant_id), Some((session_id, _))) = (self.tenant(&room_id), self.sessions.get(&room_id)) else {
+            return;
+        };
+        let r = sqlx::query(
+            "INSERT INTO live_conference_talking (tenant_id, room_id, session_id, leg_id, node_id, since)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (tenant_id, room_id, leg_id) DO UPDATE
+               SET session_id = EXCLUDED.session_id, node_id = EXCLUDED.node_id, since = EXCLUDED.since",
+        )
+        .bind(tenant_id)
+        .bind(room_id)
+        .bind(session_id)
+        .bind(leg_id)
+        .bind(&self.node_id)
+        .bind(now())
+        .execute(self.handler.store().pool())
+        .await;
+        if let Err(e) = r {
+            tracing::warn!("media: talking flag not stored: {e}");
+        }
+    }
+
+    /// Forget talking flags of this node: one leg, one room, or (both `None`) all of them.
+    async fn clear_talking(&self, room_id: Option<Uuid>, leg_id: Option<Uuid>) {
+        let r = sqlx::query(
+            "DELETE FROM live_conference_talking
+             WHERE node_id = $1 AND ($2::uuid IS NULL OR room_id = $2) AND ($3::uuid IS NULL OR leg_id = $3)",
+        )
+        .bind(&self.node_id)
+        .bind(room_id)
+        .bind(leg_id)
+        .execute(self.handler.store().pool())
+        .await;
+        if let Err(e) = r {
+            tracing::warn!("media: talking flags not cleared: {e}");
+        }
+    }
+
     async fn record(&mut self, event: EngineEvent) {
         match event {
             EngineEvent::Joined {
@@ -294,6 +339,7 @@ impl Journal {
                         k
                     })
                     .unwrap_or(false);
+                self.clear_talking(Some(room_id), Some(leg_id)).await;
                 if !was_kicked {
                     let r = self.run(room_id, ConferenceCommand::Leave { leg_id, at: now() }).await;
                     log_failure("leave", r);
@@ -318,8 +364,10 @@ impl Journal {
                         .await;
                     log_failure("mute", r);
                 }
+                MixerEvent::TalkingChanged { leg_id, talking } => self.set_talking(room_id, leg_id, talking).await,
                 MixerEvent::Disconnect { .. } => {}
                 MixerEvent::SessionEnded { reason } => {
+                    self.clear_talking(Some(room_id), None).await;
                     let reason = match reason {
                         EndReason::Empty => SessionEndReason::Empty,
                         EndReason::LastHostLeft => SessionEndReason::LastHostLeft,

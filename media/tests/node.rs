@@ -72,8 +72,19 @@ async fn next_disconnect(events: &mut tokio::sync::mpsc::Receiver<ControlEvent>)
     }
 }
 
-#[tokio::test]
-async fn a_moderated_room_through_the_log() {
+struct Setup {
+    _db: TestDb,
+    store: EventStore,
+    handler: CommandHandler,
+    tenant: Uuid,
+    room: Uuid,
+    node: MediaNode,
+    data_dir: std::path::PathBuf,
+}
+
+/// A tenant, a room on access number 7000 (host code 1234, guest code 5678), and a media
+/// node that has learnt the room from the log.
+async fn node_with_room(moderated: bool, record: bool) -> Setup {
     let db = TestDb::new().await.unwrap();
     let store = EventStore::new(db.pool.clone());
     let handler = CommandHandler::new(store.clone());
@@ -92,15 +103,15 @@ async fn a_moderated_room_through_the_log() {
             owner_account_id: Uuid::new_v4(),
             host_code: "1234".into(),
             guest_code: "5678".into(),
-            moderated: true,
+            moderated,
             max_participants: 5,
-            record: true,
+            record,
             access_number: Some("7000".into()),
         },
     )
     .await
     .unwrap();
-    let data_dir = std::env::temp_dir().join(format!("ledgerline-media-node-{}", std::process::id()));
+    let data_dir = std::env::temp_dir().join(format!("ledgerline-media-node-{}-{room}", std::process::id()));
     let node = MediaNode::start(
         store.clone(),
         MediaConfig {
@@ -123,6 +134,28 @@ async fn a_moderated_room_through_the_log() {
         assert!(Instant::now() < deadline, "the node never saw the room");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Setup {
+        _db: db,
+        store,
+        handler,
+        tenant,
+        room,
+        node,
+        data_dir,
+    }
+}
+
+#[tokio::test]
+async fn a_moderated_room_through_the_log() {
+    let Setup {
+        _db,
+        store,
+        handler,
+        tenant,
+        room,
+        node,
+        data_dir,
+    } = node_with_room(true, true).await;
     {
         let dir = node.directory.lock().unwrap();
         assert_eq!(
@@ -241,4 +274,122 @@ async fn a_moderated_room_through_the_log() {
     assert_eq!(rec.sha256, hex::encode(sha2::Sha256::digest(&bytes)));
     drop(node);
     let _ = std::fs::remove_dir_all(data_dir);
+}
+
+/// Who the node says is talking in the room now.
+async fn talking(store: &EventStore, room: Uuid) -> Vec<Uuid> {
+    sqlx::query_scalar("SELECT leg_id FROM live_conference_talking WHERE room_id = $1 ORDER BY leg_id")
+        .bind(room)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
+/// Send `frames` 20 ms frames of a 440 Hz tone (or silence) from `phone` to the room's port,
+/// paced like a phone.
+async fn speak(phone: &UdpSocket, to: std::net::SocketAddr, seq: &mut u16, frames: usize, loud: bool) {
+    let mut out = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for _ in 0..frames {
+        tick.tick().await;
+        let payload: Vec<u8> = (0..160)
+            .map(|k| {
+                let t = (*seq as usize * 160 + k) as f64 / 8000.0;
+                let s = if loud {
+                    (t * 440.0 * std::f64::consts::TAU).sin() * 8000.0
+                } else {
+                    0.0
+                };
+                media::g711::Codec::Pcmu.encode(s as i16)
+            })
+            .collect();
+        out.clear();
+        media::rtp::build(
+            &media::rtp::RtpHeader {
+                marker: false,
+                payload_type: 0,
+                sequence: *seq,
+                timestamp: *seq as u32 * 160,
+                ssrc: 0x7a1c,
+            },
+            &payload,
+            &mut out,
+        );
+        phone.send_to(&out, to).await.unwrap();
+        *seq = seq.wrapping_add(1);
+    }
+}
+
+#[tokio::test]
+async fn talking_flags_follow_a_participants_voice_and_go_with_them() {
+    let s = node_with_room(false, false).await;
+    let (client, _control_events) = Client::connect(s.node.control_addr).await.unwrap();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (call, leg) = (Uuid::new_v4(), Uuid::new_v4());
+    let answer = client
+        .conference_join(
+            s.room,
+            call,
+            leg,
+            &sdp(phone.local_addr().unwrap().port()),
+            ParticipantRole::Host,
+        )
+        .await
+        .unwrap();
+    let room_port = media::sdp::parse(&answer)
+        .unwrap()
+        .remote
+        .expect("the room's RTP address");
+    until(&s.store, s.tenant, s.room, "the join", |e| {
+        count(e, |x| matches!(x, ConferenceEvent::ParticipantJoined(_))) == 1
+    })
+    .await;
+    assert!(talking(&s.store, s.room).await.is_empty(), "nobody talks yet");
+
+    // The phone speaks: the flag is set while it does.
+    let mut seq = 1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while talking(&s.store, s.room).await != vec![leg] {
+        assert!(Instant::now() < deadline, "the talking flag never came");
+        speak(&phone, room_port, &mut seq, 5, true).await;
+    }
+    let row: (Uuid, Uuid, String) =
+        sqlx::query_as("SELECT tenant_id, session_id, node_id FROM live_conference_talking WHERE leg_id = $1")
+            .bind(leg)
+            .fetch_one(s.store.pool())
+            .await
+            .unwrap();
+    assert_eq!((row.0, row.2.as_str()), (s.tenant, "media-test"));
+    let events = room_events(&s.store, s.tenant, s.room).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ConferenceEvent::ConferenceSessionStarted(x) if x.session_id == row.1)),
+        "the flag names the running session"
+    );
+    // Silence: the flag drops after the hang time (no event is appended for it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !talking(&s.store, s.room).await.is_empty() {
+        assert!(Instant::now() < deadline, "the talking flag never dropped");
+        speak(&phone, room_port, &mut seq, 5, false).await;
+    }
+    assert_eq!(room_events(&s.store, s.tenant, s.room).await.len(), events.len());
+    // Talking again, then hanging up: the flag goes with the participant.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while talking(&s.store, s.room).await != vec![leg] {
+        assert!(Instant::now() < deadline, "the talking flag never came back");
+        speak(&phone, room_port, &mut seq, 5, true).await;
+    }
+    client.delete(call).await.unwrap();
+    until(&s.store, s.tenant, s.room, "the leave", |e| {
+        e.iter()
+            .any(|x| matches!(x, ConferenceEvent::ParticipantLeft(l) if l.leg_id == leg))
+    })
+    .await;
+    assert!(
+        talking(&s.store, s.room).await.is_empty(),
+        "a participant who left does not talk"
+    );
+    drop(s.node);
+    let _ = std::fs::remove_dir_all(&s.data_dir);
 }

@@ -62,9 +62,10 @@ impl Projection for Billing {
     }
 
     /// 2: legs carry the media counters of `CallEnded.media`; charges keep tariff corrections;
-    /// conference legs are charged to the room owner.
+    /// conference legs are charged to the room owner. 3: conference legs count in the reports
+    /// (direction `conference`).
     fn version(&self) -> i32 {
-        2
+        3
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -336,6 +337,16 @@ struct Traffic {
     duration_s: i64,
     billed_s: i64,
     cost: Decimal,
+}
+
+impl Traffic {
+    fn add(&mut self, other: &Traffic) {
+        self.calls += other.calls;
+        self.answered += other.answered;
+        self.duration_s += other.duration_s;
+        self.billed_s += other.billed_s;
+        self.cost += other.cost;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -966,39 +977,56 @@ impl Fold {
                 cdr.billed_s = row.billed_s;
             }
         }
-        let hour = cdr
-            .started_at
-            .duration_trunc(TimeDelta::hours(1))
-            .unwrap_or(cdr.started_at);
-        let answered = i64::from(cdr.answer_at.is_some());
-        let duration = i64::from(cdr.duration_s.unwrap_or(0));
-        let slot = self
-            .hourly
-            .entry((
-                key.0,
-                hour,
-                cdr.direction.clone(),
-                cdr.trunk_id.unwrap_or_default(),
-                currency.clone(),
-            ))
-            .or_default();
-        slot.calls += 1;
-        slot.answered += answered;
-        slot.duration_s += duration;
-        slot.billed_s += i64::from(billed_s);
-        slot.cost += cost;
-        if charge_row.is_some() {
-            let slot = self
-                .destinations
-                .entry((key.0, cdr.started_at.date_naive(), prefix, currency))
-                .or_default();
-            slot.calls += 1;
-            slot.answered += answered;
-            slot.duration_s += duration;
-            slot.cost += cost;
-        }
+        self.count_traffic(
+            key.0,
+            Traffic {
+                calls: 1,
+                answered: i64::from(cdr.answer_at.is_some()),
+                duration_s: i64::from(cdr.duration_s.unwrap_or(0)),
+                billed_s: i64::from(billed_s),
+                cost,
+            },
+            cdr.started_at,
+            &cdr.direction,
+            cdr.trunk_id.unwrap_or_default(),
+            &currency,
+            charge_row.is_some().then_some(prefix.as_str()),
+        );
         if let Some(row) = charge_row {
             self.charges.push(row);
+        }
+    }
+
+    /// Count one call (or conference leg) into the reports: per hour by direction, trunk
+    /// and currency, and per day by the matched destination prefix when it was rated.
+    #[allow(clippy::too_many_arguments)]
+    fn count_traffic(
+        &mut self,
+        tenant: Uuid,
+        traffic: Traffic,
+        started_at: DateTime<Utc>,
+        direction: &str,
+        trunk: Uuid,
+        currency: &str,
+        rated_prefix: Option<&str>,
+    ) {
+        let hour = started_at.duration_trunc(TimeDelta::hours(1)).unwrap_or(started_at);
+        let slot = self
+            .hourly
+            .entry((tenant, hour, direction.to_string(), trunk, currency.to_string()))
+            .or_default();
+        slot.add(&traffic);
+        if let Some(prefix) = rated_prefix {
+            let slot = self
+                .destinations
+                .entry((
+                    tenant,
+                    started_at.date_naive(),
+                    prefix.to_string(),
+                    currency.to_string(),
+                ))
+                .or_default();
+            slot.add(&Traffic { billed_s: 0, ..traffic });
         }
     }
 

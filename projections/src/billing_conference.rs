@@ -20,7 +20,7 @@ use domain::conference::{ConferenceEvent, Role};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::{ChargeRow, Fold, Item, Key};
+use super::{ChargeRow, Fold, Item, Key, Traffic};
 use crate::conferences::role_name;
 use crate::runner::ProjectionError;
 
@@ -218,7 +218,7 @@ impl Fold {
                     let mut row = row_of(*leg_id, stay, stay.joined_at, seconds(stay.joined_at, left));
                     row.tariff_id = tariff;
                     row.unrated_reason = Some(why.clone());
-                    self.charges.push(row);
+                    self.post_conference_leg(row);
                 }
                 return;
             }
@@ -266,7 +266,7 @@ impl Fold {
                         "conference room {room}, paid by the owner: {}",
                         charge.charge.explanation.render()
                     ));
-                    self.charges.push(row);
+                    self.post_conference_leg(row);
                 }
             }
             Err(e) => {
@@ -275,10 +275,34 @@ impl Fold {
                     let mut row = row_of(*leg_id, stay, stay.joined_at, seconds(stay.joined_at, left));
                     row.tariff_id = Some(card.tariff_id);
                     row.unrated_reason = Some(e.to_string());
-                    self.charges.push(row);
+                    self.post_conference_leg(row);
                 }
             }
         }
+    }
+
+    /// A participant leg's charge: posted, and counted in the reports as a `conference` leg
+    /// (one answered "call" for its time in the room).
+    fn post_conference_leg(&mut self, row: ChargeRow) {
+        let traffic = Traffic {
+            calls: 1,
+            answered: 1,
+            duration_s: i64::from(row.duration_s),
+            billed_s: i64::from(row.billed_s.unwrap_or(0)),
+            cost: row.amount.unwrap_or_default(),
+        };
+        let currency = row.currency.clone().unwrap_or_default();
+        let prefix = row.matched_prefix.clone().unwrap_or_else(|| "unrated".to_string());
+        self.count_traffic(
+            row.tenant_id,
+            traffic,
+            row.answered_at,
+            "conference",
+            Uuid::nil(),
+            &currency,
+            Some(&prefix),
+        );
+        self.charges.push(row);
     }
 
     /// The access number's rate in the owner's tariff in force at `at`, and the owner's

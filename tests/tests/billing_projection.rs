@@ -895,6 +895,26 @@ async fn conference_legs_are_charged_to_the_room_owner_reference_case_1() {
         .await
         .unwrap();
     assert_eq!(total, d("2.25"));
+    // The reports count each participant leg, under direction `conference`, at the owner's cost.
+    let reports = rows(
+        &db.pool,
+        "SELECT concat_ws(' | ', direction, trunk_id = '00000000-0000-0000-0000-000000000000', currency, calls, \
+         answered, duration_s, billed_s, cost, asr_pct, acd_s) FROM rm_report_daily ORDER BY direction",
+    )
+    .await;
+    expect![[r#"
+        conference | t | EUR | 3 | 3 | 4500 | 4500 | 2.25000 | 100.00 | 1500.0
+    "#]]
+    .assert_eq(&reports);
+    let destinations = rows(
+        &db.pool,
+        "SELECT concat_ws(' | ', destination, currency, calls, duration_s, cost) FROM rm_report_destinations",
+    )
+    .await;
+    expect![[r#"
+        4930123459 | EUR | 3 | 4500 | 2.25000
+    "#]]
+    .assert_eq(&destinations);
     let open: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_rating_conference_stays")
         .fetch_one(&db.pool)
         .await

@@ -40,6 +40,8 @@ pub struct ConferenceParticipant {
     /// `host` or `guest`.
     pub role: String,
     pub muted: bool,
+    /// Talking now (the mixer hears their voice; held ~0.5 s through pauses; never while muted).
+    pub talking: bool,
     pub joined_at: DateTime<Utc>,
 }
 
@@ -55,6 +57,8 @@ pub struct LiveConferenceRoom {
     pub participant_count: i64,
     pub hosts: i64,
     pub muted: i64,
+    /// How many participants are talking now.
+    pub talking: i64,
     #[sqlx(skip)]
     pub participants: Vec<ConferenceParticipant>,
 }
@@ -88,7 +92,7 @@ impl ConferencesQuery {
         let pool = &state(ctx).pool;
         let mut rooms: Vec<LiveConferenceRoom> = sqlx::query_as(
             "SELECT room_id, name, owner_account_id, moderated, session_id, session_node, session_started_at, \
-                    participants AS participant_count, hosts, muted \
+                    participants AS participant_count, hosts, muted, talking \
              FROM rm_live_conference_rooms WHERE tenant_id = $1 ORDER BY name, room_id LIMIT $2",
         )
         .bind(caller.tenant_id)
@@ -97,7 +101,7 @@ impl ConferencesQuery {
         .await?;
         let ids: Vec<Uuid> = rooms.iter().map(|r| r.room_id).collect();
         let people: Vec<ConferenceParticipant> = sqlx::query_as(
-            "SELECT room_id, leg_id, call_id, role, muted, joined_at FROM rm_live_conference_participants \
+            "SELECT room_id, leg_id, call_id, role, muted, talking, joined_at FROM rm_live_conference_participants \
              WHERE tenant_id = $1 AND room_id = ANY($2) ORDER BY joined_at, leg_id",
         )
         .bind(caller.tenant_id)
