@@ -485,6 +485,57 @@ impl EventStore {
     }
 }
 
+/// Subscribers read in `(tx_id, global_position)` order, so two transactions that write
+/// the same stream must get their transaction ids in the order of their stream versions.
+/// A transaction id is assigned at the first write; a row lock taken after it (a second
+/// stream of a batch, or the losing side of a race to create a stream with
+/// `Expected::Any`) can make a transaction with the smaller id write the later version.
+///
+/// So every stream is locked first with a transaction-scoped advisory lock, which assigns
+/// no transaction id: whoever writes a stream after us takes its lock only after we
+/// commit, and so gets a larger id. When the caller's transaction already has an id (it
+/// wrote before calling [`EventStore::append_in`]), the order is checked instead, and a
+/// stream last written by a younger transaction is a conflict: retry the transaction.
+async fn lock_streams(conn: &mut PgConnection, writes: &[StreamWrite]) -> Result<(), StoreError> {
+    let tenants: Vec<Uuid> = writes.iter().map(|w| w.tenant_id).collect();
+    let streams: Vec<String> = writes.iter().map(|w| w.stream_id.clone()).collect();
+    let row = sqlx::query(
+        "SELECT (SELECT count(pg_advisory_xact_lock(k)) FROM ( \
+                    SELECT DISTINCT hashtextextended(t::text || '/' || s, 7160) AS k \
+                    FROM unnest($1::uuid[], $2::text[]) AS v(t, s) ORDER BY k) AS keys) AS locked, \
+                pg_current_xact_id_if_assigned()::text::bigint AS xid",
+    )
+    .bind(&tenants)
+    .bind(&streams)
+    .fetch_one(&mut *conn)
+    .await?;
+    let Some(xid) = row.get::<Option<i64>, _>("xid") else {
+        return Ok(());
+    };
+    let younger = sqlx::query(
+        "SELECT v.s AS stream_id FROM unnest($1::uuid[], $2::text[]) AS v(t, s), \
+         LATERAL (SELECT tx_id FROM events e WHERE e.tenant_id = v.t AND e.stream_id = v.s \
+                  ORDER BY e.stream_version DESC LIMIT 1) AS head \
+         WHERE head.tx_id::text::bigint > $3 LIMIT 1",
+    )
+    .bind(&tenants)
+    .bind(&streams)
+    .bind(xid)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match younger {
+        Some(row) => {
+            let stream_id: String = row.get("stream_id");
+            let expected = writes
+                .iter()
+                .find(|w| w.stream_id == stream_id)
+                .map_or(Expected::Any, |w| w.expected);
+            Err(StoreError::Conflict { stream_id, expected })
+        }
+        None => Ok(()),
+    }
+}
+
 /// Who holds the subscription fence back.
 #[derive(Debug, Clone)]
 pub struct FenceHolder {
@@ -496,11 +547,14 @@ pub struct FenceHolder {
 }
 
 /// The append protocol, on a connection inside a transaction:
+/// 0. lock every stream of the append (transaction-scoped advisory locks, in key order)
+///    before anything is written; see [`lock_streams`];
 /// 1. take every stream row (update at the expected version, or insert a new one);
 ///    a missing row is a conflict;
 /// 2. chain the hashes in memory;
 /// 3. insert every event and move the stream heads in one statement, with a NOTIFY.
 async fn append_prepared(conn: &mut PgConnection, writes: &[StreamWrite]) -> Result<Appended, StoreError> {
+    lock_streams(conn, writes).await?;
     // Stream heads: (version before the append, last hash), by index in `writes`.
     let mut heads: Vec<Option<(u64, Vec<u8>)>> = vec![None; writes.len()];
 

@@ -246,3 +246,128 @@ async fn an_open_transaction_that_holds_the_fence_is_reported() {
     })
     .await;
 }
+
+/// The backend that waits behind `holder`, once it waits, and whether it has a
+/// transaction id while it waits.
+async fn waiter_behind(db: &TestDb, holder: i32) -> bool {
+    within(30, "an append to wait behind the open transaction", async {
+        loop {
+            let row: Option<(bool,)> = sqlx::query_as(
+                "SELECT backend_xid IS NULL FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)) LIMIT 1",
+            )
+            .bind(holder)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+            if let Some((no_xid,)) = row {
+                return no_xid;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
+/// Subscribers read in transaction-id order: a batch that waits for a stream another
+/// transaction is writing must not hold a transaction id yet, or its later version of
+/// that stream would be read before the earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_for_a_stream_has_no_transaction_id_yet() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let tenant = Uuid::new_v4();
+
+    let mut open = db.pool.begin().await.unwrap();
+    store
+        .append_in(&mut open, &[write(tenant, "shared", Expected::Any, &["first"])])
+        .await
+        .unwrap();
+    let open_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *open)
+        .await
+        .unwrap();
+
+    // "a-own" sorts before "shared": the old protocol wrote it (and took an id) first.
+    let batch = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(&[
+                    write(tenant, "a-own", Expected::Any, &["own"]),
+                    write(tenant, "shared", Expected::Any, &["second"]),
+                ])
+                .await
+        })
+    };
+    assert!(
+        waiter_behind(&db, open_pid).await,
+        "the waiting batch already holds a transaction id"
+    );
+    open.commit().await.unwrap();
+    batch.await.unwrap().unwrap();
+
+    let all = store
+        .read_all(commands::Cursor::START, 100, Some(tenant))
+        .await
+        .unwrap();
+    let shared: Vec<i64> = all
+        .iter()
+        .filter(|e| e.stream_id == "shared")
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(shared, vec![1, 2], "the subscription order follows the stream order");
+}
+
+/// A caller's transaction that has an id before it appends (it wrote something first)
+/// cannot be reordered: when a younger transaction wrote the stream meanwhile, the append
+/// is a conflict to retry, never a later version read before an earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_transaction_appending_after_a_younger_one_is_a_conflict() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let tenant = Uuid::new_v4();
+
+    let mut older = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    let mut younger = db.pool.begin().await.unwrap();
+    store
+        .append_in(&mut younger, &[write(tenant, "shared", Expected::Any, &["young"])])
+        .await
+        .unwrap();
+    let younger_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *younger)
+        .await
+        .unwrap();
+
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let result = store
+                .append_in(&mut older, &[write(tenant, "shared", Expected::Any, &["old"])])
+                .await;
+            if result.is_ok() {
+                older.commit().await.unwrap();
+            }
+            result
+        })
+    };
+    waiter_behind(&db, younger_pid).await;
+    younger.commit().await.unwrap();
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(err.is_conflict(), "expected a conflict, got {err}");
+
+    let all = store
+        .read_all(commands::Cursor::START, 100, Some(tenant))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].stream_version, 1);
+    // A retry in a fresh transaction succeeds, after the younger one.
+    store
+        .append(&[write(tenant, "shared", Expected::Any, &["old"])])
+        .await
+        .unwrap();
+}
