@@ -101,8 +101,18 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     env.catch_up();
     let tenants = env.tenants().await;
     let (a, b) = (tenants[0], tenants[1]);
-    let a_leg = open_room(&env, a).await;
+    // A's live-room feed is open while both rooms start: its first update is the state now.
+    let mut rooms_ws = subscribe_to(
+        env.addr,
+        &env.key(a, Role::Developer).await,
+        "subscription { liveConferenceRooms { roomId sessionId participants { legId callId role } } }",
+    )
+    .await;
+    let initial = next_message(&mut rooms_ws).await;
+    assert_eq!(initial["type"], "next", "{initial}");
     let b_leg = open_room(&env, b).await;
+    let a_leg = open_room(&env, a).await;
+    env.catch_up();
     // Trunks, routes and DIDs for both tenants, through the API.
     let mut http = env.client();
     // Webhooks for both (a developer may register); the routing events after them are
@@ -404,6 +414,21 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             seen += 1;
         }
     }
+    // A's live rooms: an update per committed event of A's room (session started, host
+    // joined), each once the projection shows it; B's room, started first, never shows.
+    let mut updates = Vec::new();
+    for _ in 0..2 {
+        let msg = next_message(&mut rooms_ws).await;
+        assert_eq!(msg["type"], "next", "{msg}");
+        let text = msg["payload"]["data"]["liveConferenceRooms"].to_string();
+        assert!(!text.contains(&b_leg.to_string()), "B's room reached A's feed: {text}");
+        assert_clean("liveConferenceRooms subscription", &text, &of_b);
+        updates.push(text);
+    }
+    assert!(
+        updates.last().unwrap().contains(&a_leg.to_string()),
+        "the update after the join shows A's host: {updates:?}"
+    );
     let mut ws = subscribe(env.addr, &key(Role::Finance)).await;
     let msg = next_message(&mut ws).await;
     // graphql-ws answers a refused subscription with its errors (as `next` or `error`).
@@ -535,6 +560,15 @@ async fn enqueue_deliveries(env: &api_support::Env) {
 }
 
 async fn subscribe(addr: std::net::SocketAddr, key: &str) -> Ws {
+    subscribe_to(
+        addr,
+        key,
+        "subscription { events(after: \"0:0\") { eventType streamId streamVersion payload } }",
+    )
+    .await
+}
+
+async fn subscribe_to(addr: std::net::SocketAddr, key: &str, query: &str) -> Ws {
     let mut ws = ws_connect(addr).await;
     ws_send(
         &mut ws,
@@ -545,8 +579,7 @@ async fn subscribe(addr: std::net::SocketAddr, key: &str) -> Ws {
     assert_eq!(ack["type"], "connection_ack", "{ack}");
     ws_send(
         &mut ws,
-        json!({ "id": "1", "type": "subscribe", "payload": {
-        "query": "subscription { events(after: \"0:0\") { eventType streamId streamVersion payload } }" } }),
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": query } }),
     )
     .await;
     ws

@@ -89,32 +89,36 @@ impl ConferencesQuery {
     async fn live_conference_rooms(&self, ctx: &Context<'_>, first: Option<i32>) -> ApiResult<Vec<LiveConferenceRoom>> {
         let caller = require(ctx, Capability::Read)?;
         let size = page::page_size(ctx, first)?;
-        let pool = &state(ctx).pool;
-        let mut rooms: Vec<LiveConferenceRoom> = sqlx::query_as(
-            "SELECT room_id, name, owner_account_id, moderated, session_id, session_node, session_started_at, \
-                    participants AS participant_count, hosts, muted, talking \
-             FROM rm_live_conference_rooms WHERE tenant_id = $1 ORDER BY name, room_id LIMIT $2",
-        )
-        .bind(caller.tenant_id)
-        .bind(size)
-        .fetch_all(pool)
-        .await?;
-        let ids: Vec<Uuid> = rooms.iter().map(|r| r.room_id).collect();
-        let people: Vec<ConferenceParticipant> = sqlx::query_as(
-            "SELECT room_id, leg_id, call_id, role, muted, talking, joined_at FROM rm_live_conference_participants \
-             WHERE tenant_id = $1 AND room_id = ANY($2) ORDER BY joined_at, leg_id",
-        )
-        .bind(caller.tenant_id)
-        .bind(&ids)
-        .fetch_all(pool)
-        .await?;
-        let mut by_room: HashMap<Uuid, Vec<ConferenceParticipant>> = HashMap::new();
-        for p in people {
-            by_room.entry(p.room_id).or_default().push(p);
-        }
-        for room in &mut rooms {
-            room.participants = by_room.remove(&room.room_id).unwrap_or_default();
-        }
-        Ok(rooms)
+        live_rooms(&state(ctx).pool, caller.tenant_id, size).await
     }
+}
+
+/// The tenant's rooms in session now, with who is in them (at most `limit` rooms).
+pub async fn live_rooms(pool: &sqlx::PgPool, tenant_id: Uuid, limit: i64) -> ApiResult<Vec<LiveConferenceRoom>> {
+    let mut rooms: Vec<LiveConferenceRoom> = sqlx::query_as(
+        "SELECT room_id, name, owner_account_id, moderated, session_id, session_node, session_started_at, \
+                participants AS participant_count, hosts, muted, talking \
+         FROM rm_live_conference_rooms WHERE tenant_id = $1 ORDER BY name, room_id LIMIT $2",
+    )
+    .bind(tenant_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<Uuid> = rooms.iter().map(|r| r.room_id).collect();
+    let people: Vec<ConferenceParticipant> = sqlx::query_as(
+        "SELECT room_id, leg_id, call_id, role, muted, talking, joined_at FROM rm_live_conference_participants \
+         WHERE tenant_id = $1 AND room_id = ANY($2) ORDER BY joined_at, leg_id",
+    )
+    .bind(tenant_id)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let mut by_room: HashMap<Uuid, Vec<ConferenceParticipant>> = HashMap::new();
+    for p in people {
+        by_room.entry(p.room_id).or_default().push(p);
+    }
+    for room in &mut rooms {
+        room.participants = by_room.remove(&room.room_id).unwrap_or_default();
+    }
+    Ok(rooms)
 }

@@ -13,6 +13,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::auth::Capability;
+use super::conferences::LiveConferenceRoom;
 use super::directory::LiveCall;
 use super::error::{ApiError, ApiResult};
 use super::{page, require, state, text};
@@ -229,7 +230,8 @@ impl EventsSubscription {
         }))
     }
 
-    /// The tenant's live calls, sent again whenever a call event is committed.
+    /// The tenant's live calls: now, then again whenever a call event is committed (once
+    /// the projection shows it).
     async fn live_calls(&self, ctx: &Context<'_>) -> Result<impl Stream<Item = Vec<LiveCall>>, ApiError> {
         let caller = require(ctx, Capability::Subscribe)?;
         let st = state(ctx);
@@ -237,14 +239,19 @@ impl EventsSubscription {
         let pool = st.pool.clone();
         let tenant = caller.tenant_id;
         let limit = st.config.max_page_size;
-        Ok(futures::stream::unfold(sub, move |mut sub| {
+        Ok(futures::stream::unfold((sub, true), move |(mut sub, first)| {
             let pool = pool.clone();
             async move {
+                if first {
+                    let calls = super::directory::live_calls(&pool, tenant, limit).await.ok()?;
+                    return Some((calls, (sub, false)));
+                }
                 loop {
                     match sub.next().await? {
                         Ok(e) if e.stream_id.starts_with("call-") => {
+                            projected(&pool, "billing", e.cursor()).await;
                             let calls = super::directory::live_calls(&pool, tenant, limit).await.ok()?;
-                            return Some((calls, sub));
+                            return Some((calls, (sub, false)));
                         }
                         _ => continue,
                     }
@@ -252,4 +259,60 @@ impl EventsSubscription {
             }
         }))
     }
+
+    /// The tenant's conference rooms in session, with their participants: now, then again
+    /// whenever a conference event (a join, a leave, a mute, a session's start or end) is
+    /// committed. Talking flags are read fresh with each update; a change of talker alone
+    /// is not an event and sends nothing.
+    async fn live_conference_rooms(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<impl Stream<Item = Vec<LiveConferenceRoom>>, ApiError> {
+        let caller = require(ctx, Capability::Subscribe)?;
+        let st = state(ctx);
+        let sub = feed(&st.store, caller.tenant_id, live_start(&st.pool).await?).await?;
+        let pool = st.pool.clone();
+        let tenant = caller.tenant_id;
+        let limit = st.config.max_page_size;
+        Ok(futures::stream::unfold((sub, true), move |(mut sub, first)| {
+            let pool = pool.clone();
+            async move {
+                if first {
+                    let rooms = super::conferences::live_rooms(&pool, tenant, limit).await.ok()?;
+                    return Some((rooms, (sub, false)));
+                }
+                loop {
+                    match sub.next().await? {
+                        Ok(e) if e.stream_id.starts_with("conference-") => {
+                            projected(&pool, "conferences", e.cursor()).await;
+                            let rooms = super::conferences::live_rooms(&pool, tenant, limit).await.ok()?;
+                            return Some((rooms, (sub, false)));
+                        }
+                        _ => continue,
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// Wait until `projection` has applied the event at `cursor`, so a live snapshot sent
+/// after an event already shows it. Bounded (about ten seconds): a stalled projection
+/// delays the update, never stops the feed.
+async fn projected(pool: &PgPool, projection: &str, cursor: Cursor) {
+    const POLL: Duration = Duration::from_millis(25);
+    for _ in 0..400 {
+        let at: Option<(i64, i64)> =
+            sqlx::query_as("SELECT tx_id::text::bigint, position FROM projection_checkpoints WHERE projection = $1")
+                .bind(projection)
+                .fetch_optional(pool)
+                .await
+                .ok()
+                .flatten();
+        if matches!(at, Some((tx_id, position)) if Cursor { tx_id, position } >= cursor) {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    tracing::warn!(projection, "api: live feed sent before the projection caught up");
 }
