@@ -31,6 +31,8 @@ pub enum Party {
     Callee,
     /// The node itself (limits, credit exhausted, timeouts).
     System,
+    /// A person through the API (`hangupCall`).
+    Operator,
 }
 
 /// Why a call ended, in words finance and support read in CDRs.
@@ -46,6 +48,8 @@ pub enum EndReason {
     Rejected,
     CreditExhausted,
     Failed,
+    /// An operator asked for the call to end (`CallHangupRequested`).
+    HangupRequested,
 }
 
 impl EndReason {
@@ -180,6 +184,19 @@ pub struct LegMedia {
     pub jitter_us: u64,
 }
 
+/// An operator asks the SIP node holding the call to end it (both legs). The node acts on
+/// it and records the end as usual (`CallEnded`, reason `hangup_requested`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallHangupRequested {
+    /// Who asked, e.g. `api-key:{key_id}`.
+    pub requested_by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The longest `requested_by` a hang-up request carries.
+pub const MAX_ACTOR_LEN: usize = 200;
+
 event_family! {
     /// Everything that happens on a `call-{id}` stream.
     pub enum CallEvent {
@@ -193,6 +210,7 @@ event_family! {
         CallResumed,
         CallTransferred,
         CallEnded,
+        CallHangupRequested,
     }
 }
 
@@ -246,6 +264,11 @@ pub enum CallCommand {
         /// Per-leg media statistics, if a media node anchored the call.
         media: Vec<LegMedia>,
     },
+    /// From the API: ask the SIP node to end a call that has not ended.
+    RequestHangup {
+        by: String,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -276,6 +299,8 @@ pub enum CallRejection {
     InvalidNumber(String),
     #[error("time runs backwards: {0}")]
     TimeTravel(String),
+    #[error("invalid actor")]
+    InvalidActor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -354,6 +379,7 @@ impl Aggregate for Call {
                 state.phase = Phase::Ended;
                 e.at
             }
+            CallEvent::CallHangupRequested(e) => e.at,
         };
         state.last_at = Some(at);
         state
@@ -505,6 +531,15 @@ pub fn decide(command: &CallCommand, state: &CallState) -> Result<Vec<CallEvent>
                 media: media.clone(),
             })])
         }
+        CallCommand::RequestHangup { by, at } => {
+            if by.is_empty() || by.len() > MAX_ACTOR_LEN || by.chars().any(char::is_control) {
+                return Err(CallRejection::InvalidActor);
+            }
+            Ok(vec![CallEvent::CallHangupRequested(CallHangupRequested {
+                requested_by: by.clone(),
+                at: *at,
+            })])
+        }
     }
 }
 
@@ -527,7 +562,8 @@ fn command_time(command: &CallCommand) -> DateTime<Utc> {
         | CallCommand::Hold { at, .. }
         | CallCommand::Resume { at, .. }
         | CallCommand::Transfer { at, .. }
-        | CallCommand::End { at, .. } => *at,
+        | CallCommand::End { at, .. }
+        | CallCommand::RequestHangup { at, .. } => *at,
     }
 }
 
@@ -644,6 +680,10 @@ mod tests {
             media: vec![],
         });
         let answer = CallCommand::Answer { leg_id: LEG, at: t(6) };
+        let hangup = |by: &str, s: i64| CallCommand::RequestHangup {
+            by: by.into(),
+            at: t(s),
+        };
         let cases: Vec<(Vec<CallEvent>, CallCommand, Result<(), CallRejection>)> = vec![
             (
                 vec![initiated()],
@@ -670,7 +710,7 @@ mod tests {
                 Err(CallRejection::AlreadyAnswered),
             ),
             (
-                vec![initiated(), authorized(), leg(), ended],
+                vec![initiated(), authorized(), leg(), ended.clone()],
                 answer.clone(),
                 Err(CallRejection::Ended),
             ),
@@ -714,6 +754,41 @@ mod tests {
                 Err(CallRejection::AlreadyDecided),
             ),
             (vec![initiated()], end(486), Ok(())),
+            // A hang-up request: for a ringing or answered call, never an ended or unknown one.
+            (vec![initiated(), authorized(), leg()], hangup("api-key:1", 1), Ok(())),
+            (
+                vec![initiated(), authorized(), leg(), answered()],
+                hangup("api-key:1", 6),
+                Ok(()),
+            ),
+            (vec![], hangup("api-key:1", 6), Err(CallRejection::NotFound)),
+            (
+                vec![initiated(), authorized(), leg(), ended.clone()],
+                hangup("api-key:1", 6),
+                Err(CallRejection::Ended),
+            ),
+            (
+                vec![
+                    initiated(),
+                    CallEvent::CallRejected(CallRejected {
+                        reason: "no funds".into(),
+                        sip_status: 402,
+                        at: t(0),
+                    }),
+                ],
+                hangup("api-key:1", 6),
+                Err(CallRejection::Ended),
+            ),
+            (
+                vec![initiated(), authorized(), leg(), answered()],
+                hangup("", 6),
+                Err(CallRejection::InvalidActor),
+            ),
+            (
+                vec![initiated(), authorized(), leg(), answered()],
+                hangup("api-key:1", 1),
+                Err(CallRejection::TimeTravel(format!("{} is before {}", t(1), t(5)))),
+            ),
         ];
         for (history, command, expected) in cases {
             assert_eq!(
@@ -763,5 +838,50 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(&events[0], CallEvent::CallEnded(e) if e.reason == EndReason::CreditExhausted));
+    }
+
+    #[test]
+    fn a_hangup_request_is_recorded_and_the_node_ends_the_call_as_requested() {
+        let mut history = vec![initiated(), authorized(), leg(), answered()];
+        let requested = decide(
+            &CallCommand::RequestHangup {
+                by: "api-key:7".into(),
+                at: t(30),
+            },
+            &state(&history),
+        )
+        .unwrap();
+        assert_eq!(
+            requested,
+            vec![CallEvent::CallHangupRequested(CallHangupRequested {
+                requested_by: "api-key:7".into(),
+                at: t(30),
+            })]
+        );
+        history.extend(requested);
+        // The request ends nothing by itself: the call is still answered until the node ends it.
+        assert_eq!(state(&history).phase, Phase::Answered);
+        let ended = decide(
+            &CallCommand::End {
+                hangup_by: Party::Operator,
+                sip_status: 200,
+                reason: Some(EndReason::HangupRequested),
+                at: t(30),
+                media: vec![],
+            },
+            &state(&history),
+        )
+        .unwrap();
+        assert!(matches!(&ended[0], CallEvent::CallEnded(e)
+            if e.reason == EndReason::HangupRequested && e.hangup_by == Party::Operator));
+        history.extend(ended);
+        assert!(decide(
+            &CallCommand::RequestHangup {
+                by: "api-key:7".into(),
+                at: t(31),
+            },
+            &state(&history),
+        )
+        .is_err());
     }
 }

@@ -109,6 +109,10 @@ impl SipService {
                 max_calls: 20_000,
             },
         });
+        let (hangup_tx, hangups) = mpsc::channel(1024);
+        crate::sip::hangup::follow(store.clone(), hangup_tx)
+            .await
+            .map_err(std::io::Error::other)?;
         let (pool_for_billing, store_for_billing) = (pool.clone(), store.clone());
         let writer = BatchingWriter::spawn(store, BatchOptions::default());
         let calls = spawn_call_appender(writer.clone(), config.node_id.clone());
@@ -128,7 +132,7 @@ impl SipService {
             node_id: config.node_id.clone(),
         };
         tokio::spawn(shell.clone().purge_loop(shutdown.clone()));
-        let task = tokio::spawn(shell.run(node, inbound, shutdown));
+        let task = tokio::spawn(shell.run(node, inbound, hangups, shutdown));
         Ok(SipService { local_addr, task })
     }
 }
@@ -209,6 +213,7 @@ impl Shell {
         self,
         mut node: SipNode,
         mut inbound: mpsc::Receiver<crate::transport::Inbound>,
+        mut hangups: mpsc::Receiver<crate::sip::hangup::HangupRequest>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let epoch = tokio::time::Instant::now();
@@ -240,6 +245,9 @@ impl Shell {
                         node.handle_call_authorization(now(epoch), id, authorization);
                     }
                 },
+                Some(request) = hangups.recv() => {
+                    node.handle_hangup_request(now(epoch), request.tenant_id, request.call_id);
+                }
                 _ = tokio::time::sleep_until(deadline) => node.handle_timeout(now(epoch)),
                 _ = shutdown.changed() => return,
             }

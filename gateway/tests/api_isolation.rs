@@ -1,6 +1,7 @@
 //! A key of tenant A walks every query field, list, export and subscription over data that
-//! belongs to tenant B, and finds nothing of B; each role is refused what it must not do,
-//! and a refused request changes nothing.
+//! belongs to tenant B, and finds nothing of B; writes naming B's things (trunks, webhooks,
+//! rooms, participants, calls) find nothing; each role is refused what it must not do, and a
+//! refused request changes nothing.
 
 #![allow(clippy::disallowed_methods)] // Tests stamp their commands with the clock.
 
@@ -280,6 +281,13 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
         .fetch_one(&env.db.pool)
         .await
         .unwrap();
+    // The simulator's room of B (`simulate_conferences::room_id`), in session with `b_leg`.
+    let b_room = Uuid::new_v5(&b, b"room");
+    let b_cdr_call: Uuid = sqlx::query_scalar("SELECT call_id FROM rm_cdrs WHERE tenant_id = $1 LIMIT 1")
+        .bind(b)
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
     let head = env.head().await;
     let (_, body) = gql(
         &mut http,
@@ -322,6 +330,42 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             "mutation($w: UUID!, $k: UUID!) { removeWebhook(idempotencyKey: $k, webhookId: $w) { id } }",
             json!({ "w": b_hook }),
         ),
+        (
+            "mutation($w: UUID!, $k: UUID!) { updateWebhook(idempotencyKey: $k, webhookId: $w, url: \"https://x.example/\") { id } }",
+            json!({ "w": b_hook }),
+        ),
+        (
+            "mutation($w: UUID!, $k: UUID!) { disableWebhook(idempotencyKey: $k, webhookId: $w) { id } }",
+            json!({ "w": b_hook }),
+        ),
+        (
+            "mutation($w: UUID!, $k: UUID!) { enableWebhook(idempotencyKey: $k, webhookId: $w) { id } }",
+            json!({ "w": b_hook }),
+        ),
+        (
+            "mutation($r: UUID!, $k: UUID!) { updateConferenceRoom(idempotencyKey: $k, roomId: $r, name: \"x\") { id } }",
+            json!({ "r": b_room }),
+        ),
+        (
+            "mutation($r: UUID!, $k: UUID!) { removeConferenceRoom(idempotencyKey: $k, roomId: $r) { id } }",
+            json!({ "r": b_room }),
+        ),
+        (
+            "mutation($r: UUID!, $l: UUID!, $k: UUID!) { muteParticipant(idempotencyKey: $k, roomId: $r, legId: $l) { id } }",
+            json!({ "r": b_room, "l": b_leg }),
+        ),
+        (
+            "mutation($r: UUID!, $l: UUID!, $k: UUID!) { unmuteParticipant(idempotencyKey: $k, roomId: $r, legId: $l) { id } }",
+            json!({ "r": b_room, "l": b_leg }),
+        ),
+        (
+            "mutation($r: UUID!, $l: UUID!, $k: UUID!) { kickParticipant(idempotencyKey: $k, roomId: $r, legId: $l) { id } }",
+            json!({ "r": b_room, "l": b_leg }),
+        ),
+        (
+            "mutation($c: UUID!, $k: UUID!) { hangupCall(idempotencyKey: $k, callId: $c) { id } }",
+            json!({ "c": b_cdr_call }),
+        ),
     ] {
         let mut vars = vars;
         vars["k"] = json!(Uuid::new_v4());
@@ -332,6 +376,12 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
 
     // Roles: what each must not do is refused, and changes nothing.
     let a_account: Uuid = sqlx::query_scalar("SELECT account_id FROM rm_balances WHERE tenant_id = $1 LIMIT 1")
+        .bind(a)
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap();
+    let a_room = Uuid::new_v5(&a, b"room");
+    let a_cdr_call: Uuid = sqlx::query_scalar("SELECT call_id FROM rm_cdrs WHERE tenant_id = $1 LIMIT 1")
         .bind(a)
         .fetch_one(&env.db.pool)
         .await
@@ -370,6 +420,17 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
             "mutation($k: UUID!, $w: UUID!) { removeWebhook(idempotencyKey: $k, webhookId: $w) { id } }",
             json!({ "w": a_hook }),
         ),
+        (
+            Role::Auditor,
+            "mutation($k: UUID!, $w: UUID!) { disableWebhook(idempotencyKey: $k, webhookId: $w) { id } }",
+            json!({ "w": a_hook }),
+        ),
+        (Role::Developer, KICK, json!({ "r": a_room, "l": a_leg })),
+        (Role::Finance, KICK, json!({ "r": a_room, "l": a_leg })),
+        (Role::Auditor, KICK, json!({ "r": a_room, "l": a_leg })),
+        (Role::Developer, HANGUP, json!({ "c": a_cdr_call })),
+        (Role::Finance, HANGUP, json!({ "c": a_cdr_call })),
+        (Role::Auditor, HANGUP, json!({ "c": a_cdr_call })),
     ];
     let head = env.head().await;
     for (role, query, mut vars) in refusals {
@@ -441,6 +502,9 @@ async fn tenant_a_never_sees_tenant_b_and_roles_are_enforced() {
     assert!(msg["payload"]["data"].is_null(), "{msg}");
 }
 
+const KICK: &str =
+    "mutation($k: UUID!, $r: UUID!, $l: UUID!) { kickParticipant(idempotencyKey: $k, roomId: $r, legId: $l) { id } }";
+const HANGUP: &str = "mutation($k: UUID!, $c: UUID!) { hangupCall(idempotencyKey: $k, callId: $c) { id } }";
 const TRUNK_PASSWORD: &str = "trunk-secret-not-for-eyes";
 const ADD_TRUNK: &str = "mutation($k: UUID!, $n: String!, $h: String!) { addTrunk(idempotencyKey: $k, name: $n, host: $h, allowedIps: [\"192.0.2.7\"], username: \"acct\", password: \"trunk-secret-not-for-eyes\") { id replayed } }";
 

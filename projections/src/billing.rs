@@ -878,6 +878,8 @@ impl Fold {
                     cdr.on_hold = true;
                 }
                 CallEvent::CallResumed(_) => cdr.on_hold = false,
+                // A request only: the SIP node's `CallEnded` that follows is what ends the CDR.
+                CallEvent::CallHangupRequested(_) => {}
                 CallEvent::CallTransferred(e) => {
                     cdr.transfers += 1;
                     cdr.transferred_to = Some(e.to.clone());
@@ -1851,6 +1853,7 @@ fn party_name(party: Party) -> &'static str {
         Party::Caller => "caller",
         Party::Callee => "callee",
         Party::System => "system",
+        Party::Operator => "operator",
     }
 }
 
@@ -1865,5 +1868,6 @@ fn end_reason_name(reason: EndReason) -> &'static str {
         EndReason::Rejected => "rejected",
         EndReason::CreditExhausted => "credit_exhausted",
         EndReason::Failed => "failed",
+        EndReason::HangupRequested => "hangup_requested",
     }
 }

@@ -42,6 +42,10 @@ pub enum Capability {
     ManageTenants,
     /// Webhook subscriptions.
     ManageWebhooks,
+    /// Conference rooms, and muting or kicking their participants.
+    ManageConferences,
+    /// Ending calls in progress (`hangupCall`).
+    ControlCalls,
 }
 
 pub fn allows(role: Role, capability: Capability) -> bool {
@@ -57,6 +61,8 @@ pub fn allows(role: Role, capability: Capability) -> bool {
         ManageKeys => matches!(role, SystemAdmin | TenantAdmin),
         ManageTenants => matches!(role, SystemAdmin),
         ManageWebhooks => matches!(role, SystemAdmin | TenantAdmin | Developer),
+        ManageConferences => matches!(role, SystemAdmin | TenantAdmin),
+        ControlCalls => matches!(role, SystemAdmin | TenantAdmin),
     }
 }
 
@@ -264,5 +270,11 @@ mod tests {
         assert!(!allows(Role::Developer, Capability::Export));
         assert!(!allows(Role::TenantAdmin, Capability::ManageTenants));
         assert!(Role::ALL.iter().all(|r| allows(*r, Capability::Read)));
+        for capability in [Capability::ManageConferences, Capability::ControlCalls] {
+            for role in [Role::Finance, Role::Auditor, Role::Developer] {
+                assert!(!allows(role, capability), "{role:?} {capability:?}");
+            }
+            assert!(allows(Role::TenantAdmin, capability));
+        }
     }
 }

@@ -1,17 +1,28 @@
 //! Conferences area: the tenant's rooms (`rm_conference_rooms`, projection `conferences`)
 //! and the rooms in session now with who is in them (`rm_live_conference_rooms`,
 //! `rm_live_conference_participants`). Host and guest codes are not in the read models and
-//! so never here.
+//! so never here: a room's codes are written by `createConferenceRoom` /
+//! `updateConferenceRoom` and never read back.
+//!
+//! The writes go through the `domain::conference` decider on the room's stream, loaded under
+//! the caller's tenant (another tenant's room is not found). Mute, unmute and kick are
+//! requests (`ParticipantMuteRequested`, `ParticipantKickRequested`) that the media node
+//! holding the session acts on.
 
 use std::collections::HashMap;
 
 use async_graphql::{Context, Object, SimpleObject};
+use billing::aggregates::Account;
 use chrono::{DateTime, Utc};
+use commands::{CommandContext, CommandError, Outcome, StreamRef};
+use domain::conference::{
+    self as room, Actor, ConferenceCommand, ConferenceRejection, ConferenceRoom as Room, RoomSettings,
+};
 use uuid::Uuid;
 
 use super::auth::Capability;
-use super::error::ApiResult;
-use super::{page, require, state};
+use super::error::{ApiError, ApiResult};
+use super::{command, page, require, state, text, Caller, MutationResult};
 
 #[derive(SimpleObject, sqlx::FromRow, Debug, Clone)]
 pub struct ConferenceRoom {
@@ -121,4 +132,287 @@ pub async fn live_rooms(pool: &sqlx::PgPool, tenant_id: Uuid, limit: i64) -> Api
         room.participants = by_room.remove(&room.room_id).unwrap_or_default();
     }
     Ok(rooms)
+}
+
+/// Why a room write was refused: the decider's reason, or an owner account the caller's
+/// tenant does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RoomWriteError {
+    #[error("no such account")]
+    UnknownAccount,
+    #[error(transparent)]
+    Room(#[from] ConferenceRejection),
+}
+
+fn room_error(e: CommandError<RoomWriteError>) -> ApiError {
+    match e {
+        CommandError::Rejected(RoomWriteError::UnknownAccount) => ApiError::not_found("no such account"),
+        CommandError::Rejected(RoomWriteError::Room(r)) => match r {
+            // A removed room is gone for the API as for the listing; a leg that is not in the
+            // room (or a room without a session) names no participant.
+            ConferenceRejection::NotFound | ConferenceRejection::Removed => ApiError::not_found("no such room"),
+            ConferenceRejection::NotInRoom | ConferenceRejection::NoSession => {
+                ApiError::not_found("no such participant in the room")
+            }
+            r @ (ConferenceRejection::InvalidSettings(_) | ConferenceRejection::InvalidActor) => {
+                ApiError::invalid(r.to_string())
+            }
+            other => CommandError::Rejected(other).into(),
+        },
+        other => other.into(),
+    }
+}
+
+/// Who the room's events name as the actor of an API request.
+fn actor(caller: &Caller) -> Actor {
+    Actor::Api {
+        actor: format!("api-key:{}", caller.key_id),
+    }
+}
+
+/// One command on a room of the caller's tenant; `settings` turns the room's current
+/// state into the command (so an update merges with the stored codes it never shows).
+async fn room_command(
+    ctx: &Context<'_>,
+    caller: &Caller,
+    cmd: &CommandContext,
+    room_id: Uuid,
+    make: impl Fn(&room::RoomState) -> Result<ConferenceCommand, RoomWriteError>,
+) -> ApiResult<Outcome> {
+    state(ctx)
+        .handler
+        .execute::<Room, RoomWriteError>(cmd, StreamRef::of::<Room>(caller.tenant_id, &room_id), |s| {
+            let c = make(s)?;
+            Ok(room::decide(&c, s)?)
+        })
+        .await
+        .map_err(room_error)
+}
+
+/// The command's time, never before the room's last event (the media node writes there
+/// too, with its own clock).
+fn at_or_after(now: DateTime<Utc>, s: &room::RoomState) -> DateTime<Utc> {
+    match s.last_at {
+        Some(last) if last > now => last,
+        _ => now,
+    }
+}
+
+fn check_text(name: Option<&str>, access_number: Option<&str>) -> ApiResult<()> {
+    if let Some(name) = name {
+        text("name", name, room::MAX_NAME_LEN)?;
+    }
+    if let Some(number) = access_number {
+        text("accessNumber", number, room::MAX_NUMBER_LEN)?;
+    }
+    Ok(())
+}
+
+fn max_participants(value: i32) -> ApiResult<u32> {
+    u32::try_from(value).map_err(|_| ApiError::invalid("maxParticipants must be positive"))
+}
+
+#[derive(Default)]
+pub struct ConferencesMutation;
+
+#[Object]
+impl ConferencesMutation {
+    /// Create a conference room of the caller's tenant; its id derives from the idempotency
+    /// key. The codes are digits (callers who enter the host code join as hosts); they are
+    /// never shown again. `ownerAccountId` is the tenant's account that pays for every leg.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_conference_room(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        name: String,
+        owner_account_id: Uuid,
+        host_code: String,
+        guest_code: String,
+        #[graphql(default)] moderated: bool,
+        #[graphql(default = 50)] max_participants: i32,
+        #[graphql(default)] record: bool,
+        access_number: Option<String>,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageConferences)?;
+        check_text(Some(&name), access_number.as_deref())?;
+        let settings = RoomSettings {
+            name,
+            owner_account_id,
+            host_code,
+            guest_code,
+            moderated,
+            max_participants: self::max_participants(max_participants)?,
+            record,
+            access_number,
+        };
+        let cmd = command(ctx, &caller, "createConferenceRoom", idempotency_key);
+        let room_id = Uuid::new_v5(&cmd.command_id, b"conference");
+        let tenant = caller.tenant_id;
+        let create = ConferenceCommand::Create {
+            room_id,
+            tenant_id: tenant,
+            settings,
+            at: cmd.now,
+        };
+        // The owner account is loaded under the caller's tenant: another tenant's account
+        // is unknown here, and a room can never bill it.
+        let outcome = state(ctx)
+            .handler
+            .execute2::<Account, Room, RoomWriteError>(
+                &cmd,
+                StreamRef::of::<Account>(tenant, &owner_account_id),
+                StreamRef::of::<Room>(tenant, &room_id),
+                |account, room_state| {
+                    if account.info.is_none() {
+                        return Err(RoomWriteError::UnknownAccount);
+                    }
+                    Ok((vec![], room::decide(&create, room_state)?))
+                },
+            )
+            .await
+            .map_err(room_error)?;
+        Ok(MutationResult::new(room_id, outcome))
+    }
+
+    /// Change a room's settings; what is not given stays as it is (codes included).
+    #[allow(clippy::too_many_arguments)]
+    async fn update_conference_room(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        room_id: Uuid,
+        name: Option<String>,
+        host_code: Option<String>,
+        guest_code: Option<String>,
+        moderated: Option<bool>,
+        max_participants: Option<i32>,
+        record: Option<bool>,
+        access_number: Option<String>,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageConferences)?;
+        check_text(name.as_deref(), access_number.as_deref())?;
+        let max_participants = max_participants.map(self::max_participants).transpose()?;
+        let cmd = command(ctx, &caller, "updateConferenceRoom", idempotency_key);
+        let now = cmd.now;
+        let outcome = room_command(ctx, &caller, &cmd, room_id, |s| {
+            let Some(current) = &s.settings else {
+                return Err(ConferenceRejection::NotFound.into());
+            };
+            let mut settings = current.clone();
+            if let Some(v) = &name {
+                settings.name = v.clone();
+            }
+            if let Some(v) = &host_code {
+                settings.host_code = v.clone();
+            }
+            if let Some(v) = &guest_code {
+                settings.guest_code = v.clone();
+            }
+            if let Some(v) = moderated {
+                settings.moderated = v;
+            }
+            if let Some(v) = max_participants {
+                settings.max_participants = v;
+            }
+            if let Some(v) = record {
+                settings.record = v;
+            }
+            if let Some(v) = &access_number {
+                settings.access_number = Some(v.clone());
+            }
+            Ok(ConferenceCommand::Update {
+                settings,
+                at: at_or_after(now, s),
+            })
+        })
+        .await?;
+        Ok(MutationResult::new(room_id, outcome))
+    }
+
+    /// Remove a room for good (refused while a session runs in it).
+    async fn remove_conference_room(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        room_id: Uuid,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageConferences)?;
+        let cmd = command(ctx, &caller, "removeConferenceRoom", idempotency_key);
+        let now = cmd.now;
+        let outcome = room_command(ctx, &caller, &cmd, room_id, |s| {
+            Ok(ConferenceCommand::Remove {
+                at: at_or_after(now, s),
+            })
+        })
+        .await?;
+        Ok(MutationResult::new(room_id, outcome))
+    }
+
+    /// Ask the media node holding the session to mute a participant (by leg).
+    async fn mute_participant(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        room_id: Uuid,
+        leg_id: Uuid,
+    ) -> ApiResult<MutationResult> {
+        request_mute(ctx, "muteParticipant", idempotency_key, room_id, leg_id, true).await
+    }
+
+    /// Ask the media node holding the session to unmute a participant (by leg).
+    async fn unmute_participant(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        room_id: Uuid,
+        leg_id: Uuid,
+    ) -> ApiResult<MutationResult> {
+        request_mute(ctx, "unmuteParticipant", idempotency_key, room_id, leg_id, false).await
+    }
+
+    /// Ask the media node holding the session to disconnect a participant (by leg).
+    async fn kick_participant(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        room_id: Uuid,
+        leg_id: Uuid,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageConferences)?;
+        let cmd = command(ctx, &caller, "kickParticipant", idempotency_key);
+        let (now, by) = (cmd.now, actor(&caller));
+        let outcome = room_command(ctx, &caller, &cmd, room_id, |s| {
+            Ok(ConferenceCommand::RequestKick {
+                leg_id,
+                by: by.clone(),
+                at: at_or_after(now, s),
+            })
+        })
+        .await?;
+        Ok(MutationResult::new(leg_id, outcome))
+    }
+}
+
+async fn request_mute(
+    ctx: &Context<'_>,
+    operation: &str,
+    idempotency_key: Uuid,
+    room_id: Uuid,
+    leg_id: Uuid,
+    mute: bool,
+) -> ApiResult<MutationResult> {
+    let caller = require(ctx, Capability::ManageConferences)?;
+    let cmd = command(ctx, &caller, operation, idempotency_key);
+    let (now, by) = (cmd.now, actor(&caller));
+    let outcome = room_command(ctx, &caller, &cmd, room_id, |s| {
+        Ok(ConferenceCommand::RequestMute {
+            leg_id,
+            mute,
+            by: by.clone(),
+            at: at_or_after(now, s),
+        })
+    })
+    .await?;
+    Ok(MutationResult::new(leg_id, outcome))
 }

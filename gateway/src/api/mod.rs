@@ -4,10 +4,11 @@
 //! Reads come from read models (`rm_*`) and the event store, always filtered by the caller's
 //! tenant in SQL; writes are commands through `commands::CommandHandler`, the idempotency key
 //! naming the command. One resolver module per area (`directory`, `billing`, `events`,
-//! `keys`, `routing`, `webhooks`, `conferences`): a new area adds a module and one line in `schema.rs`.
+//! `keys`, `routing`, `webhooks`, `conferences`, `calls`): a new area adds a module and one line in `schema.rs`.
 
 pub mod auth;
 pub mod billing;
+pub mod calls;
 pub mod client;
 pub mod conferences;
 pub mod directory;

@@ -4,7 +4,8 @@
 use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
 
 use super::billing::{BillingMutation, BillingQuery};
-use super::conferences::ConferencesQuery;
+use super::calls::CallsMutation;
+use super::conferences::{ConferencesMutation, ConferencesQuery};
 use super::directory::{DirectoryMutation, DirectoryQuery};
 use super::events::{EventsQuery, EventsSubscription};
 use super::keys::KeysMutation;
@@ -29,6 +30,8 @@ pub struct Mutation(
     KeysMutation,
     RoutingMutation,
     WebhooksMutation,
+    ConferencesMutation,
+    CallsMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -1,5 +1,6 @@
 //! Webhooks area: a tenant's webhooks and their delivery log (wrapping
-//! `crate::webhooks::queries`), and register/remove (wrapping `crate::webhooks::commands`).
+//! `crate::webhooks::queries`), and register/update/disable/enable/remove (wrapping
+//! `crate::webhooks::commands`).
 //! A webhook's secret is never read back: only its fingerprint; a generated secret is
 //! answered once, by the registration that generated it.
 
@@ -232,6 +233,93 @@ impl WebhooksMutation {
             replayed: registered.replayed,
             generated_secret: registered.generated_secret,
         })
+    }
+
+    /// Change a webhook's URL or event types, or rotate its secret (given in `secret`;
+    /// never shown again, only its fingerprint). What is not given stays as it is.
+    async fn update_webhook(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        webhook_id: Uuid,
+        url: Option<String>,
+        event_types: Option<Vec<String>>,
+        secret: Option<String>,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageWebhooks)?;
+        if let Some(url) = &url {
+            text("url", url, 2048)?;
+        }
+        if let Some(types) = &event_types {
+            if types.len() > 200 {
+                return Err(ApiError::invalid("eventTypes has more than 200 entries"));
+            }
+            for t in types {
+                text("eventTypes", t, 200)?;
+            }
+        }
+        if let Some(s) = &secret {
+            text("secret", s, 500)?;
+        }
+        let cmd = command(ctx, &caller, "updateWebhook", idempotency_key);
+        // The stream is loaded under the caller's tenant: another tenant's webhook is not found.
+        let outcome = webhook_commands::update(
+            &state(ctx).handler,
+            &cmd,
+            caller.tenant_id,
+            webhook_id,
+            url,
+            event_types,
+            secret,
+        )
+        .await
+        .map_err(command_error)?;
+        Ok(MutationResult::new(webhook_id, outcome))
+    }
+
+    /// Stop deliveries to a webhook (events from now on are not enqueued for it, and its
+    /// pending deliveries wait) until it is enabled again.
+    async fn disable_webhook(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        webhook_id: Uuid,
+        #[graphql(default)] reason: String,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageWebhooks)?;
+        text("reason", &reason, domain::webhook::MAX_REASON_LEN)?;
+        let cmd = command(ctx, &caller, "disableWebhook", idempotency_key);
+        let outcome = webhook_commands::command(
+            &state(ctx).handler,
+            &cmd,
+            caller.tenant_id,
+            webhook_id,
+            WebhookCommand::Disable { reason },
+        )
+        .await
+        .map_err(command_error)?;
+        Ok(MutationResult::new(webhook_id, outcome))
+    }
+
+    /// Resume deliveries to a disabled webhook.
+    async fn enable_webhook(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        webhook_id: Uuid,
+    ) -> ApiResult<MutationResult> {
+        let caller = require(ctx, Capability::ManageWebhooks)?;
+        let cmd = command(ctx, &caller, "enableWebhook", idempotency_key);
+        let outcome = webhook_commands::command(
+            &state(ctx).handler,
+            &cmd,
+            caller.tenant_id,
+            webhook_id,
+            WebhookCommand::Enable,
+        )
+        .await
+        .map_err(command_error)?;
+        Ok(MutationResult::new(webhook_id, outcome))
     }
 
     /// Remove a webhook for good (its secret is deleted; pending deliveries fail).

@@ -1759,8 +1759,44 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         self.end(now, id, Party::System, 408, Some(EndReason::NoAnswer));
     }
 
+    /// An operator asked (through the API, `CallHangupRequested` in the log) to end a call
+    /// of `tenant_id`: answered, both sides get a BYE; not answered yet, the legs are
+    /// cancelled and the caller gets 487. The call ends as `hangup_requested` by the
+    /// operator. A call this node does not hold, of another tenant, or already ended is
+    /// left alone.
+    pub fn handle_hangup_request(&mut self, now: Now, tenant_id: Uuid, id: Uuid) {
+        let Some(call) = self.calls.active.get(&id) else {
+            return;
+        };
+        if call.tenant_id != tenant_id || call.finished {
+            return;
+        }
+        if call.answered.is_some() {
+            self.bye_bridged(now, id);
+            self.end(now, id, Party::Operator, 200, Some(EndReason::HangupRequested));
+            return;
+        }
+        let (key, invite, tag, legs) = (
+            call.a_key.clone(),
+            call.a_invite.clone(),
+            call.a_tag.clone(),
+            call.legs.len(),
+        );
+        for index in 0..legs {
+            self.cancel_leg(now, id, index);
+        }
+        self.reply(now, &key, &invite, 487, &tag, &[], None);
+        self.end(now, id, Party::Operator, 487, Some(EndReason::HangupRequested));
+    }
+
     /// The prepaid limit: both sides get a BYE and the call ends as `credit_exhausted`.
     fn cut(&mut self, now: Now, id: Uuid) {
+        self.bye_bridged(now, id);
+        self.end(now, id, Party::System, 200, Some(EndReason::CreditExhausted));
+    }
+
+    /// A BYE to both dialogs of the call's bridge (the node ends an answered call).
+    fn bye_bridged(&mut self, now: Now, id: Uuid) {
         let Some(call) = self.calls.active.get_mut(&id) else {
             return;
         };
@@ -1774,7 +1810,6 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         for dialog in dialogs {
             self.bye(now, &dialog, id);
         }
-        self.end(now, id, Party::System, 200, Some(EndReason::CreditExhausted));
     }
 
     /// Ends the call: `CallEnded` through the decider, then [`SipNode::finish`].

@@ -2,11 +2,14 @@
 //!
 //! Nothing in here touches a socket, a database or the clock: bytes, lookup results and `now`
 //! come in as arguments, and what to send comes back out, so every path runs on a virtual clock.
+//! The exception is `hangup`, the small follower that reads hang-up requests from the log
+//! and hands them to the node loop.
 
 pub mod abuse;
 pub mod b2bua;
 pub mod digest;
 pub mod fuzzing;
+pub mod hangup;
 pub mod message;
 pub mod node;
 pub mod registrar;

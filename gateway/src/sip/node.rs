@@ -791,6 +791,7 @@ Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
                         CallEvent::CallResumed(_) => "resumed",
                         CallEvent::CallTransferred(_) => "transferred",
                         CallEvent::CallEnded(_) => "ended",
+                        CallEvent::CallHangupRequested(_) => "hangup requested",
                     }));
                 }
             }

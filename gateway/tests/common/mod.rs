@@ -60,6 +60,8 @@ pub async fn until(pool: &PgPool, seconds: u64, sql: &str) {
 pub struct Node {
     pub child: Child,
     pub sip: SocketAddr,
+    /// Where the API listens.
+    pub http: SocketAddr,
 }
 
 impl Drop for Node {
@@ -93,10 +95,14 @@ pub fn start_with(db: &TestDb, extra: &[&str]) -> Node {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut sip = None;
+    let mut http = None;
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.unwrap();
         if let Some(addr) = line.trim().strip_prefix("sip: listening on udp+tcp ") {
             sip = Some(addr.parse().unwrap());
+        }
+        if let Some(rest) = line.trim().strip_prefix("http: API on ") {
+            http = rest.split_whitespace().next().and_then(|a| a.parse().ok());
         }
         if line.contains("stop with Ctrl-C") {
             break;
@@ -105,6 +111,7 @@ pub fn start_with(db: &TestDb, extra: &[&str]) -> Node {
     Node {
         child,
         sip: sip.expect("up prints where SIP listens"),
+        http: http.expect("up prints where the API listens"),
     }
 }
 
