@@ -50,6 +50,9 @@ pub struct SipConfig {
     pub directory_ttl: Duration,
     pub registrar: RegistrarConfig,
     pub abuse: AbuseConfig,
+    /// The media node's control address: every call's media is anchored there. `None`:
+    /// SDP passes through and phones send RTP to each other.
+    pub media_control: Option<SocketAddr>,
 }
 
 /// A running SIP role.
@@ -107,8 +110,16 @@ impl SipService {
                 advertise,
                 no_answer: config.no_answer,
                 max_calls: 20_000,
+                anchor_media: config.media_control.is_some(),
             },
         });
+        let (media, media_results) = match config.media_control {
+            Some(addr) => {
+                let (link, results) = crate::media_link::MediaLink::spawn(addr);
+                (Some(link), results)
+            }
+            None => (None, mpsc::channel(1).1),
+        };
         let (pool_for_billing, store_for_billing) = (pool.clone(), store.clone());
         let writer = BatchingWriter::spawn(store, BatchOptions::default());
         let calls = spawn_call_appender(writer.clone(), config.node_id.clone());
@@ -126,9 +137,10 @@ impl SipService {
                 config.node_id.clone(),
             ),
             node_id: config.node_id.clone(),
+            media,
         };
         tokio::spawn(shell.clone().purge_loop(shutdown.clone()));
-        let task = tokio::spawn(shell.run(node, inbound, shutdown));
+        let task = tokio::spawn(shell.run(node, inbound, media_results, shutdown));
         Ok(SipService { local_addr, task })
     }
 }
@@ -145,6 +157,7 @@ struct Shell {
     directory: DirectoryCache,
     abuse: AbuseConfig,
     node_id: String,
+    media: Option<crate::media_link::MediaLink>,
 }
 
 /// What a call lookup or billing task hands back to the node loop.
@@ -209,6 +222,7 @@ impl Shell {
         self,
         mut node: SipNode,
         mut inbound: mpsc::Receiver<crate::transport::Inbound>,
+        mut media_results: mpsc::Receiver<(crate::sip::anchoring::MediaTicket, crate::sip::anchoring::MediaReply)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let epoch = tokio::time::Instant::now();
@@ -240,6 +254,7 @@ impl Shell {
                         node.handle_call_authorization(now(epoch), id, authorization);
                     }
                 },
+                Some((ticket, reply)) = media_results.recv() => node.handle_media(now(epoch), ticket, reply),
                 _ = tokio::time::sleep_until(deadline) => node.handle_timeout(now(epoch)),
                 _ = shutdown.changed() => return,
             }
@@ -390,6 +405,10 @@ impl Shell {
                     tokio::spawn(async move { billing.observe(call_id, &events).await });
                 }
             }
+            NodeEvent::Media { ticket, command, .. } => match &self.media {
+                Some(link) => link.submit(ticket, command),
+                None => tracing::warn!("a media command without a media node"),
+            },
             NodeEvent::SourceBlocked { ip } => {
                 tracing::warn!(%ip, "blocking a source after repeated failed authentications");
                 let at = now(epoch).wall;
