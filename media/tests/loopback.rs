@@ -219,7 +219,14 @@ async fn a_reinvite_from_either_side_is_anchored_on_the_same_ports() {
         .send_to(&packet(0, 1, 160, &[0xFF; 160]), alice_side)
         .await
         .unwrap();
-    assert_eq!(rtp::parse(&recv(&bob).await).unwrap().payload, &[0xFF; 160][..]);
+    let got = recv(&bob).await;
+    let got = rtp::parse(&got).unwrap();
+    assert_eq!(got.payload, &[0xFF; 160][..]);
+    assert_eq!(
+        (got.ssrc, got.sequence, got.timestamp),
+        (0x1234, 1, 160),
+        "SSRC, sequence and timestamp pass through"
+    );
     bob.send_to(&packet(0, 1, 160, &[0x7F; 160]), bob_side).await.unwrap();
     assert_eq!(rtp::parse(&recv(&alice).await).unwrap().payload, &[0x7F; 160][..]);
     // A leg of another call cannot offer on this one.
