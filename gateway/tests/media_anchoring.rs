@@ -248,6 +248,19 @@ async fn every_call_is_anchored_on_the_media_node_and_its_media_counted() {
     .await
     .unwrap();
     assert_eq!((received, sent), (callee_side.1, callee_side.2));
+    // And the caller's side is a leg of its own.
+    let (kind, received, sent): (String, i64, i64) = sqlx::query_as(
+        "SELECT kind, packets_received, packets_sent FROM rm_cdr_legs WHERE call_id::text = $1 AND leg_id::text = $2",
+    )
+    .bind(&call_id)
+    .bind(&caller_side.0)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (kind.as_str(), received, sent),
+        ("caller", caller_side.1, caller_side.2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
