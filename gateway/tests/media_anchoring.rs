@@ -17,15 +17,16 @@ const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
 const RTP_MIN: u16 = 21000;
 const RTP_MAX: u16 = 21999;
 
+/// A port `p` with `p` and `p + 2` free (sipp's media port and the second one it echoes
+/// on), away from the media node's RTP range.
 fn free_udp_port() -> u16 {
     loop {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // sipp also opens port + 2 for RTP echo (RTCP-like); keep clear of the RTP range.
-        if !(RTP_MIN..=RTP_MAX + 2).contains(&port) && port < u16::MAX - 2 {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        if (RTP_MIN..=RTP_MAX + 2).contains(&port) || port >= u16::MAX - 2 {
+            continue;
+        }
+        if std::net::UdpSocket::bind(("127.0.0.1", port + 2)).is_ok() {
             return port;
         }
     }
@@ -38,7 +39,15 @@ struct Sipp {
 }
 
 impl Sipp {
-    fn spawn(target: Option<&str>, scenario_file: &str, port: u16, media_port: u16, csv: Option<&str>) -> Sipp {
+    /// `echo`: send back what reaches the media port (the callee; the caller plays a pcap).
+    fn spawn(
+        target: Option<&str>,
+        scenario_file: &str,
+        port: u16,
+        media_port: u16,
+        echo: bool,
+        csv: Option<&str>,
+    ) -> Sipp {
         let dir = std::env::temp_dir().join(format!("ledgerline-anchoring-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut command = Command::new("sipp");
@@ -50,11 +59,14 @@ impl Sipp {
             std::fs::write(&path, format!("SEQUENTIAL\n{lines}\n")).unwrap();
             command.arg("-inf").arg(path);
         }
+        if echo {
+            command.arg("-rtp_echo");
+        }
         let child = command
             .arg("-sf")
             .arg(scenario(scenario_file))
             .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"])
-            .args(["-mp", &media_port.to_string(), "-rtp_echo"])
+            .args(["-mp", &media_port.to_string()])
             .args([
                 "-recv_timeout",
                 "20000",
@@ -119,7 +131,7 @@ struct Call {
 /// 1000 calls 1001 (registered at a sipp callee that echoes RTP); both scenarios pass.
 fn call(node: &Node, number: u32) -> Call {
     let (callee_port, callee_media_port, caller_media_port) = (free_udp_port(), free_udp_port(), free_udp_port());
-    let mut callee = Sipp::spawn(None, "uas_media.xml", callee_port, callee_media_port, None);
+    let mut callee = Sipp::spawn(None, "uas_media.xml", callee_port, callee_media_port, true, None);
     register(node, number, callee_port);
     let line = format!("1000;acme.test;{number};[authentication username=1000 password=pass-1000]");
     let mut caller = Sipp::spawn(
@@ -127,6 +139,7 @@ fn call(node: &Node, number: u32) -> Call {
         "uac_media.xml",
         0,
         caller_media_port,
+        false,
         Some(&line),
     );
     assert!(caller.passed(), "the caller's call is answered and hung up");
