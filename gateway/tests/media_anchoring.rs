@@ -124,6 +124,9 @@ struct Call {
     /// The audio address the caller was answered with, and the one the callee was offered.
     caller_got: (String, u16),
     callee_got: (String, u16),
+    /// The same for the caller's hold re-INVITE.
+    caller_got_on_hold: (String, u16),
+    callee_got_on_hold: (String, u16),
     caller_media_port: u16,
     callee_media_port: u16,
 }
@@ -147,6 +150,8 @@ fn call(node: &Node, number: u32) -> Call {
     Call {
         caller_got: caller.logged("answer-audio"),
         callee_got: callee.logged("offer-audio"),
+        caller_got_on_hold: caller.logged("hold-answer-audio"),
+        callee_got_on_hold: callee.logged("hold-offer-audio"),
         caller_media_port,
         callee_media_port,
     }
@@ -214,10 +219,20 @@ async fn every_call_is_anchored_on_the_media_node_and_its_media_counted() {
     assert_ne!(call.caller_got.1, call.callee_media_port);
     assert_ne!(call.callee_got.1, call.caller_media_port);
     assert_ne!(call.caller_got.1, call.callee_got.1, "one port pair per leg");
+    // The hold re-INVITE and its answer were anchored too, on the same port pairs.
+    assert_eq!(call.callee_got_on_hold, call.callee_got);
+    assert_eq!(call.caller_got_on_hold, call.caller_got);
 
     // The media node counted both directions: the caller's audio reached the callee, whose
     // echo came back.
     let stream = call_stream(&db, "1001").await;
+    let held: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1 AND event_type = 'CallHeld')")
+            .bind(&stream)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(held, "the hold is in the call's stream");
     let media = ended_media(&db, &stream).await;
     assert_eq!(media.len(), 2, "{media:?}");
     let leg: String = sqlx::query_scalar(
@@ -290,6 +305,8 @@ async fn an_unreachable_media_node_never_fails_a_call() {
     // The SDP passed through: each side was sent straight to the other.
     assert_eq!(call.caller_got.1, call.callee_media_port);
     assert_eq!(call.callee_got.1, call.caller_media_port);
+    assert_eq!(call.caller_got_on_hold.1, call.callee_media_port);
+    assert_eq!(call.callee_got_on_hold.1, call.caller_media_port);
     let stream = call_stream(&db, "1001").await;
     assert!(
         ended_media(&db, &stream).await.is_empty(),
