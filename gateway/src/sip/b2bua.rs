@@ -1763,7 +1763,6 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         let at = self.at(now, id);
         // An anchored call records `CallEnded` once the media node says what it counted.
         if !self.release_media(id, hangup_by, sip_status, reason, at) {
-            let media = vec![];
             self.apply(
                 now,
                 id,
@@ -1772,7 +1771,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                     sip_status,
                     reason,
                     at,
-                    media,
+                    media: vec![],
                 },
             );
         }
