@@ -131,10 +131,11 @@ struct Call {
     callee_media_port: u16,
 }
 
-/// 1000 calls 1001 (registered at a sipp callee that echoes RTP); both scenarios pass.
-fn call(node: &Node, number: u32) -> Call {
+/// 1000 calls `number` (registered at a sipp callee that echoes RTP and answers with
+/// `codec`, `payload type;name`); the caller offers PCMA. Both scenarios pass.
+fn call(node: &Node, number: u32, codec: &str) -> Call {
     let (callee_port, callee_media_port, caller_media_port) = (free_udp_port(), free_udp_port(), free_udp_port());
-    let mut callee = Sipp::spawn(None, "uas_media.xml", callee_port, callee_media_port, true, None);
+    let mut callee = Sipp::spawn(None, "uas_media.xml", callee_port, callee_media_port, true, Some(codec));
     register(node, number, callee_port);
     let line = format!("1000;acme.test;{number};[authentication username=1000 password=pass-1000]");
     let mut caller = Sipp::spawn(
@@ -200,9 +201,9 @@ async fn every_call_is_anchored_on_the_media_node_and_its_media_counted() {
     let db = TestDb::new().await.unwrap();
     let (min, max) = (RTP_MIN.to_string(), RTP_MAX.to_string());
     let node = start_with(&db, &["--rtp-port-min", &min, "--rtp-port-max", &max]);
-    tenant_with_extensions(&db, 2).await;
+    tenant_with_extensions(&db, 3).await;
 
-    let call = call(&node, 1001);
+    let call = call(&node, 1001, "8;PCMA");
     // Each side was sent to the media node (loopback here, on its RTP ports), not to the other.
     assert_eq!(call.caller_got.0, "127.0.0.1");
     assert_eq!(call.callee_got.0, "127.0.0.1");
@@ -289,6 +290,18 @@ async fn every_call_is_anchored_on_the_media_node_and_its_media_counted() {
         (kind.as_str(), received, sent),
         ("caller", caller_side.1, caller_side.2)
     );
+
+    // A callee that answers PCMU to the caller's PCMA: the media node transcodes both ways.
+    let transcoded = self::call(&node, 1002, "0;PCMU");
+    assert!(in_rtp_range(transcoded.caller_got.1) && in_rtp_range(transcoded.callee_got.1));
+    let stream = call_stream(&db, "1002").await;
+    let media = ended_media(&db, &stream).await;
+    let codecs: Vec<&str> = media.iter().map(|m| m.3.as_str()).collect();
+    assert!(codecs.contains(&"PCMA") && codecs.contains(&"PCMU"), "{media:?}");
+    assert!(
+        media.iter().all(|m| m.1 > 0 && m.2 > 0),
+        "both directions flowed through the transcoder: {media:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,7 +314,7 @@ async fn an_unreachable_media_node_never_fails_a_call() {
     let node = start_with(&db, &["--sip-media-control", &address]);
     tenant_with_extensions(&db, 2).await;
 
-    let call = call(&node, 1001);
+    let call = call(&node, 1001, "8;PCMA");
     // The SDP passed through: each side was sent straight to the other.
     assert_eq!(call.caller_got.1, call.callee_media_port);
     assert_eq!(call.callee_got.1, call.caller_media_port);
