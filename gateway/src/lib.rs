@@ -6,6 +6,7 @@ pub mod call_directory;
 pub mod directory_cache;
 pub mod finance;
 pub mod location;
+pub mod media_link;
 pub mod sip;
 pub mod sip_service;
 pub mod transport;

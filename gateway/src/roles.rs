@@ -62,6 +62,10 @@ pub struct SipArgs {
     /// How long a blocked address stays blocked.
     #[arg(long, env = "LEDGERLINE_SIP_BLOCK_FOR", default_value_t = 900)]
     pub sip_block_for_secs: i64,
+    /// The media node's control address (`host:port`, see `ledgerline media`): every call's
+    /// RTP is anchored there. Without it `sip` passes SDP through; `up` uses its own media node.
+    #[arg(long, env = "LEDGERLINE_SIP_MEDIA_CONTROL")]
+    pub sip_media_control: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,6 +102,7 @@ fn sip_config(node_id: &str, args: &SipArgs) -> SipConfig {
             block_for: chrono::Duration::seconds(args.sip_block_for_secs.max(1)),
             ..AbuseConfig::default()
         },
+        media_control: args.sip_media_control,
     }
 }
 
@@ -156,13 +161,7 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     // The SIP node's lookups get a pool of their own, so projections catching up never
     // keep a phone waiting for a connection.
     let sip_pool = commands::db::connect(&db.url, 8).await?;
-    let sip = SipService::start(
-        store.clone(),
-        sip_pool,
-        sip_config(&args.node_id, &args.sip),
-        shutdown.clone(),
-    )
-    .await?;
+    // The media node first: the SIP node anchors every call's media on it.
     let media = crate::media_role::start(
         store.clone(),
         data_dir,
@@ -171,6 +170,9 @@ pub async fn up(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         crate::media_role::UP_CONTROL.into(),
     )
     .await?;
+    let mut sip_config = sip_config(&args.node_id, &args.sip);
+    sip_config.media_control.get_or_insert(media.control_addr);
+    let sip = SipService::start(store.clone(), sip_pool, sip_config, shutdown.clone()).await?;
     let api = gateway::api::start(store.clone(), args.http.config(&args.node_id), shutdown.clone()).await?;
     say!("ledgerline up: node {}", args.node_id);
     match &db.embedded {

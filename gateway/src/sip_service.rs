@@ -50,6 +50,9 @@ pub struct SipConfig {
     pub directory_ttl: Duration,
     pub registrar: RegistrarConfig,
     pub abuse: AbuseConfig,
+    /// The media node's control address: every call's media is anchored there. `None`:
+    /// SDP passes through and phones send RTP to each other.
+    pub media_control: Option<SocketAddr>,
 }
 
 /// A running SIP role.
@@ -107,12 +110,20 @@ impl SipService {
                 advertise,
                 no_answer: config.no_answer,
                 max_calls: 20_000,
+                anchor_media: config.media_control.is_some(),
             },
         });
         let (hangup_tx, hangups) = mpsc::channel(1024);
         crate::sip::hangup::follow(store.clone(), hangup_tx)
             .await
             .map_err(std::io::Error::other)?;
+        let (media, media_results) = match config.media_control {
+            Some(addr) => {
+                let (link, results) = crate::media_link::MediaLink::spawn(addr);
+                (Some(link), results)
+            }
+            None => (None, mpsc::channel(1).1),
+        };
         let (pool_for_billing, store_for_billing) = (pool.clone(), store.clone());
         let writer = BatchingWriter::spawn(store, BatchOptions::default());
         let calls = spawn_call_appender(writer.clone(), config.node_id.clone());
@@ -130,9 +141,10 @@ impl SipService {
                 config.node_id.clone(),
             ),
             node_id: config.node_id.clone(),
+            media,
         };
         tokio::spawn(shell.clone().purge_loop(shutdown.clone()));
-        let task = tokio::spawn(shell.run(node, inbound, hangups, shutdown));
+        let task = tokio::spawn(shell.run(node, inbound, hangups, media_results, shutdown));
         Ok(SipService { local_addr, task })
     }
 }
@@ -149,6 +161,7 @@ struct Shell {
     directory: DirectoryCache,
     abuse: AbuseConfig,
     node_id: String,
+    media: Option<crate::media_link::MediaLink>,
 }
 
 /// What a call lookup or billing task hands back to the node loop.
@@ -214,6 +227,7 @@ impl Shell {
         mut node: SipNode,
         mut inbound: mpsc::Receiver<crate::transport::Inbound>,
         mut hangups: mpsc::Receiver<crate::sip::hangup::HangupRequest>,
+        mut media_results: mpsc::Receiver<(crate::sip::anchoring::MediaTicket, crate::sip::anchoring::MediaReply)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let epoch = tokio::time::Instant::now();
@@ -248,6 +262,7 @@ impl Shell {
                 Some(request) = hangups.recv() => {
                     node.handle_hangup_request(now(epoch), request.tenant_id, request.call_id);
                 }
+                Some((ticket, reply)) = media_results.recv() => node.handle_media(now(epoch), ticket, reply),
                 _ = tokio::time::sleep_until(deadline) => node.handle_timeout(now(epoch)),
                 _ = shutdown.changed() => return,
             }
@@ -398,6 +413,10 @@ impl Shell {
                     tokio::spawn(async move { billing.observe(call_id, &events).await });
                 }
             }
+            NodeEvent::Media { ticket, command, .. } => match &self.media {
+                Some(link) => link.submit(ticket, command),
+                None => tracing::warn!("a media command without a media node"),
+            },
             NodeEvent::SourceBlocked { ip } => {
                 tracing::warn!(%ip, "blocking a source after repeated failed authentications");
                 let at = now(epoch).wall;

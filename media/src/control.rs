@@ -6,7 +6,11 @@
 //!
 //! - `offer {call_id, leg_id, sdp, peer_leg_id?}`: anchors the caller's leg and the leg toward
 //!   the callee; answers with the SDP to send to the callee (our address, the callee side's port).
-//! - `answer {call_id, leg_id, sdp}`: the callee's SDP; answers with the SDP for the caller.
+//!   For a call already anchored it is a new offer (a re-INVITE: hold, resume) from `leg_id`,
+//!   either of the call's two legs: that leg's codec and address are updated, and the answer is
+//!   the SDP for the other side (our address, the other leg's port).
+//! - `answer {call_id, leg_id, sdp}`: the SDP answering the last offer, from the other leg;
+//!   answers with the SDP for the side that offered.
 //! - `delete {call_id}`: frees the call's ports; answers with each leg's statistics.
 //! - `conference_join {room_id, call_id, leg_id, sdp, role}`: anchors the leg in the room.
 //! - `conference_leave {leg_id}`, `mute {leg_id, muted}`, `play_prompt {call_id, leg_id, sdp?, prompt}`.
@@ -131,10 +135,29 @@ enum Incoming {
 /// How a room is set up, looked up by the server when a leg joins (from the log).
 pub type RoomLookup = Arc<dyn Fn(Uuid) -> Option<RoomConfig> + Send + Sync>;
 
+/// One anchored call: its two legs and the last offer.
+#[derive(Debug, Clone)]
+struct Anchored {
+    legs: [Uuid; 2],
+    /// The leg whose offer is being answered.
+    offerer: Uuid,
+    /// The offer's codecs, in its order of preference.
+    offered: Vec<Codec>,
+}
+
+impl Anchored {
+    fn other(&self, leg_id: Uuid) -> Option<Uuid> {
+        match self.legs {
+            [a, b] if a == leg_id => Some(b),
+            [a, b] if b == leg_id => Some(a),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Calls {
-    /// call id -> (caller leg, callee leg, the caller's codecs).
-    calls: HashMap<Uuid, (Uuid, Uuid, Vec<Codec>)>,
+    calls: HashMap<Uuid, Anchored>,
 }
 
 /// The server side: accepts SIP nodes' connections and runs their commands on the engine.
@@ -272,18 +295,16 @@ impl Server {
                 peer_leg_id,
             } => {
                 let audio = sdp::parse(&offer).map_err(|e| e.to_string())?;
+                let existing = self.calls.lock().map_err(|_| "poisoned")?.calls.get(&call_id).cloned();
+                if let Some(anchored) = existing {
+                    return self.reoffer(call_id, anchored, leg_id, &offer, &audio).await;
+                }
                 let peer = peer_leg_id.unwrap_or_else(|| Uuid::new_v5(&call_id, leg_id.as_bytes()));
                 if peer == leg_id {
                     return Err("the peer leg must differ from the leg".into());
                 }
-                {
-                    let calls = self.calls.lock().map_err(|_| "poisoned")?;
-                    if calls.calls.len() >= MAX_CALLS && !calls.calls.contains_key(&call_id) {
-                        return Err("the media node is full".into());
-                    }
-                    if calls.calls.contains_key(&call_id) {
-                        return Err("the call is already anchored (re-INVITEs are not supported yet)".into());
-                    }
+                if self.calls.lock().map_err(|_| "poisoned")?.calls.len() >= MAX_CALLS {
+                    return Err("the media node is full".into());
                 }
                 self.engine
                     .add_leg(call_id, leg_id, audio.preferred(), audio.remote)
@@ -297,11 +318,14 @@ impl Server {
                     }
                 };
                 self.engine.bridge(leg_id, peer).await.map_err(err)?;
-                self.calls
-                    .lock()
-                    .map_err(|_| "poisoned")?
-                    .calls
-                    .insert(call_id, (leg_id, peer, audio.codecs.clone()));
+                self.calls.lock().map_err(|_| "poisoned")?.calls.insert(
+                    call_id,
+                    Anchored {
+                        legs: [leg_id, peer],
+                        offerer: leg_id,
+                        offered: audio.codecs.clone(),
+                    },
+                );
                 let sdp = sdp::rewrite(&offer, self.ip(), ports.rtp, ports.rtcp, None).map_err(|e| e.to_string())?;
                 Ok((Some(sdp), vec![]))
             }
@@ -311,7 +335,7 @@ impl Server {
                 sdp: answer,
             } => {
                 let audio = sdp::parse(&answer).map_err(|e| e.to_string())?;
-                let (caller, callee, caller_codecs) = self
+                let anchored = self
                     .calls
                     .lock()
                     .map_err(|_| "poisoned")?
@@ -319,20 +343,24 @@ impl Server {
                     .get(&call_id)
                     .cloned()
                     .ok_or("no such call")?;
-                if leg_id != callee {
-                    return Err("the answer must come from the callee's leg".into());
+                let offerer = anchored.offerer;
+                if anchored.other(leg_id) != Some(offerer) {
+                    return Err("the answer must come from the leg that did not offer".into());
                 }
                 let codec = audio.preferred();
-                self.engine.update_leg(callee, codec, audio.remote).await.map_err(err)?;
-                // The caller keeps the callee's codec when it offered it; otherwise we transcode.
-                let caller_codec = if caller_codecs.contains(&codec) {
+                self.engine.update_leg(leg_id, codec, audio.remote).await.map_err(err)?;
+                // The offerer keeps the answer's codec when it offered it; otherwise we transcode.
+                let offerer_codec = if anchored.offered.contains(&codec) {
                     codec
                 } else {
-                    caller_codecs[0]
+                    anchored.offered[0]
                 };
-                self.engine.update_leg(caller, caller_codec, None).await.map_err(err)?;
-                let ports = self.leg_ports(call_id, caller).await?;
-                let sdp = sdp::rewrite(&answer, self.ip(), ports.0, ports.1, Some(caller_codec))
+                self.engine
+                    .update_leg(offerer, offerer_codec, None)
+                    .await
+                    .map_err(err)?;
+                let ports = self.leg_ports(call_id, offerer).await?;
+                let sdp = sdp::rewrite(&answer, self.ip(), ports.0, ports.1, Some(offerer_codec))
                     .map_err(|e| e.to_string())?;
                 Ok((Some(sdp), vec![]))
             }
@@ -416,6 +444,32 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// A new offer on an anchored call (a re-INVITE) from one of its legs: the leg follows
+    /// the offer, and the other side gets the offer with the other leg's port.
+    async fn reoffer(
+        &self,
+        call_id: Uuid,
+        anchored: Anchored,
+        leg_id: Uuid,
+        offer: &str,
+        audio: &sdp::AudioStream,
+    ) -> Result<(Option<String>, Vec<LegMedia>), String> {
+        let Some(other) = anchored.other(leg_id) else {
+            return Err("the leg is not one of the call's".into());
+        };
+        self.engine
+            .update_leg(leg_id, audio.preferred(), audio.remote)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(call) = self.calls.lock().map_err(|_| "poisoned")?.calls.get_mut(&call_id) {
+            call.offerer = leg_id;
+            call.offered = audio.codecs.clone();
+        }
+        let ports = self.leg_ports(call_id, other).await?;
+        let sdp = sdp::rewrite(offer, self.ip(), ports.0, ports.1, None).map_err(|e| e.to_string())?;
+        Ok((Some(sdp), vec![]))
     }
 
     async fn existing_ports(&self, _call_id: Uuid, leg_id: Uuid) -> Option<(u16, u16)> {
@@ -512,6 +566,11 @@ impl Client {
             },
             events_rx,
         ))
+    }
+
+    /// Send any command; the response when it succeeded.
+    pub async fn request(&self, command: Command) -> Result<Response, ClientError> {
+        self.call(command).await
     }
 
     async fn call(&self, command: Command) -> Result<Response, ClientError> {

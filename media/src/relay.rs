@@ -1,7 +1,8 @@
 //! The RTP relay's sans-IO core: per leg a port pair (RTP, RTCP), symmetric latching (the
 //! peer's real address is learnt from its first packet, which is what makes phones behind NAT
-//! work), SSRC and sequence rewriting so each outgoing stream is continuous even when the
-//! source changes, RTCP passed through, and PCMU↔PCMA transcoding when the two legs of a call
+//! work), SSRC, sequence and timestamps passed through (the first stream on a leg goes out as
+//! it came, so RTCP, which passes through too, still names the right SSRC) and rewritten only
+//! when the source changes, so each outgoing stream stays continuous, RTCP passed through, and PCMU↔PCMA transcoding when the two legs of a call
 //! disagree. A datagram is rewritten in place and the core says where it goes; the driver
 //! (`relay_driver`) only moves bytes.
 
@@ -68,6 +69,8 @@ pub struct Leg {
     out_seq: u16,
     out_src: Option<(u32, u16, u32)>,
     out_ts_base: u32,
+    /// Something went out on the leg already (relayed or originated by this node).
+    out_started: bool,
 }
 
 impl Leg {
@@ -84,11 +87,19 @@ impl Leg {
         self.out_seq = self.out_seq.wrapping_add(1);
         self.out_ts_base = self.out_ts_base.wrapping_add(160);
         self.out_src = None;
+        self.out_started = true;
         header
     }
 
     /// Rewrite an outgoing packet's SSRC/sequence/timestamp to this leg's own stream.
     fn rewrite_outgoing(&mut self, buf: &mut [u8], ssrc: u32, seq: u16, ts: u32) {
+        if !self.out_started {
+            // The leg's first stream passes through unchanged: its SSRC and numbering become ours.
+            self.out_started = true;
+            self.out_ssrc = ssrc;
+            self.out_seq = seq;
+            self.out_ts_base = ts;
+        }
         let (seq_off, ts_off) = match self.out_src {
             Some((src, s_off, t_off)) if src == ssrc => (s_off, t_off),
             _ => {
@@ -170,6 +181,7 @@ impl Relay {
             out_seq: (out_ssrc >> 16) as u16,
             out_src: None,
             out_ts_base: out_ssrc.rotate_left(8),
+            out_started: false,
         };
         if index == self.legs.len() {
             self.legs.push(Some(leg));
@@ -404,6 +416,11 @@ mod tests {
         assert_eq!((t.socket, t.to), (2, addr(5000)));
         let out = rtp::parse(&p[..t.len]).unwrap();
         assert_eq!(out.payload_type, 8, "PCMU became PCMA");
+        assert_eq!(
+            (out.ssrc, out.sequence, out.timestamp),
+            (7, 100, 1000),
+            "SSRC, sequence and timestamp pass through"
+        );
         assert_eq!(out.payload, &[0xD5; 160][..], "µ-law silence is A-law silence");
         let first_seq = out.sequence;
         // B answers: it goes to the latched address, not the SDP one.
@@ -425,7 +442,7 @@ mod tests {
         };
         let out2 = rtp::parse(&p2[..t.len]).unwrap();
         assert_eq!(out2.sequence, first_seq.wrapping_add(1));
-        assert_eq!(out2.ssrc, out.ssrc);
+        assert_eq!((out2.ssrc, out2.timestamp), (out.ssrc, 1160));
         let stats = &r.leg(b).unwrap().stats;
         assert_eq!((stats.packets_sent, stats.bytes_sent), (2, 320));
     }

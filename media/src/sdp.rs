@@ -32,6 +32,8 @@ pub struct AudioStream {
     pub codecs: Vec<Codec>,
     /// The telephone-event payload type, if offered.
     pub telephone_event: Option<u8>,
+    /// The connection address is 0.0.0.0 (RFC 2543's hold, still sent by many phones).
+    pub unspecified_address: bool,
 }
 
 impl AudioStream {
@@ -150,14 +152,27 @@ pub fn parse(sdp: &str) -> Result<AudioStream, SdpError> {
         remote,
         codecs,
         telephone_event,
+        unspecified_address: ip.is_unspecified(),
     })
 }
 
 /// Rewrite the audio stream to `ip:rtp_port` (RTCP on `rtcp_port`), offering `codec` (and
 /// telephone-event) when given, else keeping the formats. Other streams are left alone.
+///
+/// A hold written as connection address 0.0.0.0 keeps that address (the other side must
+/// still read it as a hold); only the port and `o=` name us.
 pub fn rewrite(sdp: &str, ip: IpAddr, rtp_port: u16, rtcp_port: u16, codec: Option<Codec>) -> Result<String, SdpError> {
-    parse(sdp)?;
+    let audio = parse(sdp)?;
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let origin_ip = ip;
+    let ip = if audio.unspecified_address {
+        match ip {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        }
+    } else {
+        ip
+    };
     let mut out = String::with_capacity(sdp.len() + 64);
     let mut in_audio = false;
     let mut done_audio = false;
@@ -203,7 +218,7 @@ pub fn rewrite(sdp: &str, ip: IpAddr, rtp_port: u16, rtcp_port: u16, codec: Opti
             let parts: Vec<&str> = o.split_whitespace().collect();
             if parts.len() == 6 {
                 out.push_str(&format!(
-                    "o={} {} {} IN {family} {ip}\r\n",
+                    "o={} {} {} IN {family} {origin_ip}\r\n",
                     parts[0], parts[1], parts[2]
                 ));
                 false
@@ -260,6 +275,24 @@ m=video 0 RTP/AVP 96\r\n";
         let one = rewrite(OFFER, ip, 30000, 30001, Some(Codec::Pcmu)).unwrap();
         assert_eq!(parse(&one).unwrap().codecs, vec![Codec::Pcmu]);
         assert_eq!(parse(&one).unwrap().telephone_event, Some(101));
+    }
+
+    #[test]
+    fn a_hold_keeps_its_direction_and_an_unspecified_address() {
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        let sendonly = OFFER.replace("a=sendrecv", "a=sendonly");
+        let out = rewrite(&sendonly, ip, 30000, 30001, None).unwrap();
+        assert!(out.contains("a=sendonly\r\n") && !out.contains("a=sendrecv"));
+        assert_eq!(parse(&out).unwrap().remote, Some("203.0.113.7:30000".parse().unwrap()));
+        // RFC 2543 hold: c=0.0.0.0 stays, or the other side would take it as a resume.
+        let old_style = OFFER.replace("c=IN IP4 10.0.0.5", "c=IN IP4 0.0.0.0");
+        let out = rewrite(&old_style, ip, 30000, 30001, Some(Codec::Pcma)).unwrap();
+        assert!(out.contains("c=IN IP4 0.0.0.0\r\n"), "{out}");
+        assert!(!out.contains("c=IN IP4 203.0.113.7"), "{out}");
+        assert!(out.contains("o=alice 1 1 IN IP4 203.0.113.7\r\n"));
+        let back = parse(&out).unwrap();
+        assert!(back.unspecified_address && back.remote.is_none());
+        assert!(!parse(OFFER).unwrap().unspecified_address);
     }
 
     #[test]

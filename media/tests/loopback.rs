@@ -180,6 +180,65 @@ async fn a_call_is_anchored_latched_transcoded_and_measured() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test]
+async fn a_reinvite_from_either_side_is_anchored_on_the_same_ports() {
+    let dir = std::env::temp_dir().join(format!("ledgerline-media-reinvite-{}", std::process::id()));
+    let (client, _control_events, _events, _server) = start(&dir).await;
+    let alice = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let bob = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (call, leg_a, leg_b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let alice_port = alice.local_addr().unwrap().port();
+    let bob_port = bob.local_addr().unwrap().port();
+    let to_bob = client
+        .offer(call, leg_a, leg_b, &sdp(alice_port, "0 101"))
+        .await
+        .unwrap();
+    let (bob_side, _) = anchored(&to_bob);
+    let to_alice = client.answer(call, leg_b, &sdp(bob_port, "0 101")).await.unwrap();
+    let (alice_side, _) = anchored(&to_alice);
+
+    // Bob puts Alice on hold (his re-INVITE): Alice is offered the port she already sends to,
+    // and Bob gets the port he already sends to in the answer.
+    let hold = sdp(bob_port, "0 101").replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
+    let to_alice = client.offer(call, leg_b, leg_a, &hold).await.unwrap();
+    assert_eq!(anchored(&to_alice).0, alice_side);
+    assert!(to_alice.contains("a=sendonly"), "{to_alice}");
+    let to_bob = client.answer(call, leg_a, &sdp(alice_port, "0 101")).await.unwrap();
+    assert_eq!(anchored(&to_bob).0, bob_side);
+    // The answer must come from the other leg than the offer's.
+    assert!(client.answer(call, leg_b, &sdp(bob_port, "0 101")).await.is_err());
+    // Alice resumes (her re-INVITE); media still flows both ways.
+    let to_bob = client
+        .offer(call, leg_a, leg_b, &sdp(alice_port, "0 101"))
+        .await
+        .unwrap();
+    assert_eq!(anchored(&to_bob).0, bob_side);
+    let to_alice = client.answer(call, leg_b, &sdp(bob_port, "0 101")).await.unwrap();
+    assert_eq!(anchored(&to_alice).0, alice_side);
+    alice
+        .send_to(&packet(0, 1, 160, &[0xFF; 160]), alice_side)
+        .await
+        .unwrap();
+    let got = recv(&bob).await;
+    let got = rtp::parse(&got).unwrap();
+    assert_eq!(got.payload, &[0xFF; 160][..]);
+    assert_eq!(
+        (got.ssrc, got.sequence, got.timestamp),
+        (0x1234, 1, 160),
+        "SSRC, sequence and timestamp pass through"
+    );
+    bob.send_to(&packet(0, 1, 160, &[0x7F; 160]), bob_side).await.unwrap();
+    assert_eq!(rtp::parse(&recv(&alice).await).unwrap().payload, &[0x7F; 160][..]);
+    // A leg of another call cannot offer on this one.
+    assert!(client
+        .offer(call, Uuid::new_v4(), leg_a, &sdp(alice_port, "0"))
+        .await
+        .is_err());
+    let stats = client.delete(call).await.unwrap();
+    assert_eq!(stats.len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn goertzel(samples: &[i16], hz: f64) -> f64 {
     let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
     let coeff = 2.0 * w.cos();

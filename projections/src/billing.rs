@@ -63,9 +63,10 @@ impl Projection for Billing {
 
     /// 2: legs carry the media counters of `CallEnded.media`; charges keep tariff corrections;
     /// conference legs are charged to the room owner. 3: conference legs count in the reports
-    /// (direction `conference`).
+    /// (direction `conference`). 4: the media node's counters of the caller's side are a leg
+    /// of kind `caller`.
     fn version(&self) -> i32 {
-        3
+        4
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -906,8 +907,27 @@ impl Fold {
                         }
                     }
                     for media in &e.media {
-                        if let Some(leg) = self.legs.get_mut(&(key.0, key.1, media.leg_id)) {
-                            leg.media = Some(LegMediaRow::from_event(media));
+                        match self.legs.get_mut(&(key.0, key.1, media.leg_id)) {
+                            Some(leg) => leg.media = Some(LegMediaRow::from_event(media)),
+                            None => {
+                                // The caller's side, which no `LegCreated` names: a leg of
+                                // kind `caller` so the CDR shows what it sent and received.
+                                self.legs.insert(
+                                    (key.0, key.1, media.leg_id),
+                                    CdrLeg {
+                                        kind: "caller".to_string(),
+                                        target: cdr.caller.clone(),
+                                        trunk_id: None,
+                                        created_at: cdr.started_at,
+                                        ring_at: None,
+                                        answer_at: cdr.answer_at,
+                                        end_at: Some(e.at),
+                                        duration_s: cdr.duration_s,
+                                        media: Some(LegMediaRow::from_event(media)),
+                                    },
+                                );
+                                self.legs_of.entry(key).or_default().push(media.leg_id);
+                            }
                         }
                     }
                     ended = true;

@@ -971,16 +971,28 @@ async fn media_counters_of_call_ended_land_on_the_cdr_legs() {
         sip_status: 200,
         reason: None,
         at: start + TimeDelta::seconds(30),
-        media: vec![domain::call::LegMedia {
-            leg_id: answered,
-            codec: "PCMA".into(),
-            packets_received: 1490,
-            packets_sent: 1500,
-            bytes_received: 256_280,
-            bytes_sent: 258_000,
-            packets_lost: 10,
-            jitter_us: 2_350,
-        }],
+        media: vec![
+            domain::call::LegMedia {
+                leg_id: answered,
+                codec: "PCMA".into(),
+                packets_received: 1490,
+                packets_sent: 1500,
+                bytes_received: 256_280,
+                bytes_sent: 258_000,
+                packets_lost: 10,
+                jitter_us: 2_350,
+            },
+            domain::call::LegMedia {
+                leg_id: Uuid::from_u128(0xca11e5),
+                codec: "PCMU".into(),
+                packets_received: 1500,
+                packets_sent: 1490,
+                bytes_received: 240_000,
+                bytes_sent: 238_400,
+                packets_lost: 0,
+                jitter_us: 800,
+            },
+        ],
     });
     for command in commands {
         world.call(TENANT, call, command).await;
@@ -988,14 +1000,15 @@ async fn media_counters_of_call_ended_land_on_the_cdr_legs() {
     catch_up(&store).await;
     let legs = rows(
         &db.pool,
-        "SELECT concat_ws(' | ', right(l.leg_id::text, 4), coalesce(l.codec, 'no media report'), l.packets_received, \
+        "SELECT concat_ws(' | ', right(l.leg_id::text, 4), l.kind, l.target, coalesce(l.codec, 'no media report'), l.packets_received, \
          l.packets_sent, l.bytes_received, l.bytes_sent, l.packets_lost, l.jitter_us, q.packet_loss_pct, q.jitter_ms) \
          FROM rm_cdr_legs l LEFT JOIN rm_cdr_leg_quality q USING (tenant_id, call_id, leg_id) ORDER BY l.leg_id",
     )
     .await;
     expect![[r#"
-        1e91 | PCMA | 1490 | 1500 | 256280 | 258000 | 10 | 2350 | 0.67 | 2.4
-        1e92 | no media report
+        1e91 | call | sip:1002@acme | PCMA | 1490 | 1500 | 256280 | 258000 | 10 | 2350 | 0.67 | 2.4
+        1e92 | call | sip:1002@acme | no media report
+        11e5 | caller | 1001 | PCMU | 1500 | 1490 | 240000 | 238400 | 0 | 800 | 0.00 | 0.8
     "#]]
     .assert_eq(&legs);
 }

@@ -24,6 +24,9 @@ use super::node::{LookupId, NodeEvent, Now, SipNode, Transmit};
 use super::registrar::ExtensionRecord;
 use super::transaction::{ClientTransaction, Instant, TransactionKey, Transport, BRANCH_COOKIE};
 
+#[path = "anchoring.rs"]
+pub mod anchoring;
+
 /// How the call layer behaves.
 #[derive(Debug, Clone)]
 pub struct CallConfig {
@@ -33,6 +36,8 @@ pub struct CallConfig {
     pub no_answer: Duration,
     /// Calls (set up or in progress) this node holds at most; more get 503.
     pub max_calls: usize,
+    /// Anchor every call's media on a media node (see `anchoring`).
+    pub anchor_media: bool,
 }
 
 impl Default for CallConfig {
@@ -41,6 +46,7 @@ impl Default for CallConfig {
             advertise: "127.0.0.1:5060".into(),
             no_answer: Duration::from_secs(60),
             max_calls: 20_000,
+            anchor_media: false,
         }
     }
 }
@@ -239,6 +245,7 @@ pub(super) struct Calls {
     transfers: HashMap<LookupId, (Uuid, Side)>,
     per_tenant: HashMap<Uuid, u32>,
     next_branch: u64,
+    pub(super) media: anchoring::Anchoring,
 }
 
 impl Calls {
@@ -797,6 +804,13 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             call.cut_deadline = None;
             call.state.max_duration_s = Some(max);
         }
+        if let Some(route) = self.anchor_offer(id, route) {
+            self.route_legs(now, id, route);
+        }
+    }
+
+    /// Sends the call's legs out: every contact at once, or the first trunk.
+    fn route_legs(&mut self, now: Now, id: Uuid, route: Route) {
         match route {
             Route::Extension { number, contacts, .. } => {
                 for contact in contacts {
@@ -838,7 +852,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         let Some(call) = self.calls.active.get(&id) else {
             return;
         };
-        let body = call.a_invite.body.clone();
+        let body = self.offer_body(call);
         self.create_leg_with(now, id, uri, destination, transport, to, trunk, body, false);
     }
 
@@ -997,16 +1011,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 }
                 if call.answered.is_none() && !call.finished && first_ring {
                     let (key, invite, tag) = (call.a_key.clone(), call.a_invite.clone(), call.a_tag.clone());
-                    let content_type = response.header("Content-Type").unwrap_or("application/sdp").to_string();
-                    self.reply(
-                        now,
-                        &key,
-                        &invite,
-                        code,
-                        &tag,
-                        &[],
-                        Some((&response.body, &content_type)),
-                    );
+                    self.relay_answer(now, id, key, invite, code, tag, &response);
                     let at = self.at(now, id);
                     self.apply(now, id, CallCommand::Ring { leg_id, at });
                 }
@@ -1048,18 +1053,9 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 let (key, invite, tag) = (call.a_key.clone(), call.a_invite.clone(), call.a_tag.clone());
                 call.awaiting_ack.push((invite.cseq.seq, key.clone()));
                 let others: Vec<usize> = (0..call.legs.len()).filter(|i| *i != index).collect();
-                let content_type = response.header("Content-Type").unwrap_or("application/sdp").to_string();
                 let at = self.at(now, id);
                 self.apply(now, id, CallCommand::Answer { leg_id, at });
-                self.reply(
-                    now,
-                    &key,
-                    &invite,
-                    code,
-                    &tag,
-                    &[],
-                    Some((&response.body, &content_type)),
-                );
+                self.relay_answer(now, id, key, invite, code, tag, &response);
                 for other in others {
                     self.cancel_leg(now, id, other);
                 }
@@ -1476,13 +1472,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 self.apply(now, id, command);
             }
         }
-        self.send_request(
-            now,
-            dialog.destination,
-            dialog.transport,
-            invite,
-            Purpose::ReInvite { call: id, to },
-        );
+        self.send_reinvite(now, id, side, to, dialog, invite);
     }
 
     fn on_reinvite_response(&mut self, now: Now, id: Uuid, to: Side, code: u16, response: SipMessage) {
@@ -1513,17 +1503,8 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             call.awaiting_ack.push((request.cseq.seq, re.origin_key.clone()));
         }
         let tag = request.to.tag.clone().unwrap_or_default();
-        let content_type = response.header("Content-Type").unwrap_or("application/sdp").to_string();
         let _ = re.origin;
-        self.reply(
-            now,
-            &re.origin_key,
-            &request,
-            code,
-            &tag,
-            &[],
-            Some((&response.body, &content_type)),
-        );
+        self.relay_reinvite_answer(now, id, to, re.origin_key, request, code, tag, &response);
     }
 
     /// A blind transfer (RFC 3515): the party that sends REFER is released, the other one
@@ -1815,17 +1796,20 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
     /// Ends the call: `CallEnded` through the decider, then [`SipNode::finish`].
     fn end(&mut self, now: Now, id: Uuid, hangup_by: Party, sip_status: u16, reason: Option<EndReason>) {
         let at = self.at(now, id);
-        self.apply(
-            now,
-            id,
-            CallCommand::End {
-                hangup_by,
-                sip_status,
-                reason,
-                at,
-                media: vec![],
-            },
-        );
+        // An anchored call records `CallEnded` once the media node says what it counted.
+        if !self.release_media(id, hangup_by, sip_status, reason, at) {
+            self.apply(
+                now,
+                id,
+                CallCommand::End {
+                    hangup_by,
+                    sip_status,
+                    reason,
+                    at,
+                    media: vec![],
+                },
+            );
+        }
         self.finish(now, id);
     }
 

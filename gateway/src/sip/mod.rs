@@ -7,6 +7,7 @@
 
 pub mod abuse;
 pub mod b2bua;
+pub use b2bua::anchoring;
 pub mod digest;
 pub mod fuzzing;
 pub mod hangup;

@@ -104,6 +104,14 @@ pub enum NodeEvent {
     },
     /// Too many failed authentications: this address is now blocked.
     SourceBlocked { ip: IpAddr },
+    /// Run this control-protocol command on the media node, then call
+    /// [`SipNode::handle_media`] with the ticket and what became of it (always, even when
+    /// the media node cannot be reached).
+    Media {
+        ticket: super::anchoring::MediaTicket,
+        call_id: Uuid,
+        command: media::control::Command,
+    },
 }
 
 pub(super) struct ServerEntry {
