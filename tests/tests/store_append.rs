@@ -306,15 +306,9 @@ async fn a_batch_waiting_for_a_stream_has_no_transaction_id_yet() {
     open.commit().await.unwrap();
     batch.await.unwrap().unwrap();
 
-    let all = store
-        .read_all(commands::Cursor::START, 100, Some(tenant))
-        .await
-        .unwrap();
-    let shared: Vec<i64> = all
-        .iter()
-        .filter(|e| e.stream_id == "shared")
-        .map(|e| e.stream_version)
-        .collect();
+    // Subscribers read in (tx_id, global_position) order (behind the cluster-wide fence,
+    // which other tests' transactions may hold: the order itself is read here).
+    let shared = in_subscription_order(&db, tenant, "shared").await;
     assert_eq!(shared, vec![1, 2], "the subscription order follows the stream order");
 }
 
@@ -359,15 +353,23 @@ async fn an_older_transaction_appending_after_a_younger_one_is_a_conflict() {
     let err = waiting.await.unwrap().unwrap_err();
     assert!(err.is_conflict(), "expected a conflict, got {err}");
 
-    let all = store
-        .read_all(commands::Cursor::START, 100, Some(tenant))
-        .await
-        .unwrap();
-    assert_eq!(all.len(), 1);
-    assert_eq!(all[0].stream_version, 1);
+    assert_eq!(in_subscription_order(&db, tenant, "shared").await, vec![1]);
     // A retry in a fresh transaction succeeds, after the younger one.
     store
         .append(&[write(tenant, "shared", Expected::Any, &["old"])])
         .await
         .unwrap();
+    assert_eq!(in_subscription_order(&db, tenant, "shared").await, vec![1, 2]);
+}
+
+/// A stream's versions in the order subscribers read the log.
+async fn in_subscription_order(db: &TestDb, tenant: Uuid, stream: &str) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT stream_version FROM events WHERE tenant_id = $1 AND stream_id = $2 ORDER BY tx_id, global_position",
+    )
+    .bind(tenant)
+    .bind(stream)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
 }
