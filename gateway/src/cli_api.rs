@@ -58,7 +58,8 @@ pub enum ApiKeyCommand {
         #[arg(long)]
         command_id: Option<Uuid>,
     },
-    /// Revoke a key: it stops working at once.
+    /// Revoke a key: API nodes refuse it as soon as they read the revocation (on its
+    /// commit's notification).
     Revoke {
         #[arg(long)]
         tenant: Uuid,
@@ -109,7 +110,7 @@ pub async fn apikey(data_dir: &Path, command: ApiKeyCommand) -> anyhow::Result<E
             }
         }
         ApiKeyCommand::Revoke { tenant, key, reason } => {
-            match api::auth::revoke_key(&handler, &context(None), tenant, key, &reason).await {
+            match api::auth::revoke_key(&handler, None, &context(None), tenant, key, &reason).await {
                 Ok(_) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
                     eprintln!("ledgerline: {}", e.message);

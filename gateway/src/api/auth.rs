@@ -12,6 +12,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult, Code};
+use super::key_cache::KeyCache;
 
 /// Who is asking: resolved from the key on every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +100,10 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The caller a key names, straight from the log: created and not revoked.
-pub async fn authenticate(pool: &PgPool, key: Option<&str>) -> ApiResult<Caller> {
+/// The caller a key names: from this node's memory of the keys it has authenticated
+/// (`key_cache.rs`: a revocation evicts its key), else straight from the log: created and
+/// not revoked.
+pub async fn authenticate(keys: &KeyCache, pool: &PgPool, key: Option<&str>) -> ApiResult<Caller> {
     let Some(key) = key else {
         return Err(ApiError::unauthenticated());
     };
@@ -108,6 +111,20 @@ pub async fn authenticate(pool: &PgPool, key: Option<&str>) -> ApiResult<Caller>
     if key.len() != 68 || !key.starts_with("llk_") {
         return Err(ApiError::new(Code::Unauthenticated, "invalid API key"));
     }
+    let key_hash = hash_key(key);
+    let ticket = match keys.get(&key_hash) {
+        Ok(caller) => return Ok(caller),
+        Err(ticket) => ticket,
+    };
+    let caller = lookup(pool, &key_hash).await?;
+    if let Some(ticket) = ticket {
+        keys.remember(ticket, key_hash, caller);
+    }
+    Ok(caller)
+}
+
+/// The caller a key hash names, straight from the log: created and not revoked.
+pub async fn lookup(pool: &PgPool, key_hash: &str) -> ApiResult<Caller> {
     let row = sqlx::query(
         "SELECT c.tenant_id, c.payload->>'key_id' AS key_id, c.payload->>'role' AS role \
          FROM events c \
@@ -116,7 +133,7 @@ pub async fn authenticate(pool: &PgPool, key: Option<&str>) -> ApiResult<Caller>
                            AND r.stream_id = c.stream_id AND r.event_type = 'ApiKeyRevoked') \
          LIMIT 1",
     )
-    .bind(hash_key(key))
+    .bind(key_hash)
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else {
@@ -169,8 +186,12 @@ pub async fn create_key(
     })
 }
 
+/// Revoke a key. With `keys` (the API's memory of keys), the key is forgotten before this
+/// returns, so the next request with it on this node is refused; other nodes forget it when
+/// their follower reads the revocation.
 pub async fn revoke_key(
     handler: &CommandHandler,
+    keys: Option<&KeyCache>,
     ctx: &CommandContext,
     tenant_id: Uuid,
     key_id: Uuid,
@@ -179,7 +200,7 @@ pub async fn revoke_key(
     let command = ApiKeyCommand::Revoke {
         reason: reason.to_string(),
     };
-    handler
+    let outcome = handler
         .execute::<ApiKey, ApiKeyRejection>(ctx, StreamRef::of::<ApiKey>(tenant_id, &key_id), |state| {
             apikey::decide(&command, state)
         })
@@ -187,7 +208,12 @@ pub async fn revoke_key(
         .map_err(|e| match e {
             commands::CommandError::Rejected(ApiKeyRejection::NotFound) => ApiError::not_found("no such key"),
             other => other.into(),
-        })
+        });
+    // After the commit (or a failure: forgetting a key costs one lookup, never a wrong answer).
+    if let Some(keys) = keys {
+        keys.evict(tenant_id, key_id);
+    }
+    outcome
 }
 
 /// A token bucket per key: `burst` requests at once, refilled at `per_second`.

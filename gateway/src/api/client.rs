@@ -81,9 +81,10 @@ impl HttpClient {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
-        let stream = conn.get_mut();
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
+        // One write for head and body: one segment for the server to wake on, not two.
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        conn.get_mut().write_all(&request).await?;
         let mut line = String::new();
         if conn.read_line(&mut line).await? == 0 {
             return Err(std::io::Error::new(

@@ -59,7 +59,15 @@ impl KeysMutation {
         let caller = require(ctx, Capability::ManageKeys)?;
         text("reason", &reason, 500)?;
         let cmd = command(ctx, &caller, "revokeApiKey", idempotency_key);
-        let outcome = auth::revoke_key(&state(ctx).handler, &cmd, caller.tenant_id, key_id, &reason).await?;
+        let outcome = auth::revoke_key(
+            &state(ctx).handler,
+            Some(&state(ctx).keys),
+            &cmd,
+            caller.tenant_id,
+            key_id,
+            &reason,
+        )
+        .await?;
         Ok(MutationResult::new(key_id, outcome))
     }
 }

@@ -14,6 +14,7 @@ pub mod conferences;
 pub mod directory;
 pub mod error;
 pub mod events;
+pub mod key_cache;
 pub mod keys;
 pub mod metrics;
 pub mod page;
@@ -68,6 +69,8 @@ pub struct ApiState {
     pub store: EventStore,
     pub handler: CommandHandler,
     pub config: ApiConfig,
+    /// The keys this node has authenticated; `server::start` runs its follower.
+    pub keys: std::sync::Arc<key_cache::KeyCache>,
 }
 
 pub(crate) fn state<'a>(ctx: &Context<'a>) -> &'a ApiState {

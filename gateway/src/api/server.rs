@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::auth::{self, Caller, RateLimiter};
 use super::error::{ApiError, Code};
+use super::key_cache::KeyCache;
 use super::metrics::Metrics;
 use super::schema::{self, ApiSchema};
 use super::{rest, ApiConfig, ApiState};
@@ -36,6 +37,8 @@ pub type SharedApp = Arc<App>;
 pub struct ApiServer {
     pub local_addr: SocketAddr,
     pub task: tokio::task::JoinHandle<()>,
+    /// The server's memory of keys (tests wait on its follower).
+    pub keys: Arc<KeyCache>,
 }
 
 pub fn app(store: EventStore, config: ApiConfig) -> SharedApp {
@@ -44,6 +47,7 @@ pub fn app(store: EventStore, config: ApiConfig) -> SharedApp {
         handler: CommandHandler::new(store.clone()),
         store,
         config: config.clone(),
+        keys: Arc::new(KeyCache::default()),
     };
     Arc::new(App {
         schema: schema::build(state.clone()),
@@ -76,7 +80,10 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {}: {e}", config.bind))?;
     let local_addr = listener.local_addr()?;
-    let router = router(app(store, config));
+    let app = app(store, config);
+    let keys = app.state.keys.clone();
+    tokio::spawn(keys.clone().follow(app.state.pool.clone(), shutdown.clone()));
+    let router = router(app);
     let task = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
@@ -85,7 +92,7 @@ pub async fn start(
             tracing::error!(error = %e, "api: server stopped");
         }
     });
-    Ok(ApiServer { local_addr, task })
+    Ok(ApiServer { local_addr, task, keys })
 }
 
 /// Count every request and its latency, by route and status.
@@ -105,7 +112,7 @@ async fn observe(State(app): State<SharedApp>, request: Request, next: Next) -> 
 /// The caller of a request, within its rate limit.
 pub async fn admit(app: &App, headers: &HeaderMap) -> Result<Caller, Response> {
     let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let caller = auth::authenticate(&app.state.pool, auth::bearer(value))
+    let caller = auth::authenticate(&app.state.keys, &app.state.pool, auth::bearer(value))
         .await
         .map_err(IntoResponse::into_response)?;
     match limit(app, &caller) {
@@ -221,7 +228,7 @@ async fn graphql_ws(
                     .and_then(|v| auth::bearer(Some(v)).map(str::to_string))
                     .or_else(|| payload.get("apiKey").and_then(|v| v.as_str()).map(str::to_string));
                 let key = header_key.or(from_payload);
-                let caller = auth::authenticate(&app.state.pool, key.as_deref()).await?;
+                let caller = auth::authenticate(&app.state.keys, &app.state.pool, key.as_deref()).await?;
                 if limit(&app, &caller).is_some() {
                     return Err(ApiError::new(Code::RateLimited, "rate limit exceeded").into());
                 }

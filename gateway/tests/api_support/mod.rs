@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use commands::testing::TestDb;
@@ -13,6 +14,7 @@ use domain::apikey::Role;
 use domain::call::{Call, CallCommand, CallInitiated, Direction, Party};
 use futures::{SinkExt, StreamExt};
 use gateway::api::client::HttpClient;
+use gateway::api::key_cache::KeyCache;
 use gateway::api::{self, ApiConfig};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -26,6 +28,8 @@ pub struct Env {
     pub db: TestDb,
     pub store: EventStore,
     pub addr: SocketAddr,
+    /// The server's memory of API keys.
+    pub keys: Arc<KeyCache>,
     stop: watch::Sender<bool>,
 }
 
@@ -49,6 +53,7 @@ pub async fn start_with(mut config: ApiConfig) -> Env {
         db,
         store,
         addr: server.local_addr,
+        keys: server.keys,
         stop,
     }
 }
