@@ -135,7 +135,8 @@ pub async fn tariff(data_dir: &Path, command: TariffCommand) -> anyhow::Result<E
     };
     let db = roles::open(data_dir).await?;
     let store = EventStore::new(db.pool.clone());
-    let result = finance::correct_tariff(&store, &correction, now(), &actor()).await;
+    let ctx = commands::CommandContext::new(uuid::Uuid::new_v4(), &actor(), "cli", now());
+    let result = finance::correct_tariff(&store, &correction, &ctx).await;
     db.close().await;
     let done = result?;
     if done.newly_corrected {

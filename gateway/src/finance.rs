@@ -197,12 +197,13 @@ pub struct Rerating {
 
 /// Correct a tariff version, wait for the `billing` projection to re-rate its charges, and
 /// post each difference on the account's invoice book.
+/// `ctx` names the command (its id makes a retry a replay), who asked and when.
 pub async fn correct_tariff(
     store: &EventStore,
     correction: &TariffCorrection,
-    now: DateTime<Utc>,
-    actor: &str,
+    ctx: &CommandContext,
 ) -> Result<Rerating, FinanceError> {
+    let (now, actor) = (ctx.now, ctx.actor.as_str());
     let stream_id = tariff::stream_id(correction.tariff_id);
     let what = format!("tariff {}", correction.tariff_id);
     let tenant_id = owner(store, &stream_id, correction.tenant, &what).await?;
@@ -224,11 +225,9 @@ pub async fn correct_tariff(
         reason: correction.reason.clone(),
     };
     let result = handler
-        .execute::<Tariff, TariffRejection>(
-            &CommandContext::new(Uuid::new_v4(), actor, "cli", now),
-            stream.clone(),
-            |state: &TariffState| tariff::decide(&command, state),
-        )
+        .execute::<Tariff, TariffRejection>(ctx, stream.clone(), |state: &TariffState| {
+            tariff::decide(&command, state)
+        })
         .await;
     let newly_corrected = match result {
         Ok(_) => true,

@@ -253,3 +253,103 @@ async fn charges_query_csv_balance_and_invoice_agree() {
         }
     }
 }
+
+/// The simulator's deck (`simulate::sim_rates`) with Germany (49) dearer: 0.040/min.
+const CORRECTED_DECK: &str = "\
+prefix,first_interval_s,next_interval_s,price_per_min,next_price_per_min,connection_fee,free_seconds,grace_period_s,offpeak_price_per_min,post_call_surcharge_pct
+1,6,6,0.010,,,,3,,
+44,60,60,0.020,,,,,,
+49,60,60,0.040,,,,,0.020,
+4930,30,6,0.020,,,5,,0.010,
+4915,60,60,0.120,,0.05,,,,
+33,60,60,0.025,,,,,,
+86,60,60,0.080,,,,,,5
+";
+
+const CORRECT: &str = "mutation($k: UUID!, $t: UUID!, $v: Int!, $d: String!, $r: String!) { \
+    correctTariffVersion(idempotencyKey: $k, tariffId: $t, version: $v, deck: $d, reason: $r) { \
+    tariffId revision newlyCorrected charges unrated adjustments adjustmentTotal } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tariff_correction_through_the_api_rerates_once_within_the_tenant() {
+    let env = start().await;
+    env.simulate(2, 300, 21);
+    let tenants = env.tenants().await;
+    let (a, b) = (tenants[0], tenants[1]);
+    let tariff_of = |t: Uuid| {
+        let pool = env.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT DISTINCT tariff_id FROM rm_rating_tariff_versions WHERE tenant_id = $1",
+            )
+            .bind(t)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (a_tariff, b_tariff) = (tariff_of(a).await, tariff_of(b).await);
+    let finance = env.key(a, Role::Finance).await;
+    let auditor = env.key(a, Role::Auditor).await;
+    let mut http = env.client();
+    let vars = |t: Uuid, v: i32, k: Uuid| json!({ "k": k, "t": t, "v": v, "d": CORRECTED_DECK, "r": "Germany was priced at 0.030" });
+    let head = env.head().await;
+
+    // Refused, writing nothing: another tenant's tariff, a version that does not exist, a
+    // broken deck, a role that may not write billing.
+    let (_, other) = gql(&mut http, &finance, CORRECT, vars(b_tariff, 1, Uuid::new_v4())).await;
+    assert_eq!(other["errors"][0]["extensions"]["code"], "NOT_FOUND", "{other}");
+    let (_, missing) = gql(&mut http, &finance, CORRECT, vars(a_tariff, 9, Uuid::new_v4())).await;
+    assert_eq!(missing["errors"][0]["extensions"]["code"], "NOT_FOUND", "{missing}");
+    let mut broken = vars(a_tariff, 1, Uuid::new_v4());
+    broken["d"] = json!("prefix,price\n49,abc\n");
+    let (_, broken) = gql(&mut http, &finance, CORRECT, broken).await;
+    assert_eq!(broken["errors"][0]["extensions"]["code"], "INVALID_INPUT", "{broken}");
+    let (_, forbidden) = gql(&mut http, &auditor, CORRECT, vars(a_tariff, 1, Uuid::new_v4())).await;
+    assert_eq!(forbidden["errors"][0]["extensions"]["code"], "FORBIDDEN", "{forbidden}");
+    assert_eq!(env.head().await, head, "refused corrections wrote nothing");
+
+    // The correction: A's charges with the version are re-rated, B's are untouched.
+    let key = Uuid::new_v4();
+    let (_, done) = gql(&mut http, &finance, CORRECT, vars(a_tariff, 1, key)).await;
+    assert!(done["errors"].is_null(), "{done}");
+    let result = &done["data"]["correctTariffVersion"];
+    assert_eq!(result["revision"], 1, "{done}");
+    assert_eq!(result["newlyCorrected"], true, "{done}");
+    let rerated: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_charges WHERE tenant_id = $1 AND corrected_revision = 1")
+            .bind(a)
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+    assert!(rerated > 0);
+    assert_eq!(result["charges"], rerated, "{done}");
+    let difference: Decimal = sqlx::query_scalar(
+        "SELECT coalesce(sum(corrected_amount - amount), 0) FROM rm_charges WHERE tenant_id = $1 AND corrected_revision = 1",
+    )
+    .bind(a)
+    .fetch_one(&env.db.pool)
+    .await
+    .unwrap();
+    assert!(difference > Decimal::ZERO, "Germany costs more as corrected");
+    assert_eq!(dec(&result["adjustmentTotal"]), difference, "{done}");
+    let b_touched: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_charges WHERE tenant_id = $1 AND corrected_revision IS NOT NULL")
+            .bind(b)
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(b_touched, 0, "B's charges are untouched");
+
+    // The same key again, or the same deck under a new key: nothing new is written.
+    let head = env.head().await;
+    let (_, again) = gql(&mut http, &finance, CORRECT, vars(a_tariff, 1, key)).await;
+    assert!(again["errors"].is_null(), "{again}");
+    let (_, rerun) = gql(&mut http, &finance, CORRECT, vars(a_tariff, 1, Uuid::new_v4())).await;
+    assert_eq!(
+        rerun["data"]["correctTariffVersion"]["newlyCorrected"], false,
+        "{rerun}"
+    );
+    assert_eq!(rerun["data"]["correctTariffVersion"]["adjustments"], 0, "{rerun}");
+    assert_eq!(env.head().await, head, "a retried correction writes nothing");
+}

@@ -812,6 +812,62 @@ impl BillingMutation {
         Ok(MutationResult::new(tariff_id, outcome))
     }
 
+    /// Correct a published tariff version of the caller's tenant with the deck it should
+    /// have had. Every charge billed with it is re-rated ("as corrected" beside "as billed";
+    /// closed invoices keep "as billed") and each account's differences are posted as
+    /// adjustments in its first open period and on its balance. Answers once the read
+    /// models show it. A retry with the same key, or the same deck again, writes nothing new.
+    #[allow(clippy::too_many_arguments)]
+    async fn correct_tariff_version(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: Uuid,
+        tariff_id: Uuid,
+        #[graphql(desc = "The version to correct (1 = the first published).")] version: i32,
+        #[graphql(desc = "The corrected deck, the same columns as `publishTariffVersion`.")] deck: String,
+        #[graphql(desc = "Why, as the adjustment lines will say.")] reason: String,
+    ) -> ApiResult<TariffCorrectionResult> {
+        let caller = require(ctx, Capability::ManageBilling)?;
+        let version = u32::try_from(version)
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| ApiError::invalid("version must be 1 or more"))?;
+        text("reason", &reason, 500)?;
+        if reason.trim().is_empty() {
+            return Err(ApiError::invalid("reason must not be empty"));
+        }
+        let parsed = billing::csv::parse_deck(&deck, &billing::csv::DeckOptions::default())
+            .map_err(|e| ApiError::invalid(format!("deck: {e}")))?;
+        let correction = crate::finance::TariffCorrection {
+            tariff_id,
+            tenant: Some(caller.tenant_id),
+            version,
+            rates: parsed.rates,
+            offpeak_window: None,
+            crossing: None,
+            posting: None,
+            reason,
+        };
+        let cmd = command(ctx, &caller, "correctTariffVersion", idempotency_key);
+        let done = crate::finance::correct_tariff(&state(ctx).store, &correction, &cmd)
+            .await
+            .map_err(|e| match e {
+                crate::finance::FinanceError::NotFound(_) => ApiError::not_found("no such tariff version"),
+                crate::finance::FinanceError::InvalidInput(m) => ApiError::invalid(m),
+                crate::finance::FinanceError::Rejected(m) => ApiError::invalid(m),
+                crate::finance::FinanceError::Store(m) => ApiError::internal(m),
+            })?;
+        Ok(TariffCorrectionResult {
+            tariff_id,
+            revision: done.revision as i32,
+            newly_corrected: done.newly_corrected,
+            charges: done.charges as i64,
+            unrated: done.unrated as i64,
+            adjustments: done.adjustments as i64,
+            adjustment_total: done.adjustment_total,
+        })
+    }
+
     /// Open an account and its invoice book.
     async fn open_account(
         &self,
@@ -974,4 +1030,21 @@ pub fn parse_period(text: &str) -> ApiResult<BillingPeriod> {
         return Err(bad());
     }
     Ok(BillingPeriod { year, month })
+}
+
+/// What `correctTariffVersion` did.
+#[derive(async_graphql::SimpleObject, Debug, Clone)]
+pub struct TariffCorrectionResult {
+    pub tariff_id: Uuid,
+    /// The correction now in force for the version (1 = the first correction).
+    pub revision: i32,
+    /// False when the version already had exactly this deck: only the invoice step ran.
+    pub newly_corrected: bool,
+    /// Charges billed with the version and re-rated.
+    pub charges: i64,
+    /// Re-rated charges the corrected deck cannot rate (left as billed).
+    pub unrated: i64,
+    /// Invoice adjustments written, and their sum (positive: customers owe more).
+    pub adjustments: i64,
+    pub adjustment_total: Decimal,
 }
