@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use domain::call::{CallCommand, EndReason, LegMedia, Party};
-use media::control::Command;
+use media::control::{Command, ControlEvent};
 use uuid::Uuid;
 
 use super::{ActiveCall, Dialog, Purpose, Route, Side};
@@ -94,6 +94,9 @@ enum Waiting {
     },
     /// The call ended; its statistics are coming.
     Delete { call: Uuid, ending: Ending },
+    /// A caller of a conference access number: answered once the media node's IVR has
+    /// the leg.
+    Ivr { call: Uuid, access_number: String },
     /// A late anchoring of a call already over: freed, nothing to do.
     Discard,
 }
@@ -153,7 +156,7 @@ impl SipNode {
         let has_targets = match &route {
             Route::Extension { contacts, .. } => !contacts.is_empty(),
             Route::Trunks(trunks) => !trunks.is_empty(),
-            Route::NotFound => false,
+            Route::Conference { .. } | Route::NotFound => false,
         };
         let Some(call) = self.calls.active.get(&id) else {
             return Some(route);
@@ -178,6 +181,104 @@ impl SipNode {
         } else {
             Some(route)
         }
+    }
+
+    /// A call to a conference room's access number: the media node's IVR takes the caller's
+    /// offer and answers; without a media node the call is refused (503), never passed on.
+    pub(super) fn route_to_conference(&mut self, now: Now, id: Uuid, access_number: String) {
+        let Some(call) = self.calls.active.get_mut(&id) else {
+            return;
+        };
+        call.conference = true;
+        call.ring_deadline = None;
+        let invite = &call.a_invite;
+        if !is_sdp(&invite.body, invite.header("Content-Type")) {
+            return self.refuse_conference(now, id, 488, "an SDP offer is needed");
+        }
+        if !self.config.calls.anchor_media {
+            return self.refuse_conference(now, id, 503, "no media node");
+        }
+        let command = Command::ConferenceIvr {
+            call_id: id,
+            leg_id: caller_media_leg(id),
+            sdp: String::from_utf8_lossy(&invite.body).into_owned(),
+            tenant_id: call.tenant_id,
+            access_number: access_number.clone(),
+        };
+        if !self.ask_media(
+            id,
+            command,
+            Waiting::Ivr {
+                call: id,
+                access_number,
+            },
+        ) {
+            self.refuse_conference(now, id, 503, "media node busy");
+        }
+    }
+
+    /// The conference call cannot be answered: the caller gets `status`, and the call (already
+    /// authorized, so past `CallRejected`) ends with it.
+    fn refuse_conference(&mut self, now: Now, id: Uuid, status: u16, reason: &str) {
+        let Some(call) = self.calls.active.get(&id) else {
+            return;
+        };
+        let (key, invite, tag) = (call.a_key.clone(), call.a_invite.clone(), call.a_tag.clone());
+        let reason_header = format!("SIP;cause={status};text=\"{reason}\"");
+        self.reply(now, &key, &invite, status, &tag, &[("Reason", reason_header)], None);
+        self.end(now, id, Party::System, status, Some(EndReason::Unavailable));
+    }
+
+    /// The media node's IVR has the caller (`sdp`), or could not take it (`None`: 503).
+    fn conference_answered(&mut self, now: Now, id: Uuid, access_number: String, sdp: Option<Vec<u8>>) {
+        let live = self.calls.active.get(&id).is_some_and(|c| !c.finished);
+        if !live {
+            if sdp.is_some() {
+                self.ask_media(id, Command::Delete { call_id: id }, Waiting::Discard);
+            }
+            return;
+        }
+        let Some(sdp) = sdp else {
+            return self.refuse_conference(now, id, 503, "media node unavailable");
+        };
+        self.calls.media.anchored.insert(id, sdp.clone());
+        // The IVR is the call's one leg (the media node's leg for the caller).
+        let leg_id = caller_media_leg(id);
+        let at = self.at(now, id);
+        self.apply(
+            now,
+            id,
+            CallCommand::CreateLeg {
+                leg_id,
+                target: format!("conference:{access_number}"),
+                trunk_id: None,
+                at,
+            },
+        );
+        self.apply(now, id, CallCommand::Answer { leg_id, at });
+        let Some(call) = self.calls.active.get_mut(&id) else {
+            return;
+        };
+        let (key, invite, tag) = (call.a_key.clone(), call.a_invite.clone(), call.a_tag.clone());
+        call.awaiting_ack.push((invite.cseq.seq, key.clone()));
+        self.reply(now, &key, &invite, 200, &tag, &[], Some((&sdp, "application/sdp")));
+    }
+
+    /// An event from the media node: a conference IVR that gave up on its caller (too many
+    /// wrong codes) hangs the call up (BYE to the caller, then the usual end).
+    pub fn handle_media_event(&mut self, now: Now, event: ControlEvent) {
+        let ControlEvent::LegEnded { call_id, leg_id } = event else {
+            return;
+        };
+        let Some(call) = self.calls.active.get(&call_id) else {
+            return;
+        };
+        if !call.conference || call.finished || leg_id != caller_media_leg(call_id) {
+            return;
+        }
+        let dialog = call.a_dialog.clone();
+        self.bye(now, &dialog, call_id);
+        self.end(now, call_id, Party::System, 200, None);
     }
 
     /// Relays a callee's response (18x or 2xx, with its SDP) to the caller, anchored when
@@ -424,6 +525,7 @@ impl SipNode {
                     },
                 );
             }
+            Waiting::Ivr { call, access_number } => self.conference_answered(now, call, access_number, sdp),
             Waiting::Discard => {}
         }
     }
