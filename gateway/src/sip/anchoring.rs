@@ -948,4 +948,123 @@ To: {}\r\nCall-ID: anchored-call\r\nCSeq: 2 BYE\r\n",
         assert_eq!(legs[0].body, CALLER_SDP.as_bytes());
         assert!(events(&mut node).0.is_empty());
     }
+
+    /// The carrier's INVITE on a DID that reaches a conference room's access number.
+    fn conference_invite(node: &mut SipNode) -> Uuid {
+        let invite = message(
+            "INVITE sip:+4930700@acme.example.com SIP/2.0",
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKcarrier7\r\nFrom: <sip:5551234@carrier.example>;tag=c7\r\n\
+To: <sip:+4930700@acme.example.com>\r\nCall-ID: conference-call\r\nCSeq: 1 INVITE\r\nContact: <sip:5551234@192.0.2.10:5060>\r\n",
+            CALLER_SDP,
+        );
+        node.handle_datagram(now(0), carrier(), Transport::Unreliable, &invite);
+        let Some(NodeEvent::CallLookup { id, .. }) = node.poll_event() else {
+            panic!("the INVITE reaches the call layer")
+        };
+        let CallLookup::Tenant(mut tenant) = lookup() else {
+            unreachable!()
+        };
+        tenant.route = Route::Conference {
+            access_number: "7000".into(),
+        };
+        node.handle_call_lookup(now(1), id, CallLookup::Tenant(tenant), [8; 16]);
+        node.calls.active.keys().next().copied().expect("a call")
+    }
+
+    #[test]
+    fn a_conference_call_is_answered_by_the_media_nodes_ivr_and_hung_up_when_it_gives_up() {
+        let mut node = node(true);
+        let id = conference_invite(&mut node);
+        let out = sent(&mut node);
+        assert!(invites_to(&out, phone()).is_empty(), "no phone is called");
+        assert!(status_to(&out, carrier(), 200).is_none());
+        let (media, _) = events(&mut node);
+        let [(ticket, command)] = media.as_slice() else {
+            panic!("one media command: {media:?}")
+        };
+        assert_eq!(
+            command,
+            &Command::ConferenceIvr {
+                call_id: id,
+                leg_id: caller_media_leg(id),
+                sdp: CALLER_SDP.into(),
+                tenant_id: Uuid::from_u128(1),
+                access_number: "7000".into(),
+            }
+        );
+        node.handle_media(now(2), *ticket, done(TO_CALLER));
+        let ok = status_to(&sent(&mut node), carrier(), 200).expect("the caller is answered");
+        assert_eq!(ok.body, TO_CALLER.as_bytes(), "with the media node's SDP");
+        let (_, calls) = events(&mut node);
+        assert!(
+            matches!(calls.as_slice(), [CallEvent::LegCreated(_), CallEvent::CallAnswered(_)]),
+            "{calls:?}"
+        );
+        // Another call's leg means nothing; this call's leg ended: BYE, then the media is freed.
+        node.handle_media_event(
+            now(3),
+            ControlEvent::LegEnded {
+                call_id: Uuid::from_u128(42),
+                leg_id: caller_media_leg(Uuid::from_u128(42)),
+            },
+        );
+        assert!(sent(&mut node).is_empty());
+        node.handle_media_event(
+            now(4),
+            ControlEvent::LegEnded {
+                call_id: id,
+                leg_id: caller_media_leg(id),
+            },
+        );
+        let out = sent(&mut node);
+        assert!(
+            out.iter()
+                .any(|(d, m)| *d == carrier() && m.method() == Some(rsip::Method::Bye)),
+            "{out:?}"
+        );
+        let (media, _) = events(&mut node);
+        let [(ticket, Command::Delete { call_id })] = media.as_slice() else {
+            panic!("the call's media is deleted: {media:?}")
+        };
+        assert_eq!(*call_id, id);
+        node.handle_media(
+            now(5),
+            *ticket,
+            MediaReply::Done {
+                sdp: None,
+                stats: vec![stats(caller_media_leg(id), 50)],
+            },
+        );
+        let (_, calls) = events(&mut node);
+        let [CallEvent::CallEnded(ended)] = calls.as_slice() else {
+            panic!("{calls:?}")
+        };
+        assert_eq!(ended.hangup_by, Party::System);
+        assert_eq!(ended.media.len(), 1);
+    }
+
+    #[test]
+    fn a_conference_call_without_a_media_node_is_refused_with_503() {
+        for anchor_media in [true, false] {
+            let mut node = node(anchor_media);
+            conference_invite(&mut node);
+            let (media, mut calls) = events(&mut node);
+            assert_eq!(media.len(), usize::from(anchor_media), "{media:?}");
+            if let [(ticket, _)] = media.as_slice() {
+                node.handle_media(now(2), *ticket, MediaReply::Failed("unreachable".into()));
+            }
+            let out = sent(&mut node);
+            assert!(status_to(&out, carrier(), 503).is_some(), "{out:?}");
+            assert!(status_to(&out, carrier(), 200).is_none());
+            let (media, more) = events(&mut node);
+            assert!(media.is_empty());
+            calls.extend(more);
+            let [CallEvent::CallInitiated(_), CallEvent::CallAuthorized(_), CallEvent::CallEnded(ended)] =
+                calls.as_slice()
+            else {
+                panic!("{calls:?}")
+            };
+            assert_eq!(ended.sip_status, 503);
+        }
+    }
 }
