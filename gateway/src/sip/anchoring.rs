@@ -264,6 +264,18 @@ impl SipNode {
         self.reply(now, &key, &invite, 200, &tag, &[], Some((&sdp, "application/sdp")));
     }
 
+    /// A re-INVITE from a conference caller (a session refresh, a hold): answered with the
+    /// media node's SDP as it is; the media node's leg is left alone (a changed caller
+    /// address is not followed).
+    pub(super) fn conference_reinvite(&mut self, now: Now, key: TransactionKey, request: SipMessage, id: Uuid) {
+        let tag = request.to.tag.clone().unwrap_or_default();
+        let answer = self.calls.media.anchored.get(&id).cloned().unwrap_or_default();
+        if let Some(call) = self.calls.active.get_mut(&id) {
+            call.awaiting_ack.push((request.cseq.seq, key.clone()));
+        }
+        self.reply(now, &key, &request, 200, &tag, &[], Some((&answer, "application/sdp")));
+    }
+
     /// An event from the media node: a conference IVR that gave up on its caller (too many
     /// wrong codes) hangs the call up (BYE to the caller, then the usual end).
     pub fn handle_media_event(&mut self, now: Now, event: ControlEvent) {
@@ -1000,6 +1012,21 @@ To: <sip:+4930700@acme.example.com>\r\nCall-ID: conference-call\r\nCSeq: 1 INVIT
             matches!(calls.as_slice(), [CallEvent::LegCreated(_), CallEvent::CallAnswered(_)]),
             "{calls:?}"
         );
+        // A session refresh is answered with the same SDP, no media command.
+        let to_tag = ok.to.tag.clone().expect("the 200 has a To tag");
+        let reinvite = message(
+            "INVITE sip:ll@sip1.example.net:5060 SIP/2.0",
+            &format!(
+                "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKcarrier8\r\nFrom: <sip:5551234@carrier.example>;tag=c7\r\n\
+To: <sip:+4930700@acme.example.com>;tag={to_tag}\r\nCall-ID: conference-call\r\nCSeq: 2 INVITE\r\n\
+Contact: <sip:5551234@192.0.2.10:5060>\r\n"
+            ),
+            CALLER_SDP,
+        );
+        node.handle_datagram(now(3), carrier(), Transport::Unreliable, &reinvite);
+        let refreshed = status_to(&sent(&mut node), carrier(), 200).expect("the re-INVITE is answered");
+        assert_eq!(refreshed.body, TO_CALLER.as_bytes());
+        assert!(events(&mut node).0.is_empty());
         // Another call's leg means nothing; this call's leg ended: BYE, then the media is freed.
         node.handle_media_event(
             now(3),

@@ -1447,6 +1447,9 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         let Some(call) = self.calls.active.get(&id) else {
             return self.reply(now, &key, &request, 481, &tag, &[], None);
         };
+        if call.conference && !call.finished {
+            return self.conference_reinvite(now, key, request, id);
+        }
         let Some((to, mut dialog)) = Self::other_side(call, side) else {
             return self.reply(now, &key, &request, 481, &tag, &[], None);
         };
