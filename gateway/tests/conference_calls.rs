@@ -3,7 +3,9 @@
 //! caller who dials 7000 is answered by the media node's IVR, enters the host code as
 //! RFC 4733 events (sip-tester's DTMF pcaps), is in the room (`ParticipantJoined` as host)
 //! and leaves it when hanging up (`ParticipantLeft`); the call's own events are those of an
-//! answered call. Three wrong codes end the call from the node's side (BYE). A SIP node
+//! answered call. Three wrong codes end the call from the node's side (BYE). A carrier's
+//! call to a DID whose target is the access number reaches the room the same way (the guest
+//! code, as guest). A SIP node
 //! whose media node cannot be reached refuses calls to the access number with 503.
 
 mod common;
@@ -11,7 +13,7 @@ mod common;
 use std::path::Path;
 
 use commands::testing::TestDb;
-use common::{ledgerline, ok, sipp, start, start_with, tenant_with_extensions, until};
+use common::{ledgerline, ok, sipp, sipp_at, start, start_with, tenant_with_extensions, until};
 
 const HOST_CODE: &str = "1234";
 const GUEST_CODE: &str = "5678";
@@ -85,7 +87,7 @@ async fn call_events(db: &TestDb, callee: &str, ended: u32) -> (String, Vec<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_of_the_access_number_enters_the_host_code_and_is_in_the_room_until_hanging_up() {
-    for digit in ["0", "1", "2", "3", "4", "9"] {
+    for digit in ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"] {
         let pcap = format!("/usr/share/sip-tester/dtmf_2833_{digit}.pcap");
         assert!(Path::new(&pcap).exists(), "{pcap} comes with sip-tester");
     }
@@ -172,6 +174,76 @@ async fn a_caller_of_the_access_number_enters_the_host_code_and_is_in_the_room_u
             .await
             .unwrap();
     assert_eq!(joins, 1, "wrong codes open no room");
+
+    // A carrier (127.0.0.2, a trunk's allowed address) calls a DID whose target is the access
+    // number; the guest code puts the caller in the room as guest.
+    ok(ledgerline(
+        &db,
+        &[
+            "trunk",
+            "add",
+            "--tenant",
+            &tenant,
+            "--name",
+            "carrier",
+            "--host",
+            "127.0.0.2",
+            "--allow-ip",
+            "127.0.0.2",
+        ],
+    ));
+    ok(ledgerline(
+        &db,
+        &[
+            "did",
+            "add",
+            "--tenant",
+            &tenant,
+            "--did",
+            "+4930700",
+            "--extension",
+            "7000",
+        ],
+    ));
+    until(&db.pool, 30, "SELECT count(*) = 1 FROM rm_dids").await;
+    assert!(
+        sipp_at(
+            &node,
+            "127.0.0.2",
+            "uac_conference_inbound.xml",
+            &["carrier;acme.test;+4930700".to_string()],
+            1
+        ),
+        "the IVR answers the DID call, the caller sends 5678 and hangs up"
+    );
+    let (did_stream, types) = call_events(&db, "+4930700", 1).await;
+    assert_eq!(
+        types,
+        [
+            "CallInitiated",
+            "CallAuthorized",
+            "LegCreated",
+            "CallAnswered",
+            "CallEnded"
+        ]
+    );
+    let did_call = did_stream.strip_prefix("call-").unwrap_or(&did_stream).to_string();
+    until(
+        &db.pool,
+        30,
+        &format!("SELECT count(*) = 2 FROM events WHERE stream_id = '{stream}' AND event_type = 'ParticipantLeft'"),
+    )
+    .await;
+    let role: String = sqlx::query_scalar(
+        "SELECT payload->>'role' FROM events WHERE stream_id = $1 AND event_type = 'ParticipantJoined' \
+         AND payload->>'call_id' = $2",
+    )
+    .bind(&stream)
+    .bind(&did_call)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(role, "guest");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
