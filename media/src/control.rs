@@ -18,8 +18,9 @@
 //!   access number. Anchors the leg (answers with the SDP for the caller), plays
 //!   `enter-code` and collects RFC 4733 digits: a room's host or guest code (of that tenant
 //!   and access number) joins the leg to the room with that role; a wrong code plays
-//!   `wrong-code`, and the [`MAX_CODE_ATTEMPTS`]th wrong one ends the IVR with the event
-//!   `leg_ended {call_id, leg_id}` (the SIP node hangs up and deletes the call).
+//!   `wrong-code`, and the [`MAX_CODE_ATTEMPTS`]th wrong one (or [`IVR_TIMEOUT`] without a
+//!   room) ends the IVR with the event `leg_ended {call_id, leg_id}` (the SIP node hangs up
+//!   and deletes the call).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub const MAX_CALLS: usize = 5_000;
 /// Wrong access codes a caller may enter before the IVR hangs up.
 pub const MAX_CODE_ATTEMPTS: u32 = 3;
+/// How long a caller may stay in the access-number IVR without opening a room.
+pub const IVR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", tag = "cmd", deny_unknown_fields)]
@@ -214,6 +217,7 @@ pub struct Server {
     codes: Option<CodeLookup>,
     /// Legs in the access-number IVR, by leg id.
     ivr: Arc<Mutex<HashMap<Uuid, Ivr>>>,
+    ivr_timeout: std::time::Duration,
 }
 
 impl Server {
@@ -226,7 +230,14 @@ impl Server {
             calls: Arc::default(),
             codes: None,
             ivr: Arc::default(),
+            ivr_timeout: IVR_TIMEOUT,
         }
+    }
+
+    /// How long a caller may stay in the IVR ([`IVR_TIMEOUT`] unless set; tests shorten it).
+    pub fn with_ivr_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.ivr_timeout = timeout;
+        self
     }
 
     /// Answer `conference_ivr` with rooms' codes looked up here (without it, it is refused).
@@ -601,6 +612,22 @@ impl Server {
                 wrong: 0,
             },
         );
+        // A caller who never opens a room is let go: `leg_ended`, as after wrong codes.
+        let server = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(server.ivr_timeout).await;
+            let expired = server
+                .ivr
+                .lock()
+                .map(|mut ivr| match ivr.get(&leg_id) {
+                    Some(s) if s.call_id == call_id => ivr.remove(&leg_id).is_some(),
+                    _ => false,
+                })
+                .unwrap_or(false);
+            if expired {
+                server.publish(ControlEvent::LegEnded { call_id, leg_id });
+            }
+        });
         if let Some(samples) = crate::prompts::samples("enter-code") {
             let _ = self.engine.play_prompt(leg_id, Arc::new(samples)).await;
         }
