@@ -65,7 +65,11 @@ pub async fn lookup(
             number: callee.to_string(),
             contacts: vec![],
         },
-        None => outbound_route(pool, tenant_id, callee).await?,
+        // No extension has the number: a conference room's access number, else outbound.
+        None => match conference_route(pool, tenant_id, callee).await? {
+            Some(route) => route,
+            None => outbound_route(pool, tenant_id, callee).await?,
+        },
     };
     Ok(CallLookup::Tenant(Box::new(TenantCall {
         tenant_id,
@@ -140,6 +144,21 @@ fn contact_destination(contact: &str, source: SocketAddr) -> SocketAddr {
         Some(port) if ip == source.ip() || !private => SocketAddr::new(ip, port),
         _ => source,
     }
+}
+
+/// The conference route when `number` is the access number of one of the tenant's rooms
+/// (not removed).
+async fn conference_route(pool: &PgPool, tenant_id: Uuid, number: &str) -> Result<Option<Route>, sqlx::Error> {
+    let found: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM rm_conference_rooms WHERE tenant_id = $1 AND access_number = $2 AND NOT removed)",
+    )
+    .bind(tenant_id)
+    .bind(number)
+    .fetch_one(pool)
+    .await?;
+    Ok(found.then(|| Route::Conference {
+        access_number: number.to_string(),
+    }))
 }
 
 /// The outbound route whose prefix matches the dialled number best, as trunk targets in
@@ -236,7 +255,11 @@ async fn inbound_from_trunk(
             let number: String = row.get("extension_number");
             match directory.extension(pool, tenant_id, &number).await? {
                 Some(ext) if ext.enabled => extension_route(location, tenant_id, &ext, at).await?,
-                _ => Route::NotFound,
+                Some(_) => Route::NotFound,
+                // A DID whose target number is a room's access number reaches the room.
+                None => conference_route(pool, tenant_id, &number)
+                    .await?
+                    .unwrap_or(Route::NotFound),
             }
         }
         None => Route::NotFound,

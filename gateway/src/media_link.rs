@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use media::control::{Client, ClientError, Command};
+use media::control::{Client, ClientError, Command, ControlEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -35,19 +35,25 @@ pub struct MediaLink {
     results: mpsc::Sender<(MediaTicket, MediaReply)>,
 }
 
+/// What a media node reports unprompted (see `media::control::ControlEvent`).
+pub type MediaEvents = mpsc::Receiver<ControlEvent>;
+
 impl MediaLink {
     /// Starts the worker for the media node at `addr`; every command's result comes out of
-    /// the returned receiver, in the order the commands were submitted.
-    pub fn spawn(addr: SocketAddr) -> (MediaLink, mpsc::Receiver<(MediaTicket, MediaReply)>) {
+    /// the returned receiver, in the order the commands were submitted, and the media node's
+    /// events out of the second one.
+    pub fn spawn(addr: SocketAddr) -> (MediaLink, mpsc::Receiver<(MediaTicket, MediaReply)>, MediaEvents) {
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
         let (results_tx, results_rx) = mpsc::channel(QUEUE);
-        tokio::spawn(worker(addr, jobs_rx, results_tx.clone()));
+        let (events_tx, events_rx) = mpsc::channel(QUEUE);
+        tokio::spawn(worker(addr, jobs_rx, results_tx.clone(), events_tx));
         (
             MediaLink {
                 jobs: jobs_tx,
                 results: results_tx,
             },
             results_rx,
+            events_rx,
         )
     }
 
@@ -66,11 +72,16 @@ impl MediaLink {
     }
 }
 
-async fn worker(addr: SocketAddr, mut jobs: mpsc::Receiver<Job>, results: mpsc::Sender<(MediaTicket, MediaReply)>) {
+async fn worker(
+    addr: SocketAddr,
+    mut jobs: mpsc::Receiver<Job>,
+    results: mpsc::Sender<(MediaTicket, MediaReply)>,
+    events: mpsc::Sender<ControlEvent>,
+) {
     let mut client: Option<Client> = None;
     let mut down_until: Option<Instant> = None;
     while let Some(job) = jobs.recv().await {
-        let reply = run(addr, &mut client, &mut down_until, job.command).await;
+        let reply = run(addr, &mut client, &mut down_until, &events, job.command).await;
         if results.send((job.ticket, reply)).await.is_err() {
             return;
         }
@@ -81,6 +92,7 @@ async fn run(
     addr: SocketAddr,
     client: &mut Option<Client>,
     down_until: &mut Option<Instant>,
+    events_out: &mpsc::Sender<ControlEvent>,
     command: Command,
 ) -> MediaReply {
     if client.is_none() {
@@ -89,11 +101,15 @@ async fn run(
         }
         match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(addr)).await {
             Ok(Ok((connected, mut events))) => {
-                // DTMF and conference events are not acted on by plain calls yet; read them
-                // so the connection never logs them as dropped.
+                // The call layer acts on `leg_ended` (a conference IVR hanging up); the rest
+                // (DTMF, rooms' events) is read so the connection never logs it as dropped.
+                let events_out = events_out.clone();
                 tokio::spawn(async move {
                     while let Some(event) = events.recv().await {
                         tracing::debug!(?event, "media node event");
+                        if matches!(event, ControlEvent::LegEnded { .. }) && events_out.try_send(event).is_err() {
+                            tracing::warn!("media node event dropped (the call layer is not reading)");
+                        }
                     }
                 });
                 *client = Some(connected);

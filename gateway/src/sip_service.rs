@@ -117,12 +117,12 @@ impl SipService {
         crate::sip::hangup::follow(store.clone(), hangup_tx)
             .await
             .map_err(std::io::Error::other)?;
-        let (media, media_results) = match config.media_control {
+        let (media, media_results, media_events) = match config.media_control {
             Some(addr) => {
-                let (link, results) = crate::media_link::MediaLink::spawn(addr);
-                (Some(link), results)
+                let (link, results, events) = crate::media_link::MediaLink::spawn(addr);
+                (Some(link), results, events)
             }
-            None => (None, mpsc::channel(1).1),
+            None => (None, mpsc::channel(1).1, mpsc::channel(1).1),
         };
         let (pool_for_billing, store_for_billing) = (pool.clone(), store.clone());
         let writer = BatchingWriter::spawn(store, BatchOptions::default());
@@ -144,7 +144,7 @@ impl SipService {
             media,
         };
         tokio::spawn(shell.clone().purge_loop(shutdown.clone()));
-        let task = tokio::spawn(shell.run(node, inbound, hangups, media_results, shutdown));
+        let task = tokio::spawn(shell.run(node, inbound, hangups, (media_results, media_events), shutdown));
         Ok(SipService { local_addr, task })
     }
 }
@@ -227,7 +227,10 @@ impl Shell {
         mut node: SipNode,
         mut inbound: mpsc::Receiver<crate::transport::Inbound>,
         mut hangups: mpsc::Receiver<crate::sip::hangup::HangupRequest>,
-        mut media_results: mpsc::Receiver<(crate::sip::anchoring::MediaTicket, crate::sip::anchoring::MediaReply)>,
+        (mut media_results, mut media_events): (
+            mpsc::Receiver<(crate::sip::anchoring::MediaTicket, crate::sip::anchoring::MediaReply)>,
+            crate::media_link::MediaEvents,
+        ),
         mut shutdown: watch::Receiver<bool>,
     ) {
         let epoch = tokio::time::Instant::now();
@@ -263,6 +266,7 @@ impl Shell {
                     node.handle_hangup_request(now(epoch), request.tenant_id, request.call_id);
                 }
                 Some((ticket, reply)) = media_results.recv() => node.handle_media(now(epoch), ticket, reply),
+                Some(event) = media_events.recv() => node.handle_media_event(now(epoch), event),
                 _ = tokio::time::sleep_until(deadline) => node.handle_timeout(now(epoch)),
                 _ = shutdown.changed() => return,
             }

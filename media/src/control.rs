@@ -14,6 +14,13 @@
 //! - `delete {call_id}`: frees the call's ports; answers with each leg's statistics.
 //! - `conference_join {room_id, call_id, leg_id, sdp, role}`: anchors the leg in the room.
 //! - `conference_leave {leg_id}`, `mute {leg_id, muted}`, `play_prompt {call_id, leg_id, sdp?, prompt}`.
+//! - `conference_ivr {call_id, leg_id, sdp, tenant_id, access_number}`: a caller of a room's
+//!   access number. Anchors the leg (answers with the SDP for the caller), plays
+//!   `enter-code` and collects RFC 4733 digits: a room's host or guest code (of that tenant
+//!   and access number) joins the leg to the room with that role; a wrong code plays
+//!   `wrong-code`, and the [`MAX_CODE_ATTEMPTS`]th wrong one (or [`IVR_TIMEOUT`] without a
+//!   room) ends the IVR with the event `leg_ended {call_id, leg_id}` (the SIP node hangs up
+//!   and deletes the call).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +42,10 @@ use crate::sdp;
 pub const MAX_LINE: usize = 64 * 1024;
 /// Calls one media node anchors at once (offers beyond it are refused).
 pub const MAX_CALLS: usize = 5_000;
+/// Wrong access codes a caller may enter before the IVR hangs up.
+pub const MAX_CODE_ATTEMPTS: u32 = 3;
+/// How long a caller may stay in the access-number IVR without opening a room.
+pub const IVR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", tag = "cmd", deny_unknown_fields)]
@@ -76,6 +87,14 @@ pub enum Command {
         #[serde(default)]
         sdp: Option<String>,
         prompt: String,
+    },
+    /// A caller of a conference access number: anchor the leg and collect a room's code.
+    ConferenceIvr {
+        call_id: Uuid,
+        leg_id: Uuid,
+        sdp: String,
+        tenant_id: Uuid,
+        access_number: String,
     },
 }
 
@@ -122,6 +141,12 @@ pub enum ControlEvent {
     SessionEnded {
         room_id: Uuid,
     },
+    /// The media node is done with a leg it answered (an access-number caller who entered
+    /// too many wrong codes): the SIP node hangs the call up.
+    LegEnded {
+        call_id: Uuid,
+        leg_id: Uuid,
+    },
 }
 
 /// One line on the wire from the server: a response or an event.
@@ -134,6 +159,28 @@ enum Incoming {
 
 /// How a room is set up, looked up by the server when a leg joins (from the log).
 pub type RoomLookup = Arc<dyn Fn(Uuid) -> Option<RoomConfig> + Send + Sync>;
+
+/// The digits a caller has entered on a tenant's access number: `None` when they are wrong,
+/// `Some(None)` when they begin a code, `Some(Some(room, role))` when they open a room.
+pub type CodeLookup = Arc<dyn Fn(Uuid, &str, &str) -> Option<Option<(Uuid, Role)>> + Send + Sync>;
+
+/// A leg in the access-number IVR, collecting a code.
+#[derive(Debug, Clone)]
+struct Ivr {
+    call_id: Uuid,
+    tenant_id: Uuid,
+    access_number: String,
+    digits: String,
+    wrong: u32,
+}
+
+/// What one digit does to an IVR leg.
+enum IvrStep {
+    Wait,
+    Join(Uuid, Role),
+    Retry,
+    End(Uuid),
+}
 
 /// One anchored call: its two legs and the last offer.
 #[derive(Debug, Clone)]
@@ -167,6 +214,10 @@ pub struct Server {
     rooms: RoomLookup,
     events: broadcast::Sender<ControlEvent>,
     calls: Arc<Mutex<Calls>>,
+    codes: Option<CodeLookup>,
+    /// Legs in the access-number IVR, by leg id.
+    ivr: Arc<Mutex<HashMap<Uuid, Ivr>>>,
+    ivr_timeout: std::time::Duration,
 }
 
 impl Server {
@@ -177,7 +228,73 @@ impl Server {
             rooms,
             events,
             calls: Arc::default(),
+            codes: None,
+            ivr: Arc::default(),
+            ivr_timeout: IVR_TIMEOUT,
         }
+    }
+
+    /// How long a caller may stay in the IVR ([`IVR_TIMEOUT`] unless set; tests shorten it).
+    pub fn with_ivr_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.ivr_timeout = timeout;
+        self
+    }
+
+    /// Answer `conference_ivr` with rooms' codes looked up here (without it, it is refused).
+    pub fn with_codes(mut self, codes: CodeLookup) -> Self {
+        self.codes = Some(codes);
+        self
+    }
+
+    /// A digit from a leg: when the leg is in the IVR, it adds to the code; a complete code
+    /// joins the room, a wrong one is retried, the last wrong one ends the leg.
+    fn ivr_digit(&self, leg_id: Uuid, digit: char) {
+        let Some(codes) = self.codes.clone() else { return };
+        let step = {
+            let Ok(mut ivr) = self.ivr.lock() else { return };
+            let Some(session) = ivr.get_mut(&leg_id) else { return };
+            session.digits.push(digit);
+            match codes(session.tenant_id, &session.access_number, &session.digits) {
+                Some(Some((room_id, role))) => {
+                    ivr.remove(&leg_id);
+                    IvrStep::Join(room_id, role)
+                }
+                Some(None) => IvrStep::Wait,
+                None => {
+                    session.wrong += 1;
+                    session.digits.clear();
+                    if session.wrong >= MAX_CODE_ATTEMPTS {
+                        let call_id = session.call_id;
+                        ivr.remove(&leg_id);
+                        IvrStep::End(call_id)
+                    } else {
+                        IvrStep::Retry
+                    }
+                }
+            }
+        };
+        let server = self.clone();
+        // The engine is asked from a task of its own: this runs on the engine's event path.
+        tokio::spawn(async move {
+            match step {
+                IvrStep::Wait => {}
+                IvrStep::Join(room_id, role) => {
+                    let Some(config) = (server.rooms)(room_id) else {
+                        tracing::warn!(%room_id, "IVR: the room is gone");
+                        return;
+                    };
+                    if let Err(e) = server.engine.join_room(room_id, config, leg_id, role).await {
+                        tracing::warn!(%room_id, %leg_id, error = %e, "IVR: joining the room failed");
+                    }
+                }
+                IvrStep::Retry => {
+                    if let Some(samples) = crate::prompts::samples("wrong-code") {
+                        let _ = server.engine.play_prompt(leg_id, Arc::new(samples)).await;
+                    }
+                }
+                IvrStep::End(call_id) => server.publish(ControlEvent::LegEnded { call_id, leg_id }),
+            }
+        });
     }
 
     /// Send an event to every connected SIP node.
@@ -193,11 +310,14 @@ impl Server {
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match &event {
-                    EngineEvent::Dtmf { call_id, leg_id, digit } => server.publish(ControlEvent::Dtmf {
-                        call_id: *call_id,
-                        leg_id: *leg_id,
-                        digit: *digit,
-                    }),
+                    EngineEvent::Dtmf { call_id, leg_id, digit } => {
+                        server.ivr_digit(*leg_id, *digit);
+                        server.publish(ControlEvent::Dtmf {
+                            call_id: *call_id,
+                            leg_id: *leg_id,
+                            digit: *digit,
+                        })
+                    }
                     EngineEvent::Room {
                         room_id,
                         event: MixerEvent::Disconnect { leg_id },
@@ -366,6 +486,10 @@ impl Server {
             }
             Command::Delete { call_id } => {
                 self.calls.lock().map_err(|_| "poisoned")?.calls.remove(&call_id);
+                self.ivr
+                    .lock()
+                    .map_err(|_| "poisoned")?
+                    .retain(|_, s| s.call_id != call_id);
                 let stats = self.engine.delete_call(call_id).await.map_err(err)?;
                 if stats.is_empty() {
                     return Err("no such call".into());
@@ -443,7 +567,72 @@ impl Server {
                     false => Err("no such leg".into()),
                 }
             }
+            Command::ConferenceIvr {
+                call_id,
+                leg_id,
+                sdp: offer,
+                tenant_id,
+                access_number,
+            } => {
+                self.conference_ivr(call_id, leg_id, &offer, tenant_id, access_number)
+                    .await
+            }
         }
+    }
+
+    /// A caller of an access number: anchor the leg, prompt for the code, collect it.
+    async fn conference_ivr(
+        &self,
+        call_id: Uuid,
+        leg_id: Uuid,
+        offer: &str,
+        tenant_id: Uuid,
+        access_number: String,
+    ) -> Result<(Option<String>, Vec<LegMedia>), String> {
+        if self.codes.is_none() {
+            return Err("this media node has no conference rooms".into());
+        }
+        let audio = sdp::parse(offer).map_err(|e| e.to_string())?;
+        if self.ivr.lock().map_err(|_| "poisoned")?.len() >= MAX_CALLS {
+            return Err("the media node is full".into());
+        }
+        let codec = audio.preferred();
+        let ports = self
+            .engine
+            .add_leg(call_id, leg_id, codec, audio.remote)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.ivr.lock().map_err(|_| "poisoned")?.insert(
+            leg_id,
+            Ivr {
+                call_id,
+                tenant_id,
+                access_number,
+                digits: String::new(),
+                wrong: 0,
+            },
+        );
+        // A caller who never opens a room is let go: `leg_ended`, as after wrong codes.
+        let server = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(server.ivr_timeout).await;
+            let expired = server
+                .ivr
+                .lock()
+                .map(|mut ivr| match ivr.get(&leg_id) {
+                    Some(s) if s.call_id == call_id => ivr.remove(&leg_id).is_some(),
+                    _ => false,
+                })
+                .unwrap_or(false);
+            if expired {
+                server.publish(ControlEvent::LegEnded { call_id, leg_id });
+            }
+        });
+        if let Some(samples) = crate::prompts::samples("enter-code") {
+            let _ = self.engine.play_prompt(leg_id, Arc::new(samples)).await;
+        }
+        let sdp = sdp::rewrite(offer, self.ip(), ports.rtp, ports.rtcp, Some(codec)).map_err(|e| e.to_string())?;
+        Ok((Some(sdp), vec![]))
     }
 
     /// A new offer on an anchored call (a re-INVITE) from one of its legs: the leg follows

@@ -50,21 +50,23 @@ pub fn event_code(digit: char) -> Option<u8> {
     }
 }
 
-/// Turns telephone-event packets into digits: one digit per event (its RTP timestamp),
-/// reported at its first end packet; retransmitted ends and late updates are ignored.
+/// Turns telephone-event packets into digits: one digit per event (its RTP timestamp and
+/// event code), reported at its first end packet; retransmitted ends and late updates are
+/// ignored. The code is part of the key because some senders (sipp replaying one pcap per
+/// digit) reuse a timestamp for different digits.
 #[derive(Debug, Default, Clone)]
 pub struct DtmfDetector {
-    /// The timestamp of the last event reported.
-    reported: Option<u32>,
+    /// The timestamp and event code of the last event reported.
+    reported: Option<(u32, u8)>,
 }
 
 impl DtmfDetector {
     pub fn handle(&mut self, rtp_timestamp: u32, payload: &[u8]) -> Option<char> {
         let event = parse_event(payload)?;
-        if !event.end || self.reported == Some(rtp_timestamp) {
+        if !event.end || self.reported == Some((rtp_timestamp, event.event)) {
             return None;
         }
-        self.reported = Some(rtp_timestamp);
+        self.reported = Some((rtp_timestamp, event.event));
         digit(event.event)
     }
 }
@@ -87,6 +89,8 @@ mod tests {
             (2000, 1, false),
             (2000, 1, true),
             (2000, 1, true),
+            (2000, 2, true),
+            (2000, 2, true),
             (3000, 10, true),
             (4000, 11, true),
             (5000, 200, true),
@@ -99,7 +103,7 @@ mod tests {
             });
             got.extend(d.handle(ts, &p));
         }
-        assert_eq!(got, "11*#");
+        assert_eq!(got, "112*#");
         assert_eq!(d.handle(6000, &[1, 0x80]), None, "a short payload is ignored");
     }
 

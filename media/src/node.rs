@@ -69,6 +69,30 @@ impl RoomDirectory {
         None
     }
 
+    /// What the digits collected so far on a tenant's access number are: a room's code (the
+    /// room and the role it gives), the beginning of one, or wrong.
+    pub fn check_code(&self, tenant_id: Uuid, access_number: &str, digits: &str) -> CodeCheck {
+        let mut partial = false;
+        for (room_id, (tenant, state)) in &self.rooms {
+            let Some(s) = &state.settings else { continue };
+            if *tenant != tenant_id || state.removed || s.access_number.as_deref() != Some(access_number) {
+                continue;
+            }
+            if s.host_code == digits {
+                return CodeCheck::Open(*room_id, DomainRole::Host);
+            }
+            if s.guest_code == digits {
+                return CodeCheck::Open(*room_id, DomainRole::Guest);
+            }
+            partial |= s.host_code.starts_with(digits) || s.guest_code.starts_with(digits);
+        }
+        if partial {
+            CodeCheck::Partial
+        } else {
+            CodeCheck::Wrong
+        }
+    }
+
     pub fn config(&self, room_id: &Uuid) -> Option<RoomConfig> {
         let (_, state) = self.rooms.get(room_id)?;
         let s = state.settings.as_ref()?;
@@ -82,6 +106,14 @@ impl RoomDirectory {
             waiting_prompt: crate::prompts::samples("waiting-for-host").unwrap_or_default(),
         })
     }
+}
+
+/// The digits a caller of an access number has entered so far, checked against the rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    Open(Uuid, DomainRole),
+    Partial,
+    Wrong,
 }
 
 /// A running media node.
@@ -116,7 +148,21 @@ impl MediaNode {
         let (engine, engine_events) = Engine::start(config.engine.clone()).map_err(anyhow_like::Error::from_display)?;
         let lookup_dir = directory.clone();
         let lookup: RoomLookup = Arc::new(move |room_id| lookup_dir.lock().ok()?.config(&room_id));
-        let server = Server::new(engine.clone(), lookup);
+        let codes_dir = directory.clone();
+        let codes: crate::control::CodeLookup = Arc::new(move |tenant_id, number, digits| {
+            let check = codes_dir
+                .lock()
+                .ok()
+                .map(|d| d.check_code(tenant_id, number, digits))
+                .unwrap_or(CodeCheck::Wrong);
+            match check {
+                CodeCheck::Open(room_id, DomainRole::Host) => Some(Some((room_id, Role::Host))),
+                CodeCheck::Open(room_id, DomainRole::Guest) => Some(Some((room_id, Role::Guest))),
+                CodeCheck::Partial => Some(None),
+                CodeCheck::Wrong => None,
+            }
+        });
+        let server = Server::new(engine.clone(), lookup).with_codes(codes);
         let events = server.forward_events(engine_events);
         let listener = TcpListener::bind(config.control_bind)
             .await

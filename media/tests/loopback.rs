@@ -386,3 +386,109 @@ async fn a_prompt_is_played_to_an_anchored_leg() {
     assert!(client.play_prompt(call, leg, None, "no-such-prompt").await.is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The IVR timeout in this test: well after the wrong codes' `leg_ended` is due.
+const IVR_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The access-number IVR over the control protocol: the caller is answered, three wrong
+/// codes (RFC 4733 packets on the wire) end the leg with `leg_ended`, and so does a caller
+/// who enters nothing until the IVR's timeout.
+#[tokio::test]
+async fn the_conference_ivr_lets_go_of_wrong_codes_and_of_silence() {
+    let data_dir = std::env::temp_dir().join(format!("ledgerline-ivr-{}", Uuid::new_v4()));
+    let (engine, events) = Engine::start(EngineConfig {
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        public_ip: None,
+        port_min: 0,
+        port_max: 0,
+        data_dir: data_dir.clone(),
+    })
+    .unwrap();
+    let rooms: media::control::RoomLookup = Arc::new(|_room| None);
+    let tenant = Uuid::new_v4();
+    // Only "12" is the start of a code; nothing opens a room.
+    let codes: media::control::CodeLookup = Arc::new(move |t, number, digits| {
+        (t == tenant && number == "7000" && "12".starts_with(digits)).then_some(None)
+    });
+    let server = Server::new(engine, rooms)
+        .with_codes(codes)
+        .with_ivr_timeout(IVR_TIMEOUT);
+    let _events = server.forward_events(events);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.clone().serve(listener));
+    let (client, mut control_events) = Client::connect(addr).await.unwrap();
+
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (call_id, leg_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let answer = client
+        .request(media::control::Command::ConferenceIvr {
+            call_id,
+            leg_id,
+            sdp: sdp(phone.local_addr().unwrap().port(), "0 101"),
+            tenant_id: tenant,
+            access_number: "7000".into(),
+        })
+        .await
+        .unwrap()
+        .sdp
+        .expect("the caller's answer");
+    let port: u16 = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    // "1" waits, "9" is wrong (1), "9" again (2), "8" (3): the IVR gives up.
+    for (i, digit) in [1u8, 9, 9, 8].into_iter().enumerate() {
+        let i = i as u16;
+        let event = build_event(&TelephoneEvent {
+            event: digit,
+            end: true,
+            volume: 10,
+            duration: 800,
+        });
+        phone
+            .send_to(&packet(TELEPHONE_EVENT_PT, i, 1000 * u32::from(i + 1), &event), to)
+            .await
+            .unwrap();
+    }
+    // Before the timeout could have ended it: the codes did.
+    let ended = tokio::time::timeout(IVR_TIMEOUT / 2, async {
+        loop {
+            if let Some(ControlEvent::LegEnded { call_id: c, leg_id: l }) = control_events.recv().await {
+                return (c, l);
+            }
+        }
+    })
+    .await
+    .expect("leg_ended after three wrong codes");
+    assert_eq!(ended, (call_id, leg_id));
+    client.delete(call_id).await.unwrap();
+
+    // Silence: the timeout lets the caller go.
+    let (call_id, leg_id) = (Uuid::new_v4(), Uuid::new_v4());
+    client
+        .request(media::control::Command::ConferenceIvr {
+            call_id,
+            leg_id,
+            sdp: sdp(phone.local_addr().unwrap().port(), "0 101"),
+            tenant_id: tenant,
+            access_number: "7000".into(),
+        })
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(ControlEvent::LegEnded { call_id: c, leg_id: l }) = control_events.recv().await {
+                return (c, l);
+            }
+        }
+    })
+    .await
+    .expect("leg_ended after the IVR's timeout");
+    assert_eq!(ended, (call_id, leg_id));
+    std::fs::remove_dir_all(&data_dir).ok();
+}

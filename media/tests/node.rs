@@ -164,6 +164,21 @@ async fn a_moderated_room_through_the_log() {
         );
         assert!(dir.find_by_code("7000", "9999").is_none());
         assert!(dir.find_by_code("7001", "1234").is_none());
+        // The IVR's check, digit by digit: the start of a code waits, a code opens the room
+        // with its role, anything else is wrong; only for the room's tenant and number.
+        use media::node::CodeCheck;
+        assert_eq!(dir.check_code(tenant, "7000", "12"), CodeCheck::Partial);
+        assert_eq!(
+            dir.check_code(tenant, "7000", "1234"),
+            CodeCheck::Open(room, domain::conference::Role::Host)
+        );
+        assert_eq!(
+            dir.check_code(tenant, "7000", "5678"),
+            CodeCheck::Open(room, domain::conference::Role::Guest)
+        );
+        assert_eq!(dir.check_code(tenant, "7000", "13"), CodeCheck::Wrong);
+        assert_eq!(dir.check_code(tenant, "7001", "1234"), CodeCheck::Wrong);
+        assert_eq!(dir.check_code(Uuid::new_v4(), "7000", "1234"), CodeCheck::Wrong);
     }
 
     let (client, mut control_events) = Client::connect(node.control_addr).await.unwrap();

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use domain::call::{CallCommand, EndReason, LegMedia, Party};
-use media::control::Command;
+use media::control::{Command, ControlEvent};
 use uuid::Uuid;
 
 use super::{ActiveCall, Dialog, Purpose, Route, Side};
@@ -94,6 +94,9 @@ enum Waiting {
     },
     /// The call ended; its statistics are coming.
     Delete { call: Uuid, ending: Ending },
+    /// A caller of a conference access number: answered once the media node's IVR has
+    /// the leg.
+    Ivr { call: Uuid, access_number: String },
     /// A late anchoring of a call already over: freed, nothing to do.
     Discard,
 }
@@ -153,7 +156,7 @@ impl SipNode {
         let has_targets = match &route {
             Route::Extension { contacts, .. } => !contacts.is_empty(),
             Route::Trunks(trunks) => !trunks.is_empty(),
-            Route::NotFound => false,
+            Route::Conference { .. } | Route::NotFound => false,
         };
         let Some(call) = self.calls.active.get(&id) else {
             return Some(route);
@@ -178,6 +181,116 @@ impl SipNode {
         } else {
             Some(route)
         }
+    }
+
+    /// A call to a conference room's access number: the media node's IVR takes the caller's
+    /// offer and answers; without a media node the call is refused (503), never passed on.
+    pub(super) fn route_to_conference(&mut self, now: Now, id: Uuid, access_number: String) {
+        let Some(call) = self.calls.active.get_mut(&id) else {
+            return;
+        };
+        call.conference = true;
+        call.ring_deadline = None;
+        let invite = &call.a_invite;
+        if !is_sdp(&invite.body, invite.header("Content-Type")) {
+            return self.refuse_conference(now, id, 488, "an SDP offer is needed");
+        }
+        if !self.config.calls.anchor_media {
+            return self.refuse_conference(now, id, 503, "no media node");
+        }
+        let command = Command::ConferenceIvr {
+            call_id: id,
+            leg_id: caller_media_leg(id),
+            sdp: String::from_utf8_lossy(&invite.body).into_owned(),
+            tenant_id: call.tenant_id,
+            access_number: access_number.clone(),
+        };
+        if !self.ask_media(
+            id,
+            command,
+            Waiting::Ivr {
+                call: id,
+                access_number,
+            },
+        ) {
+            self.refuse_conference(now, id, 503, "media node busy");
+        }
+    }
+
+    /// The conference call cannot be answered: the caller gets `status`, and the call (already
+    /// authorized, so past `CallRejected`) ends with it.
+    fn refuse_conference(&mut self, now: Now, id: Uuid, status: u16, reason: &str) {
+        let Some(call) = self.calls.active.get(&id) else {
+            return;
+        };
+        let (key, invite, tag) = (call.a_key.clone(), call.a_invite.clone(), call.a_tag.clone());
+        let reason_header = format!("SIP;cause={status};text=\"{reason}\"");
+        self.reply(now, &key, &invite, status, &tag, &[("Reason", reason_header)], None);
+        self.end(now, id, Party::System, status, Some(EndReason::Unavailable));
+    }
+
+    /// The media node's IVR has the caller (`sdp`), or could not take it (`None`: 503).
+    fn conference_answered(&mut self, now: Now, id: Uuid, access_number: String, sdp: Option<Vec<u8>>) {
+        let live = self.calls.active.get(&id).is_some_and(|c| !c.finished);
+        if !live {
+            if sdp.is_some() {
+                self.ask_media(id, Command::Delete { call_id: id }, Waiting::Discard);
+            }
+            return;
+        }
+        let Some(sdp) = sdp else {
+            return self.refuse_conference(now, id, 503, "media node unavailable");
+        };
+        self.calls.media.anchored.insert(id, sdp.clone());
+        // The IVR is the call's one leg (the media node's leg for the caller).
+        let leg_id = caller_media_leg(id);
+        let at = self.at(now, id);
+        self.apply(
+            now,
+            id,
+            CallCommand::CreateLeg {
+                leg_id,
+                target: format!("conference:{access_number}"),
+                trunk_id: None,
+                at,
+            },
+        );
+        self.apply(now, id, CallCommand::Answer { leg_id, at });
+        let Some(call) = self.calls.active.get_mut(&id) else {
+            return;
+        };
+        let (key, invite, tag) = (call.a_key.clone(), call.a_invite.clone(), call.a_tag.clone());
+        call.awaiting_ack.push((invite.cseq.seq, key.clone()));
+        self.reply(now, &key, &invite, 200, &tag, &[], Some((&sdp, "application/sdp")));
+    }
+
+    /// A re-INVITE from a conference caller (a session refresh, a hold): answered with the
+    /// media node's SDP as it is; the media node's leg is left alone (a changed caller
+    /// address is not followed).
+    pub(super) fn conference_reinvite(&mut self, now: Now, key: TransactionKey, request: SipMessage, id: Uuid) {
+        let tag = request.to.tag.clone().unwrap_or_default();
+        let answer = self.calls.media.anchored.get(&id).cloned().unwrap_or_default();
+        if let Some(call) = self.calls.active.get_mut(&id) {
+            call.awaiting_ack.push((request.cseq.seq, key.clone()));
+        }
+        self.reply(now, &key, &request, 200, &tag, &[], Some((&answer, "application/sdp")));
+    }
+
+    /// An event from the media node: a conference IVR that gave up on its caller (too many
+    /// wrong codes) hangs the call up (BYE to the caller, then the usual end).
+    pub fn handle_media_event(&mut self, now: Now, event: ControlEvent) {
+        let ControlEvent::LegEnded { call_id, leg_id } = event else {
+            return;
+        };
+        let Some(call) = self.calls.active.get(&call_id) else {
+            return;
+        };
+        if !call.conference || call.finished || leg_id != caller_media_leg(call_id) {
+            return;
+        }
+        let dialog = call.a_dialog.clone();
+        self.bye(now, &dialog, call_id);
+        self.end(now, call_id, Party::System, 200, None);
     }
 
     /// Relays a callee's response (18x or 2xx, with its SDP) to the caller, anchored when
@@ -424,6 +537,7 @@ impl SipNode {
                     },
                 );
             }
+            Waiting::Ivr { call, access_number } => self.conference_answered(now, call, access_number, sdp),
             Waiting::Discard => {}
         }
     }
@@ -845,5 +959,139 @@ To: {}\r\nCall-ID: anchored-call\r\nCSeq: 2 BYE\r\n",
         let legs = invites_to(&sent(&mut node), phone());
         assert_eq!(legs[0].body, CALLER_SDP.as_bytes());
         assert!(events(&mut node).0.is_empty());
+    }
+
+    /// The carrier's INVITE on a DID that reaches a conference room's access number.
+    fn conference_invite(node: &mut SipNode) -> Uuid {
+        let invite = message(
+            "INVITE sip:+4930700@acme.example.com SIP/2.0",
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKcarrier7\r\nFrom: <sip:5551234@carrier.example>;tag=c7\r\n\
+To: <sip:+4930700@acme.example.com>\r\nCall-ID: conference-call\r\nCSeq: 1 INVITE\r\nContact: <sip:5551234@192.0.2.10:5060>\r\n",
+            CALLER_SDP,
+        );
+        node.handle_datagram(now(0), carrier(), Transport::Unreliable, &invite);
+        let Some(NodeEvent::CallLookup { id, .. }) = node.poll_event() else {
+            panic!("the INVITE reaches the call layer")
+        };
+        let CallLookup::Tenant(mut tenant) = lookup() else {
+            unreachable!()
+        };
+        tenant.route = Route::Conference {
+            access_number: "7000".into(),
+        };
+        node.handle_call_lookup(now(1), id, CallLookup::Tenant(tenant), [8; 16]);
+        node.calls.active.keys().next().copied().expect("a call")
+    }
+
+    #[test]
+    fn a_conference_call_is_answered_by_the_media_nodes_ivr_and_hung_up_when_it_gives_up() {
+        let mut node = node(true);
+        let id = conference_invite(&mut node);
+        let out = sent(&mut node);
+        assert!(invites_to(&out, phone()).is_empty(), "no phone is called");
+        assert!(status_to(&out, carrier(), 200).is_none());
+        let (media, _) = events(&mut node);
+        let [(ticket, command)] = media.as_slice() else {
+            panic!("one media command: {media:?}")
+        };
+        assert_eq!(
+            command,
+            &Command::ConferenceIvr {
+                call_id: id,
+                leg_id: caller_media_leg(id),
+                sdp: CALLER_SDP.into(),
+                tenant_id: Uuid::from_u128(1),
+                access_number: "7000".into(),
+            }
+        );
+        node.handle_media(now(2), *ticket, done(TO_CALLER));
+        let ok = status_to(&sent(&mut node), carrier(), 200).expect("the caller is answered");
+        assert_eq!(ok.body, TO_CALLER.as_bytes(), "with the media node's SDP");
+        let (_, calls) = events(&mut node);
+        assert!(
+            matches!(calls.as_slice(), [CallEvent::LegCreated(_), CallEvent::CallAnswered(_)]),
+            "{calls:?}"
+        );
+        // A session refresh is answered with the same SDP, no media command.
+        let to_tag = ok.to.tag.clone().expect("the 200 has a To tag");
+        let reinvite = message(
+            "INVITE sip:ll@sip1.example.net:5060 SIP/2.0",
+            &format!(
+                "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKcarrier8\r\nFrom: <sip:5551234@carrier.example>;tag=c7\r\n\
+To: <sip:+4930700@acme.example.com>;tag={to_tag}\r\nCall-ID: conference-call\r\nCSeq: 2 INVITE\r\n\
+Contact: <sip:5551234@192.0.2.10:5060>\r\n"
+            ),
+            CALLER_SDP,
+        );
+        node.handle_datagram(now(3), carrier(), Transport::Unreliable, &reinvite);
+        let refreshed = status_to(&sent(&mut node), carrier(), 200).expect("the re-INVITE is answered");
+        assert_eq!(refreshed.body, TO_CALLER.as_bytes());
+        assert!(events(&mut node).0.is_empty());
+        // Another call's leg means nothing; this call's leg ended: BYE, then the media is freed.
+        node.handle_media_event(
+            now(3),
+            ControlEvent::LegEnded {
+                call_id: Uuid::from_u128(42),
+                leg_id: caller_media_leg(Uuid::from_u128(42)),
+            },
+        );
+        assert!(sent(&mut node).is_empty());
+        node.handle_media_event(
+            now(4),
+            ControlEvent::LegEnded {
+                call_id: id,
+                leg_id: caller_media_leg(id),
+            },
+        );
+        let out = sent(&mut node);
+        assert!(
+            out.iter()
+                .any(|(d, m)| *d == carrier() && m.method() == Some(rsip::Method::Bye)),
+            "{out:?}"
+        );
+        let (media, _) = events(&mut node);
+        let [(ticket, Command::Delete { call_id })] = media.as_slice() else {
+            panic!("the call's media is deleted: {media:?}")
+        };
+        assert_eq!(*call_id, id);
+        node.handle_media(
+            now(5),
+            *ticket,
+            MediaReply::Done {
+                sdp: None,
+                stats: vec![stats(caller_media_leg(id), 50)],
+            },
+        );
+        let (_, calls) = events(&mut node);
+        let [CallEvent::CallEnded(ended)] = calls.as_slice() else {
+            panic!("{calls:?}")
+        };
+        assert_eq!(ended.hangup_by, Party::System);
+        assert_eq!(ended.media.len(), 1);
+    }
+
+    #[test]
+    fn a_conference_call_without_a_media_node_is_refused_with_503() {
+        for anchor_media in [true, false] {
+            let mut node = node(anchor_media);
+            conference_invite(&mut node);
+            let (media, mut calls) = events(&mut node);
+            assert_eq!(media.len(), usize::from(anchor_media), "{media:?}");
+            if let [(ticket, _)] = media.as_slice() {
+                node.handle_media(now(2), *ticket, MediaReply::Failed("unreachable".into()));
+            }
+            let out = sent(&mut node);
+            assert!(status_to(&out, carrier(), 503).is_some(), "{out:?}");
+            assert!(status_to(&out, carrier(), 200).is_none());
+            let (media, more) = events(&mut node);
+            assert!(media.is_empty());
+            calls.extend(more);
+            let [CallEvent::CallInitiated(_), CallEvent::CallAuthorized(_), CallEvent::CallEnded(ended)] =
+                calls.as_slice()
+            else {
+                panic!("{calls:?}")
+            };
+            assert_eq!(ended.sip_status, 503);
+        }
     }
 }

@@ -83,6 +83,11 @@ pub enum Route {
         contacts: Vec<ContactTarget>,
     },
     Trunks(Vec<TrunkTarget>),
+    /// A conference room's access number: the media node answers (its IVR collects the
+    /// room's code), no phone is called.
+    Conference {
+        access_number: String,
+    },
     NotFound,
 }
 
@@ -222,6 +227,8 @@ pub(super) struct ActiveCall {
     reinvite: Option<ReInvite>,
     /// Server transactions (INVITE or re-INVITE) whose 2xx waits for an ACK, by CSeq.
     awaiting_ack: Vec<(u32, TransactionKey)>,
+    /// Answered by the media node's conference IVR (no legs to phones).
+    conference: bool,
     finished: bool,
 }
 
@@ -633,8 +640,11 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             self.reject(now, call_id, status, reason);
             return;
         }
+        // A conference call is not authorized against the caller's prepaid funds: conference
+        // legs are charged to the room's owner by the billing projection.
+        let conference = matches!(tenant.route, Route::Conference { .. });
         match tenant.account {
-            Some(account) if account.prepaid => {
+            Some(account) if account.prepaid && !conference => {
                 self.events.push_back(NodeEvent::CallAuthorize {
                     id,
                     tenant_id: tenant.tenant_id,
@@ -714,6 +724,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             cut_deadline: None,
             reinvite: None,
             awaiting_ack: Vec::new(),
+            conference: false,
             finished: false,
         };
         self.calls
@@ -804,6 +815,9 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             call.cut_deadline = None;
             call.state.max_duration_s = Some(max);
         }
+        if let Route::Conference { access_number } = route {
+            return self.route_to_conference(now, id, access_number);
+        }
         if let Some(route) = self.anchor_offer(id, route) {
             self.route_legs(now, id, route);
         }
@@ -828,7 +842,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 }
                 self.trunk_leg(now, id, first);
             }
-            Route::NotFound => {}
+            Route::Conference { .. } | Route::NotFound => {}
         }
     }
 
@@ -1407,6 +1421,11 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         if call.finished {
             return;
         }
+        if call.conference {
+            // The caller left the conference: the media node's leg is deleted by `end`.
+            self.end(now, id, party_of(side), 200, None);
+            return;
+        }
         let Some((_, other)) = Self::other_side(call, side) else {
             if call.transfer.is_some() && call.bridge == Some([side, side]) {
                 // The party waiting for a transfer gave up: stop ringing the target.
@@ -1428,6 +1447,9 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         let Some(call) = self.calls.active.get(&id) else {
             return self.reply(now, &key, &request, 481, &tag, &[], None);
         };
+        if call.conference && !call.finished {
+            return self.conference_reinvite(now, key, request, id);
+        }
         let Some((to, mut dialog)) = Self::other_side(call, side) else {
             return self.reply(now, &key, &request, 481, &tag, &[], None);
         };
@@ -1752,7 +1774,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         if call.tenant_id != tenant_id || call.finished {
             return;
         }
-        if call.answered.is_some() {
+        if call.answered.is_some() || call.state.phase == call::Phase::Answered {
             self.bye_bridged(now, id);
             self.end(now, id, Party::Operator, 200, Some(EndReason::HangupRequested));
             return;
