@@ -64,9 +64,10 @@ impl Projection for Billing {
     /// 2: legs carry the media counters of `CallEnded.media`; charges keep tariff corrections;
     /// conference legs are charged to the room owner. 3: conference legs count in the reports
     /// (direction `conference`). 4: the media node's counters of the caller's side are a leg
-    /// of kind `caller`.
+    /// of kind `caller`. 5: a call answered by a conference access number is not charged to
+    /// the caller (the room owner pays per participant leg).
     fn version(&self) -> i32 {
-        4
+        5
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -971,9 +972,19 @@ impl Fold {
     fn close_call(&mut self, meta: &RecordedEvent, key: Key) {
         let cdr = self.cdrs[&key].clone();
         let mut charge_row = None;
-        if let (Some(account_id), Some(answered_at), Some(leg_id), Some(duration_s)) =
-            (cdr.account_id, cdr.answer_at, cdr.answered_leg, cdr.duration_s)
-        {
+        // A call answered by a conference (the media node's IVR at an access number) is not
+        // the caller's to pay: the room owner is charged for each participant's leg.
+        let to_conference = cdr
+            .answered_leg
+            .and_then(|leg| self.legs.get(&(key.0, key.1, leg)))
+            .is_some_and(|leg| leg.target.starts_with("conference:"));
+        if let (false, Some(account_id), Some(answered_at), Some(leg_id), Some(duration_s)) = (
+            to_conference,
+            cdr.account_id,
+            cdr.answer_at,
+            cdr.answered_leg,
+            cdr.duration_s,
+        ) {
             let destination = match cdr.direction.as_str() {
                 // An inbound call is rated at the number dialled, as a conference is at its
                 // access number.

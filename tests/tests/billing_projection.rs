@@ -1181,3 +1181,85 @@ async fn live_calls_show_their_state_until_they_end() {
     .await;
     assert_eq!(cdr, "42 | 1 | callee | normal_clearing | no charge\n");
 }
+
+#[tokio::test]
+async fn a_call_answered_by_a_conference_is_not_charged_to_the_caller() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let world = World {
+        handler: CommandHandler::new(store.clone()),
+        now: at("2024-03-01T00:00:00Z"),
+    };
+    world
+        .tariff(TENANT, Uuid::from_u128(0x7a1), Crossing::WholeCall, rates())
+        .await;
+    let postpaid = AccountKind::Postpaid { credit_limit: d("100") };
+    world
+        .open_account(TENANT, WHOLE, postpaid, Uuid::from_u128(0x7a1), "0")
+        .await;
+    // The same number, once answered by a phone (charged) and once by the conference IVR at
+    // that access number (not charged to the caller: the room owner pays per leg).
+    let start = at("2024-03-04T10:00:00Z");
+    let phone = world.answered_call(1, WHOLE, "4930700", start, 60, None).await;
+    let conference = Uuid::from_u128(0xc0f_ca11);
+    let leg = Uuid::from_u128(0xc0f_1e9);
+    let s = |secs: i64| start + TimeDelta::seconds(secs);
+    for command in [
+        CallCommand::Initiate(CallInitiated {
+            call_id: conference,
+            tenant_id: TENANT,
+            direction: Direction::Internal,
+            caller: "1001".into(),
+            caller_name: "Alice".into(),
+            callee: "4930700".into(),
+            did: None,
+            trunk_id: None,
+            account_id: Some(WHOLE),
+            at: s(0),
+        }),
+        CallCommand::Authorize {
+            max_duration_s: None,
+            reservation_id: None,
+            at: s(0),
+        },
+        CallCommand::CreateLeg {
+            leg_id: leg,
+            target: "conference:4930700".into(),
+            trunk_id: None,
+            at: s(0),
+        },
+        CallCommand::Answer { leg_id: leg, at: s(0) },
+        CallCommand::End {
+            hangup_by: Party::Caller,
+            sip_status: 200,
+            reason: None,
+            at: s(60),
+            media: vec![],
+        },
+    ] {
+        world.call(TENANT, conference, command).await;
+    }
+    catch_up(&store).await;
+    let charged = |call: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rm_charges WHERE call_id = $1")
+                .bind(call)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(charged(phone).await, 1, "the phone call is charged");
+    assert_eq!(
+        charged(conference).await,
+        0,
+        "the conference call is not the caller's to pay"
+    );
+    let cdrs: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_cdrs WHERE call_id = $1 AND charge IS NULL")
+        .bind(conference)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(cdrs, 1, "the conference call has its CDR, without a charge");
+}
