@@ -1,8 +1,12 @@
 //! The SIP node's link to a media node (shell): runs the call layer's media commands
-//! ([`NodeEvent::Media`](crate::sip::node::NodeEvent::Media)) over the control protocol, one
-//! at a time and in order (so a call's early-media answer never overtakes its final one), and
+//! ([`NodeEvent::Media`](crate::sip::node::NodeEvent::Media)) over the control protocol and
 //! answers every command, with [`MediaReply::Failed`] when the media node is unreachable,
 //! refuses or is too slow: media never fails a call.
+//!
+//! Commands run on [`LANES`] connections, each one command at a time; a call's commands all
+//! take the lane of its call id, so they stay in order (a call's early-media answer never
+//! overtakes its final one) while different calls do not wait for each other. The media
+//! node sends its events on every connection: each `leg_ended` is passed on once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,8 +24,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a failed connection, commands fail at once for this long (no call waits on a
 /// media node that is down), then the next command tries again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
-/// Commands queued for the media node at most.
+/// Commands queued for the media node at most (per lane).
 pub const QUEUE: usize = 4096;
+/// Connections to one media node; a call's commands always use the same one.
+pub const LANES: usize = 4;
 
 struct Job {
     ticket: MediaTicket,
@@ -31,7 +37,7 @@ struct Job {
 /// A handle on the worker that talks to one media node.
 #[derive(Clone)]
 pub struct MediaLink {
-    jobs: mpsc::Sender<Job>,
+    lanes: Vec<mpsc::Sender<Job>>,
     results: mpsc::Sender<(MediaTicket, MediaReply)>,
 }
 
@@ -39,17 +45,24 @@ pub struct MediaLink {
 pub type MediaEvents = mpsc::Receiver<ControlEvent>;
 
 impl MediaLink {
-    /// Starts the worker for the media node at `addr`; every command's result comes out of
-    /// the returned receiver, in the order the commands were submitted, and the media node's
-    /// events out of the second one.
+    /// Starts the lanes for the media node at `addr`; every command's result comes out of
+    /// the returned receiver (a call's in the order its commands were submitted), and the
+    /// media node's events out of the second one.
     pub fn spawn(addr: SocketAddr) -> (MediaLink, mpsc::Receiver<(MediaTicket, MediaReply)>, MediaEvents) {
-        let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
         let (results_tx, results_rx) = mpsc::channel(QUEUE);
+        let (raw_events_tx, raw_events_rx) = mpsc::channel(QUEUE);
         let (events_tx, events_rx) = mpsc::channel(QUEUE);
-        tokio::spawn(worker(addr, jobs_rx, results_tx.clone(), events_tx));
+        tokio::spawn(dedupe_events(raw_events_rx, events_tx));
+        let lanes = (0..LANES)
+            .map(|_| {
+                let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
+                tokio::spawn(worker(addr, jobs_rx, results_tx.clone(), raw_events_tx.clone()));
+                jobs_tx
+            })
+            .collect();
         (
             MediaLink {
-                jobs: jobs_tx,
+                lanes,
                 results: results_tx,
             },
             results_rx,
@@ -57,9 +70,10 @@ impl MediaLink {
         )
     }
 
-    /// Queue a command; a full queue answers it as failed.
+    /// Queue a command on its call's lane; a full queue answers it as failed.
     pub fn submit(&self, ticket: MediaTicket, command: Command) {
-        if let Err(e) = self.jobs.try_send(Job { ticket, command }) {
+        let lane = &self.lanes[lane_of(&command, self.lanes.len())];
+        if let Err(e) = lane.try_send(Job { ticket, command }) {
             let reason = match e {
                 mpsc::error::TrySendError::Full(_) => "the media queue is full",
                 mpsc::error::TrySendError::Closed(_) => "the media link stopped",
@@ -68,6 +82,45 @@ impl MediaLink {
             tokio::spawn(async move {
                 let _ = results.send((ticket, MediaReply::Failed(reason.into()))).await;
             });
+        }
+    }
+}
+
+/// The lane of a command: by its call id (by leg id for the commands that name only a leg,
+/// which a call's own commands never are).
+fn lane_of(command: &Command, lanes: usize) -> usize {
+    let id = match command {
+        Command::Offer { call_id, .. }
+        | Command::Answer { call_id, .. }
+        | Command::Delete { call_id }
+        | Command::ConferenceJoin { call_id, .. }
+        | Command::PlayPrompt { call_id, .. }
+        | Command::ConferenceIvr { call_id, .. } => call_id,
+        Command::ConferenceLeave { leg_id } | Command::Mute { leg_id, .. } => leg_id,
+    };
+    (id.as_u128() % lanes.max(1) as u128) as usize
+}
+
+/// Pass each `leg_ended` on once, though every lane's connection reports it.
+async fn dedupe_events(mut raw: mpsc::Receiver<ControlEvent>, out: mpsc::Sender<ControlEvent>) {
+    const REMEMBERED: usize = 10_000;
+    let mut seen = std::collections::HashSet::new();
+    let mut order = std::collections::VecDeque::new();
+    while let Some(event) = raw.recv().await {
+        if let ControlEvent::LegEnded { call_id, leg_id } = &event {
+            let key = (*call_id, *leg_id);
+            if !seen.insert(key) {
+                continue;
+            }
+            order.push_back(key);
+        }
+        if order.len() > REMEMBERED {
+            if let Some(old) = order.pop_front() {
+                seen.remove(&old);
+            }
+        }
+        if out.send(event).await.is_err() {
+            return;
         }
     }
 }
@@ -145,5 +198,65 @@ async fn run(
             *client = None;
             MediaReply::Failed("the media node did not answer in time".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn every_command_of_a_call_takes_one_lane_and_calls_spread_over_the_lanes() {
+        let mut used = std::collections::HashSet::new();
+        for n in 0..64u128 {
+            let call_id = Uuid::from_u128(0x5eed_0000 + n * 7919);
+            let leg_id = Uuid::from_u128(n);
+            let commands = [
+                Command::Offer {
+                    call_id,
+                    leg_id,
+                    sdp: String::new(),
+                    peer_leg_id: None,
+                },
+                Command::Answer {
+                    call_id,
+                    leg_id,
+                    sdp: String::new(),
+                },
+                Command::Delete { call_id },
+            ];
+            let lanes: std::collections::HashSet<usize> = commands.iter().map(|c| lane_of(c, LANES)).collect();
+            assert_eq!(lanes.len(), 1, "one call, one lane");
+            used.extend(lanes);
+        }
+        assert_eq!(used.len(), LANES, "calls use every lane");
+    }
+
+    #[tokio::test]
+    async fn a_leg_ended_reported_on_every_lane_is_passed_on_once() {
+        let (raw_tx, raw_rx) = mpsc::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        tokio::spawn(dedupe_events(raw_rx, out_tx));
+        let (a, b) = (
+            ControlEvent::LegEnded {
+                call_id: Uuid::from_u128(1),
+                leg_id: Uuid::from_u128(2),
+            },
+            ControlEvent::LegEnded {
+                call_id: Uuid::from_u128(3),
+                leg_id: Uuid::from_u128(4),
+            },
+        );
+        for event in [&a, &a, &b, &a, &b] {
+            raw_tx.send(event.clone()).await.unwrap();
+        }
+        drop(raw_tx);
+        let mut got = Vec::new();
+        while let Some(event) = out_rx.recv().await {
+            got.push(event);
+        }
+        assert_eq!(got, vec![a, b]);
     }
 }
