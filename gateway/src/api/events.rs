@@ -236,28 +236,14 @@ impl EventsSubscription {
         let caller = require(ctx, Capability::Subscribe)?;
         let st = state(ctx);
         let sub = feed(&st.store, caller.tenant_id, live_start(&st.pool).await?).await?;
-        let pool = st.pool.clone();
-        let tenant = caller.tenant_id;
-        let limit = st.config.max_page_size;
-        Ok(futures::stream::unfold((sub, true), move |(mut sub, first)| {
-            let pool = pool.clone();
-            async move {
-                if first {
-                    let calls = super::directory::live_calls(&pool, tenant, limit).await.ok()?;
-                    return Some((calls, (sub, false)));
-                }
-                loop {
-                    match sub.next().await? {
-                        Ok(e) if e.stream_id.starts_with("call-") => {
-                            projected(&pool, "billing", e.cursor()).await;
-                            let calls = super::directory::live_calls(&pool, tenant, limit).await.ok()?;
-                            return Some((calls, (sub, false)));
-                        }
-                        _ => continue,
-                    }
-                }
-            }
-        }))
+        let (tenant, limit) = (caller.tenant_id, st.config.max_page_size);
+        Ok(live_view(
+            sub,
+            st.pool.clone(),
+            "call-",
+            "billing",
+            move |pool| async move { super::directory::live_calls(&pool, tenant, limit).await },
+        ))
     }
 
     /// The tenant's conference rooms in session, with their participants: now, then again
@@ -271,29 +257,51 @@ impl EventsSubscription {
         let caller = require(ctx, Capability::Subscribe)?;
         let st = state(ctx);
         let sub = feed(&st.store, caller.tenant_id, live_start(&st.pool).await?).await?;
-        let pool = st.pool.clone();
-        let tenant = caller.tenant_id;
-        let limit = st.config.max_page_size;
-        Ok(futures::stream::unfold((sub, true), move |(mut sub, first)| {
-            let pool = pool.clone();
-            async move {
-                if first {
-                    let rooms = super::conferences::live_rooms(&pool, tenant, limit).await.ok()?;
-                    return Some((rooms, (sub, false)));
-                }
+        let (tenant, limit) = (caller.tenant_id, st.config.max_page_size);
+        Ok(live_view(
+            sub,
+            st.pool.clone(),
+            "conference-",
+            "conferences",
+            move |pool| async move { super::conferences::live_rooms(&pool, tenant, limit).await },
+        ))
+    }
+}
+
+/// A live view over a feed: `snapshot` now, then again after each committed event of a
+/// stream starting with `prefix`, once `projection` (which owns the view's read model) shows
+/// it. A snapshot that cannot be read ends the feed.
+fn live_view<T, F, Fut>(
+    sub: LogSubscription,
+    pool: PgPool,
+    prefix: &'static str,
+    projection: &'static str,
+    snapshot: F,
+) -> impl Stream<Item = T>
+where
+    F: Fn(PgPool) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ApiResult<T>> + Send,
+    T: Send + 'static,
+{
+    let snapshot = std::sync::Arc::new(snapshot);
+    futures::stream::unfold((sub, true), move |(mut sub, first)| {
+        let (pool, snapshot) = (pool.clone(), snapshot.clone());
+        async move {
+            if !first {
                 loop {
                     match sub.next().await? {
-                        Ok(e) if e.stream_id.starts_with("conference-") => {
-                            projected(&pool, "conferences", e.cursor()).await;
-                            let rooms = super::conferences::live_rooms(&pool, tenant, limit).await.ok()?;
-                            return Some((rooms, (sub, false)));
+                        Ok(e) if e.stream_id.starts_with(prefix) => {
+                            projected(&pool, projection, e.cursor()).await;
+                            break;
                         }
                         _ => continue,
                     }
                 }
             }
-        }))
-    }
+            let view = snapshot(pool).await.ok()?;
+            Some((view, (sub, false)))
+        }
+    })
 }
 
 /// Wait until `projection` has applied the event at `cursor`, so a live snapshot sent
