@@ -4,7 +4,11 @@
 //! share) decides which registration events are written, so each fact is written once.
 
 use chrono::{DateTime, Utc};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
 use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,9 +37,17 @@ pub enum Saved {
 /// Bindings per extension are bounded: a device may not fill the table.
 pub const MAX_BINDINGS_PER_EXTENSION: i64 = 10;
 
+/// Requests queued while a batch runs go in the next one, up to this many.
+pub const MAX_BATCH: usize = 256;
+
+/// The location table, with reads and saves of concurrent REGISTERs and INVITEs gathered
+/// into one statement each (a burst of registrations costs a few statements and one commit,
+/// not two statements and a commit per phone). Removals and purges are rare and go direct.
 #[derive(Clone)]
 pub struct Location {
     pool: PgPool,
+    reads: mpsc::Sender<ReadRequest>,
+    saves: mpsc::Sender<SaveRequest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +56,46 @@ pub enum LocationError {
     TooManyBindings,
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error("the location batcher stopped")]
+    Stopped,
+}
+
+struct ReadRequest {
+    tenant_id: Uuid,
+    extension_id: Uuid,
+    now: DateTime<Utc>,
+    reply: oneshot::Sender<Result<Vec<Binding>, Arc<sqlx::Error>>>,
+}
+
+struct SaveRequest {
+    binding: Binding,
+    now: DateTime<Utc>,
+    reply: oneshot::Sender<Result<Saved, SaveFailure>>,
+}
+
+#[derive(Debug, Clone)]
+enum SaveFailure {
+    TooMany,
+    Sql(Arc<sqlx::Error>),
+}
+
+fn shared_error(e: Arc<sqlx::Error>) -> LocationError {
+    // sqlx errors are not Clone: a batch's one error reaches each caller by its text.
+    match Arc::try_unwrap(e) {
+        Ok(e) => LocationError::Sql(e),
+        Err(shared) => LocationError::Sql(sqlx::Error::Protocol(shared.to_string())),
+    }
 }
 
 impl Location {
+    /// Starts the two batchers (reads, saves) on the current tokio runtime; they stop when
+    /// the last clone of the returned value is dropped.
     pub fn new(pool: PgPool) -> Self {
-        Location { pool }
+        let (reads, read_rx) = mpsc::channel(4 * MAX_BATCH);
+        let (saves, save_rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(read_batcher(pool.clone(), read_rx));
+        tokio::spawn(save_batcher(pool.clone(), save_rx));
+        Location { pool, reads, saves }
     }
 
     /// The live bindings of an extension.
@@ -58,71 +105,32 @@ impl Location {
         extension_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<Vec<Binding>, LocationError> {
-        let rows = sqlx::query(
-            "SELECT tenant_id, extension_id, contact, source, call_id, cseq, user_agent, expires_at, node_id \
-             FROM sip_bindings WHERE tenant_id = $1 AND extension_id = $2 AND expires_at > $3 ORDER BY contact",
-        )
-        .bind(tenant_id)
-        .bind(extension_id)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(binding_of).collect())
+        let (reply, answer) = oneshot::channel();
+        let request = ReadRequest {
+            tenant_id,
+            extension_id,
+            now,
+            reply,
+        };
+        self.reads.send(request).await.map_err(|_| LocationError::Stopped)?;
+        answer.await.map_err(|_| LocationError::Stopped)?.map_err(shared_error)
     }
 
-    /// Insert or refresh a binding and say which it was, in one statement.
+    /// Insert or refresh a binding and say which it was (atomically, in the statement that
+    /// writes it; concurrent saves share that statement and its commit).
     pub async fn save(&self, binding: &Binding, now: DateTime<Utc>) -> Result<Saved, LocationError> {
-        let row = sqlx::query(
-            "WITH old AS ( \
-                 SELECT source, user_agent, call_id, expires_at FROM sip_bindings \
-                 WHERE tenant_id = $1 AND extension_id = $2 AND contact = $3 FOR UPDATE), \
-             live AS ( \
-                 SELECT count(*) AS n FROM sip_bindings \
-                 WHERE tenant_id = $1 AND extension_id = $2 AND expires_at > $10 AND contact <> $3), \
-             saved AS ( \
-                 INSERT INTO sip_bindings (tenant_id, extension_id, contact, source, call_id, cseq, user_agent, expires_at, node_id, updated_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM live WHERE live.n < $11 \
-                 ON CONFLICT (tenant_id, extension_id, contact) DO UPDATE SET \
-                     source = EXCLUDED.source, call_id = EXCLUDED.call_id, cseq = EXCLUDED.cseq, \
-                     user_agent = EXCLUDED.user_agent, expires_at = EXCLUDED.expires_at, \
-                     node_id = EXCLUDED.node_id, updated_at = EXCLUDED.updated_at \
-                 RETURNING 1) \
-             SELECT (SELECT count(*) FROM saved) AS saved, old.source, old.user_agent, old.call_id, old.expires_at \
-             FROM (SELECT 1) one LEFT JOIN old ON true",
-        )
-        .bind(binding.tenant_id)
-        .bind(binding.extension_id)
-        .bind(&binding.contact)
-        .bind(&binding.source)
-        .bind(&binding.call_id)
-        .bind(binding.cseq)
-        .bind(&binding.user_agent)
-        .bind(binding.expires_at)
-        .bind(&binding.node_id)
-        .bind(now)
-        .bind(MAX_BINDINGS_PER_EXTENSION)
-        .fetch_one(&self.pool)
-        .await?;
-        let saved: i64 = row.get("saved");
-        let old_source: Option<String> = row.get("source");
-        if saved == 0 && old_source.is_none() {
-            return Err(LocationError::TooManyBindings);
+        let (reply, answer) = oneshot::channel();
+        let request = SaveRequest {
+            binding: binding.clone(),
+            now,
+            reply,
+        };
+        self.saves.send(request).await.map_err(|_| LocationError::Stopped)?;
+        match answer.await.map_err(|_| LocationError::Stopped)? {
+            Ok(saved) => Ok(saved),
+            Err(SaveFailure::TooMany) => Err(LocationError::TooManyBindings),
+            Err(SaveFailure::Sql(e)) => Err(shared_error(e)),
         }
-        let old_user_agent: Option<String> = row.get("user_agent");
-        let old_call_id: Option<String> = row.get("call_id");
-        let old_expiry: Option<DateTime<Utc>> = row.get("expires_at");
-        Ok(match (old_source, old_expiry) {
-            (None, _) => Saved::Created,
-            (Some(_), Some(expiry)) if expiry <= now => Saved::Created,
-            (Some(source), _)
-                if source != binding.source
-                    || old_user_agent.as_deref() != Some(&binding.user_agent)
-                    || old_call_id.as_deref() != Some(&binding.call_id) =>
-            {
-                Saved::Changed
-            }
-            _ => Saved::Refreshed,
-        })
     }
 
     /// Remove one binding; true if it was live.
@@ -194,4 +202,208 @@ fn binding_of(row: &sqlx::postgres::PgRow) -> Binding {
         expires_at: row.get("expires_at"),
         node_id: row.get("node_id"),
     }
+}
+
+/// Reads: whatever is queued (up to `MAX_BATCH`) in one statement; two batches may run at
+/// once, so a lone request never waits long behind a big one.
+async fn read_batcher(pool: PgPool, mut rx: mpsc::Receiver<ReadRequest>) {
+    let permits = Arc::new(Semaphore::new(2));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            read_batch(&pool, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn read_batch(pool: &PgPool, batch: Vec<ReadRequest>) {
+    let tenants: Vec<Uuid> = batch.iter().map(|r| r.tenant_id).collect();
+    let extensions: Vec<Uuid> = batch.iter().map(|r| r.extension_id).collect();
+    let nows: Vec<DateTime<Utc>> = batch.iter().map(|r| r.now).collect();
+    let rows = sqlx::query(
+        "SELECT i.ord, b.tenant_id, b.extension_id, b.contact, b.source, b.call_id, b.cseq, b.user_agent, \
+                b.expires_at, b.node_id \
+         FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) WITH ORDINALITY AS i(tenant_id, extension_id, at, ord) \
+         JOIN sip_bindings b ON b.tenant_id = i.tenant_id AND b.extension_id = i.extension_id AND b.expires_at > i.at \
+         ORDER BY i.ord, b.contact",
+    )
+    .bind(&tenants)
+    .bind(&extensions)
+    .bind(&nows)
+    .fetch_all(pool)
+    .await;
+    match rows {
+        Ok(rows) => {
+            let mut found: Vec<Vec<Binding>> = batch.iter().map(|_| Vec::new()).collect();
+            for row in &rows {
+                let ord: i64 = row.get("ord");
+                if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| found.get_mut(i)) {
+                    slot.push(binding_of(row));
+                }
+            }
+            for (request, bindings) in batch.into_iter().zip(found) {
+                let _ = request.reply.send(Ok(bindings));
+            }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for request in batch {
+                let _ = request.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Saves: one batch at a time, in arrival order, with at most one save per extension in a
+/// batch (the per-extension device limit and `ON CONFLICT` both need that); a second save of
+/// an extension waits for the next batch, and so does everything after it for that extension.
+async fn save_batcher(pool: PgPool, mut rx: mpsc::Receiver<SaveRequest>) {
+    let mut pending: VecDeque<SaveRequest> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(request) => pending.push_back(request),
+                None => return,
+            }
+        }
+        while pending.len() < 4 * MAX_BATCH {
+            match rx.try_recv() {
+                Ok(request) => pending.push_back(request),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Vec::new();
+        let mut keys = HashSet::new();
+        let mut held = HashSet::new();
+        let mut rest = VecDeque::new();
+        while let Some(request) = pending.pop_front() {
+            let key = (request.binding.tenant_id, request.binding.extension_id);
+            if batch.len() < MAX_BATCH && !held.contains(&key) && keys.insert(key) {
+                batch.push(request);
+            } else {
+                held.insert(key);
+                rest.push_back(request);
+            }
+        }
+        pending = rest;
+        save_batch(&pool, batch).await;
+    }
+}
+
+async fn save_batch(pool: &PgPool, batch: Vec<SaveRequest>) {
+    let col = |f: fn(&SaveRequest) -> String| batch.iter().map(f).collect::<Vec<String>>();
+    let tenants: Vec<Uuid> = batch.iter().map(|r| r.binding.tenant_id).collect();
+    let extensions: Vec<Uuid> = batch.iter().map(|r| r.binding.extension_id).collect();
+    let contacts = col(|r| r.binding.contact.clone());
+    let sources = col(|r| r.binding.source.clone());
+    let call_ids = col(|r| r.binding.call_id.clone());
+    let cseqs: Vec<i64> = batch.iter().map(|r| r.binding.cseq).collect();
+    let agents = col(|r| r.binding.user_agent.clone());
+    let expiries: Vec<DateTime<Utc>> = batch.iter().map(|r| r.binding.expires_at).collect();
+    let nodes = col(|r| r.binding.node_id.clone());
+    let nows: Vec<DateTime<Utc>> = batch.iter().map(|r| r.now).collect();
+    // Per row, as the one-row statement did: lock the old binding and keep its fields, count
+    // the extension's other live devices, insert or update only below the limit.
+    let rows = sqlx::query(
+        "WITH input AS ( \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], \
+                                  $7::text[], $8::timestamptz[], $9::text[], $10::timestamptz[]) WITH ORDINALITY \
+                 AS t(tenant_id, extension_id, contact, source, call_id, cseq, user_agent, expires_at, node_id, at, ord)), \
+         old AS ( \
+             SELECT i.ord, b.source, b.user_agent, b.call_id, b.expires_at FROM input i \
+             JOIN sip_bindings b ON b.tenant_id = i.tenant_id AND b.extension_id = i.extension_id AND b.contact = i.contact \
+             FOR UPDATE OF b), \
+         live AS ( \
+             SELECT i.ord, (SELECT count(*) FROM sip_bindings b WHERE b.tenant_id = i.tenant_id \
+                 AND b.extension_id = i.extension_id AND b.expires_at > i.at AND b.contact <> i.contact) AS n \
+             FROM input i), \
+         saved AS ( \
+             INSERT INTO sip_bindings (tenant_id, extension_id, contact, source, call_id, cseq, user_agent, expires_at, node_id, updated_at) \
+             SELECT i.tenant_id, i.extension_id, i.contact, i.source, i.call_id, i.cseq, i.user_agent, i.expires_at, i.node_id, i.at \
+             FROM input i JOIN live l ON l.ord = i.ord WHERE l.n < $11 \
+             ON CONFLICT (tenant_id, extension_id, contact) DO UPDATE SET \
+                 source = EXCLUDED.source, call_id = EXCLUDED.call_id, cseq = EXCLUDED.cseq, \
+                 user_agent = EXCLUDED.user_agent, expires_at = EXCLUDED.expires_at, \
+                 node_id = EXCLUDED.node_id, updated_at = EXCLUDED.updated_at \
+             RETURNING tenant_id, extension_id, contact) \
+         SELECT i.ord, EXISTS (SELECT 1 FROM saved s WHERE s.tenant_id = i.tenant_id AND s.extension_id = i.extension_id \
+                    AND s.contact = i.contact) AS saved, \
+                o.source, o.user_agent, o.call_id, o.expires_at \
+         FROM input i LEFT JOIN old o ON o.ord = i.ord ORDER BY i.ord",
+    )
+    .bind(&tenants)
+    .bind(&extensions)
+    .bind(&contacts)
+    .bind(&sources)
+    .bind(&call_ids)
+    .bind(&cseqs)
+    .bind(&agents)
+    .bind(&expiries)
+    .bind(&nodes)
+    .bind(&nows)
+    .bind(MAX_BINDINGS_PER_EXTENSION)
+    .fetch_all(pool)
+    .await;
+    match rows {
+        Ok(rows) if rows.len() == batch.len() => {
+            for (request, row) in batch.into_iter().zip(&rows) {
+                let answer = classify(&request.binding, request.now, row);
+                let _ = request.reply.send(answer);
+            }
+        }
+        Ok(rows) => {
+            let e = Arc::new(sqlx::Error::Protocol(format!(
+                "location batch of {} answered {} rows",
+                batch.len(),
+                rows.len()
+            )));
+            for request in batch {
+                let _ = request.reply.send(Err(SaveFailure::Sql(e.clone())));
+            }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for request in batch {
+                let _ = request.reply.send(Err(SaveFailure::Sql(e.clone())));
+            }
+        }
+    }
+}
+
+/// Created, changed or refreshed, from the row the binding replaced (if any).
+fn classify(binding: &Binding, now: DateTime<Utc>, row: &sqlx::postgres::PgRow) -> Result<Saved, SaveFailure> {
+    let saved: bool = row.get("saved");
+    let old_source: Option<String> = row.get("source");
+    if !saved && old_source.is_none() {
+        return Err(SaveFailure::TooMany);
+    }
+    let old_user_agent: Option<String> = row.get("user_agent");
+    let old_call_id: Option<String> = row.get("call_id");
+    let old_expiry: Option<DateTime<Utc>> = row.get("expires_at");
+    Ok(match (old_source, old_expiry) {
+        (None, _) => Saved::Created,
+        (Some(_), Some(expiry)) if expiry <= now => Saved::Created,
+        (Some(source), _)
+            if source != binding.source
+                || old_user_agent.as_deref() != Some(&binding.user_agent)
+                || old_call_id.as_deref() != Some(&binding.call_id) =>
+        {
+            Saved::Changed
+        }
+        _ => Saved::Refreshed,
+    })
 }

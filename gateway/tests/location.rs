@@ -90,3 +90,84 @@ async fn an_extension_cannot_register_without_bound() {
         MAX_BINDINGS_PER_EXTENSION as usize
     );
 }
+
+/// Saves and reads sent at once go through the batchers: every save gets its own answer
+/// (created, then refreshed or changed in the order sent for one extension), the device
+/// limit still holds inside one burst, and each read sees only its own extension.
+#[tokio::test]
+async fn a_burst_of_saves_and_reads_gets_each_answer_right() {
+    let db = TestDb::new().await.unwrap();
+    let location = Location::new(db.pool.clone());
+    let tenant = Uuid::new_v4();
+    let extensions: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+
+    // 300 extensions at once, each with a first save, a refresh and a move in turn (as the
+    // registrar sends them), so the batches mix extensions at every stage.
+    let mut saves = Vec::new();
+    for (i, ext) in extensions.iter().enumerate() {
+        let contact = format!("sip:{i}@10.1.0.1");
+        let first = binding(tenant, *ext, &contact, "udp:10.1.0.1:5060", t(3600));
+        let mut refresh = first.clone();
+        refresh.cseq = 2;
+        refresh.expires_at = t(3700);
+        let mut moved = refresh.clone();
+        moved.source = "udp:10.1.0.2:5060".into();
+        let location = location.clone();
+        saves.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for (b, at) in [(first, t(0)), (refresh, t(1)), (moved, t(2))] {
+                answers.push(location.save(&b, at).await.unwrap());
+            }
+            answers
+        }));
+    }
+    for save in saves {
+        assert_eq!(save.await.unwrap(), [Saved::Created, Saved::Refreshed, Saved::Changed]);
+    }
+
+    // The limit inside one burst: twelve devices of one extension at once, ten get in.
+    let crowded = Uuid::new_v4();
+    let mut burst = Vec::new();
+    for i in 0..12 {
+        let location = location.clone();
+        let b = binding(tenant, crowded, &format!("sip:x@10.2.0.{i}"), "udp:x", t(3600));
+        burst.push(tokio::spawn(async move { location.save(&b, t(0)).await }));
+    }
+    let mut refused = 0;
+    for save in burst {
+        match save.await.unwrap() {
+            Ok(saved) => assert_eq!(saved, Saved::Created),
+            Err(LocationError::TooManyBindings) => refused += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(refused, 12 - MAX_BINDINGS_PER_EXTENSION);
+
+    let mut reads = Vec::new();
+    for ext in extensions.iter().copied().chain([crowded]) {
+        let location = location.clone();
+        reads.push(tokio::spawn(async move {
+            (ext, location.bindings(tenant, ext, t(10)).await)
+        }));
+    }
+    for read in reads {
+        let (ext, found) = read.await.unwrap();
+        let found = found.unwrap();
+        assert!(found.iter().all(|b| b.extension_id == ext && b.tenant_id == tenant));
+        let expected = if ext == crowded {
+            MAX_BINDINGS_PER_EXTENSION as usize
+        } else {
+            1
+        };
+        assert_eq!(found.len(), expected);
+        if ext != crowded {
+            assert_eq!(found[0].source, "udp:10.1.0.2:5060");
+        }
+    }
+    // A read at a later time sees nothing lapsed.
+    assert!(location
+        .bindings(tenant, extensions[0], t(3701))
+        .await
+        .unwrap()
+        .is_empty());
+}
