@@ -411,6 +411,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 transaction,
                 destination,
                 transport,
+                scheduled: None,
             },
         );
         self.flush_client(now, &key);

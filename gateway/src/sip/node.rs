@@ -15,7 +15,8 @@ use super::transaction::{Instant, ServerTransaction, Timers, TransactionEvent, T
 use chrono::{DateTime, Utc};
 use domain::call::{CallEvent, Direction};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use uuid::Uuid;
 
@@ -118,12 +119,23 @@ pub(super) struct ServerEntry {
     pub(super) transaction: ServerTransaction,
     pub(super) peer: SocketAddr,
     pub(super) transport: Transport,
+    /// The deadline last put in the node's timer heap for this transaction.
+    pub(super) scheduled: Option<Instant>,
 }
 
 pub(super) struct ClientEntry {
     pub(super) transaction: ClientTransaction,
     pub(super) destination: SocketAddr,
     pub(super) transport: Transport,
+    /// The deadline last put in the node's timer heap for this transaction.
+    pub(super) scheduled: Option<Instant>,
+}
+
+/// Whose deadline a timer-heap entry is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum TimerOwner {
+    Server(TransactionKey),
+    Client(TransactionKey),
 }
 
 struct PendingLookup {
@@ -146,6 +158,12 @@ pub struct SipNode {
     pub(super) calls: Calls,
     /// Ended calls, with when to forget them, oldest first.
     pub(super) finished: VecDeque<(Instant, Uuid)>,
+    /// Every transaction's next deadline, earliest first, so finding the next one does not
+    /// walk every transaction (it did, and that walk was the node's hottest loop under load).
+    /// Entries go stale when a deadline moves; a stale entry only wakes the node early once.
+    /// Invariant: every live transaction's current deadline is in the heap, because every
+    /// change to a transaction is followed by `flush`/`flush_client`, which reschedule it.
+    pub(super) timers: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
 }
 
 impl SipNode {
@@ -158,6 +176,7 @@ impl SipNode {
             client: HashMap::new(),
             calls: Calls::default(),
             finished: VecDeque::new(),
+            timers: BinaryHeap::new(),
             pending: HashMap::new(),
             next_lookup: 0,
             transmits: VecDeque::new(),
@@ -215,6 +234,7 @@ impl SipNode {
                 transaction,
                 peer: source,
                 transport,
+                scheduled: None,
             },
         );
         match screening {
@@ -288,27 +308,47 @@ impl SipNode {
 
     /// Fires every timer due at `now` and forgets finished transactions.
     pub fn handle_timeout(&mut self, now: Now) {
-        let due: Vec<TransactionKey> = self
-            .server
-            .iter()
-            .filter(|(_, entry)| entry.transaction.poll_timeout().is_some_and(|at| at <= now.mono))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in due {
+        let mut due_server = Vec::new();
+        let mut due_client = Vec::new();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now.mono {
+                break;
+            }
+            let Some(Reverse((at, owner))) = self.timers.pop() else {
+                break;
+            };
+            match owner {
+                TimerOwner::Server(key) => {
+                    if let Some(entry) = self.server.get_mut(&key) {
+                        if entry.scheduled == Some(at) {
+                            entry.scheduled = None;
+                        }
+                        due_server.push(key);
+                    }
+                }
+                TimerOwner::Client(key) => {
+                    if let Some(entry) = self.client.get_mut(&key) {
+                        if entry.scheduled == Some(at) {
+                            entry.scheduled = None;
+                        }
+                        due_client.push(key);
+                    }
+                }
+            }
+        }
+        for key in due_server {
             if let Some(entry) = self.server.get_mut(&key) {
-                entry.transaction.handle_timeout(now.mono);
+                if entry.transaction.poll_timeout().is_some_and(|at| at <= now.mono) {
+                    entry.transaction.handle_timeout(now.mono);
+                }
             }
             self.flush(&key);
         }
-        let due: Vec<TransactionKey> = self
-            .client
-            .iter()
-            .filter(|(_, entry)| entry.transaction.poll_timeout().is_some_and(|at| at <= now.mono))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in due {
+        for key in due_client {
             if let Some(entry) = self.client.get_mut(&key) {
-                entry.transaction.handle_timeout(now.mono);
+                if entry.transaction.poll_timeout().is_some_and(|at| at <= now.mono) {
+                    entry.transaction.handle_timeout(now.mono);
+                }
             }
             self.flush_client(now, &key);
         }
@@ -326,10 +366,10 @@ impl SipNode {
 
     /// The earliest transaction deadline on the monotonic clock.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let server = self.server.values().filter_map(|e| e.transaction.poll_timeout());
-        let client = self.client.values().filter_map(|e| e.transaction.poll_timeout());
-        server
-            .chain(client)
+        self.timers
+            .peek()
+            .map(|Reverse((at, _))| *at)
+            .into_iter()
             .chain(self.calls.poll_timeout())
             .chain(self.finished.front().map(|(at, _)| *at))
             .min()
@@ -405,6 +445,12 @@ impl SipNode {
         if terminated {
             self.client.remove(key);
             self.calls.purposes.remove(key);
+        } else if let Some(entry) = self.client.get_mut(key) {
+            let next = entry.transaction.poll_timeout();
+            if let Some(at) = next.filter(|at| entry.scheduled != Some(*at)) {
+                entry.scheduled = Some(at);
+                self.timers.push(Reverse((at, TimerOwner::Client(key.clone()))));
+            }
         }
     }
 
@@ -426,6 +472,15 @@ impl SipNode {
         }
         if terminated {
             self.server.remove(key);
+            return;
+        }
+        if let Some(at) = entry
+            .transaction
+            .poll_timeout()
+            .filter(|at| entry.scheduled != Some(*at))
+        {
+            entry.scheduled = Some(at);
+            self.timers.push(Reverse((at, TimerOwner::Server(key.clone()))));
         }
     }
 

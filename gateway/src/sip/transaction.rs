@@ -102,7 +102,7 @@ pub enum ServerState {
 
 /// What identifies a transaction (RFC 3261 §17.1.3, §17.2.3): the top Via's branch and
 /// sent-by, and the method, with ACK folded into INVITE.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TransactionKey {
     pub branch: String,
     pub sent_by: String,
