@@ -16,7 +16,7 @@ root=$(pwd)
 anchors=${LEDGERLINE_ANCHORS:-$root/../shared/anchors}
 STEP=${1:-4}
 REG_LADDER=${REG_LADDER:-"500 1000 2000 3000 4000 6000 8000"}
-CALL_LADDER=${CALL_LADDER:-"50 100 200 300 400 600 800"}
+CALL_LADDER=${CALL_LADDER:-"50 100 200 300 400 600 800 1000 1200"}
 USERS=1000
 for tool in sipp kamailio bc; do
   command -v "$tool" >/dev/null || { echo "bench/sip.sh: $tool is missing (apt-get install sip-tester kamailio bc)" >&2; exit 2; }
@@ -64,6 +64,10 @@ climb() {
     [ "$fail" = 0 ] && [ "$ok" -gt 0 ] || break
     [ "$rate" -gt "$best_reg" ] && best_reg=$rate
   done
+  # A failed (overloaded) step leaves its transactions lingering for Timer J (64*T1 = 32 s,
+  # RFC 3261 17.2.2), during which a node at its transaction bound refuses new requests:
+  # let that pass (for both peers) so the call ladder starts from a node at rest.
+  sleep 33
   # Every user registered once more (so all have a binding) before the calls.
   run_sipp "$2" "$anchors/sipp/reg_auth.xml" "$tmp/$1-reg.csv" 2000 "$USERS" 0 >/dev/null
   for r in $CALL_LADDER; do
