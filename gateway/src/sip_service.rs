@@ -104,7 +104,10 @@ impl SipService {
                         .collect::<String>()
                 ),
             },
-            max_server_transactions: 50_000,
+            // Completed transactions linger for Timer J (32 s over UDP) to absorb retransmissions,
+            // so at 3,000 REGISTERs/s (two transactions each) about 200,000 are alive; a lower
+            // bound turned a busy minute into a 503 storm. About 3 KB each at most.
+            max_server_transactions: 250_000,
             max_pending_lookups: 10_000,
             calls: CallConfig {
                 advertise,
