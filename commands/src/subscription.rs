@@ -38,6 +38,9 @@ impl LogWaker {
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "LISTEN connection lost; polling until it is back");
+                // The listener reconnects on the next recv; wait one interval first, or a
+                // database that is gone turns this into a busy loop.
+                tokio::time::sleep(self.poll_interval).await;
                 false
             }
             Err(_) => false,
@@ -85,7 +88,10 @@ impl Subscription {
                 let batch = match store.read_all(cursor, options.batch_size, options.tenant).await {
                     Ok(batch) => batch,
                     Err(e) => {
-                        if tx.send(Err(e)).await.is_err() {
+                        // A closed pool never opens again (the process is stopping): say so
+                        // once and end the feed instead of reporting it forever.
+                        let closed = matches!(e, StoreError::Database(sqlx::Error::PoolClosed));
+                        if tx.send(Err(e)).await.is_err() || closed {
                             return;
                         }
                         waker.wait().await;

@@ -190,3 +190,32 @@ async fn subscription_gets_every_event_once_in_stream_order_despite_a_late_commi
     );
     assert!(naive_seen.len() < expected_ids.len());
 }
+
+/// When the process closes its pool (shutdown), a subscription reports it once and ends,
+/// instead of reporting the closed pool in a loop.
+#[tokio::test]
+async fn a_subscription_ends_when_its_pool_is_closed() {
+    let db = TestDb::new().await.expect("test database");
+    let pool = commands::db::connect(&db.url, 4).await.expect("pool");
+    let store = EventStore::new(pool.clone());
+    let mut subscription = Subscription::start(
+        store,
+        Cursor::START,
+        SubscriptionOptions {
+            poll_interval: Duration::from_millis(50),
+            ..SubscriptionOptions::default()
+        },
+    )
+    .await
+    .expect("subscription");
+    pool.close().await;
+    let mut errors = 0;
+    within(30, "the subscription to end", async {
+        while let Some(next) = subscription.next().await {
+            assert!(next.is_err(), "nothing was appended: only the error may arrive");
+            errors += 1;
+        }
+    })
+    .await;
+    assert_eq!(errors, 1, "the closed pool is reported once");
+}
