@@ -9,7 +9,8 @@
 //! Every step of the call goes through the pure `domain::call` decider, and the events it
 //! returns leave as [`NodeEvent::CallEvents`] for the shell's batching writer.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -253,6 +254,10 @@ pub(super) struct Calls {
     per_tenant: HashMap<Uuid, u32>,
     next_branch: u64,
     pub(super) media: anchoring::Anchoring,
+    /// Every armed ring or cut deadline, earliest first (entries go stale when a deadline is
+    /// cleared or moved; a stale one wakes the node once, early). Invariant: each place that
+    /// arms a call's deadline pushes it here.
+    deadlines: BinaryHeap<Reverse<(Instant, Uuid)>>,
 }
 
 impl Calls {
@@ -262,11 +267,7 @@ impl Calls {
     }
 
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        self.active
-            .values()
-            .flat_map(|c| [c.ring_deadline, c.cut_deadline])
-            .flatten()
-            .min()
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 }
 
@@ -811,6 +812,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             return;
         };
         call.ring_deadline = Some(now.mono + no_answer);
+        self.calls.deadlines.push(Reverse((now.mono + no_answer, id)));
         if let Some(max) = max_duration_s {
             // Kept until the answer, which is when the clock starts.
             call.cut_deadline = None;
@@ -1063,7 +1065,9 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 call.bridge = Some([Side::Caller, Side::Leg(index)]);
                 call.ring_deadline = None;
                 if let Some(max) = call.state.max_duration_s {
-                    call.cut_deadline = Some(now.mono + Duration::from_secs(u64::from(max)));
+                    let at = now.mono + Duration::from_secs(u64::from(max));
+                    call.cut_deadline = Some(at);
+                    self.calls.deadlines.push(Reverse((at, id)));
                 }
                 let (key, invite, tag) = (call.a_key.clone(), call.a_invite.clone(), call.a_tag.clone());
                 call.awaiting_ack.push((invite.cseq.seq, key.clone()));
@@ -1624,6 +1628,9 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         if let Some(call) = self.calls.active.get_mut(&id) {
             call.bridge = Some([remaining, remaining]);
             call.ring_deadline = Some(now.mono + self.config.calls.no_answer);
+            self.calls
+                .deadlines
+                .push(Reverse((now.mono + self.config.calls.no_answer, id)));
         }
         for contact in contacts {
             let to = format!("<sip:{number}@{domain}>");
@@ -1722,10 +1729,19 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
 
     /// Call timers: ringing too long, and prepaid calls at their maximum duration.
     pub(super) fn call_timeouts(&mut self, now: Now) {
-        let due: Vec<(Uuid, bool)> = self
-            .calls
-            .active
-            .values()
+        let mut woken = Vec::new();
+        while let Some(Reverse((at, id))) = self.calls.deadlines.peek() {
+            if *at > now.mono {
+                break;
+            }
+            woken.push(*id);
+            self.calls.deadlines.pop();
+        }
+        woken.sort_unstable();
+        woken.dedup();
+        let due: Vec<(Uuid, bool)> = woken
+            .iter()
+            .filter_map(|id| self.calls.active.get(id))
             .filter_map(|c| {
                 if c.cut_deadline.is_some_and(|at| at <= now.mono) {
                     Some((c.id, true))
