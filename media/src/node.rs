@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::control::{ControlEvent, RoomLookup, Server};
+use crate::control::{ControlEvent, DisconnectReason, RoomLookup, Server};
 use crate::engine::{Engine, EngineConfig, EngineEvent};
 use crate::mixer::{EndReason, MixerEvent, MuteBy, Role, RoomConfig};
 
@@ -216,13 +216,26 @@ impl MediaNode {
                         if j.sessions.get(&room_id).map(|s| s.0) != Some(r.session_id) {
                             continue;
                         }
+                        // The participant's call, from its `ParticipantJoined`: the SIP node
+                        // holding it hangs it up.
+                        let call_id = follow_dir.lock().ok().and_then(|d| {
+                            let (_, state) = d.get(&room_id)?;
+                            Some(state.session.as_ref()?.participants.get(&r.leg_id)?.call_id)
+                        });
                         j.mark_kicked(room_id, r.leg_id);
                         if follow_engine.leave_room(r.leg_id).await.unwrap_or(false) {
                             j.kick(room_id, r.leg_id, r.by.clone()).await;
-                            follow_server.publish(ControlEvent::Disconnect {
-                                room_id,
-                                leg_id: r.leg_id,
-                            });
+                            match call_id {
+                                Some(call_id) => follow_server.publish(ControlEvent::Disconnect {
+                                    room_id,
+                                    call_id,
+                                    leg_id: r.leg_id,
+                                    reason: DisconnectReason::Kicked,
+                                }),
+                                None => {
+                                    tracing::warn!(%room_id, leg_id = %r.leg_id, "kicked a leg whose call is unknown")
+                                }
+                            }
                         } else {
                             j.unmark_kicked(room_id, r.leg_id);
                         }
@@ -458,7 +471,8 @@ impl Journal {
                     .await;
                 log_failure("recording", r);
             }
-            EngineEvent::Dtmf { .. } => {}
+            // For the SIP node (which hangs the call up); the session's end records the leave.
+            EngineEvent::Dtmf { .. } | EngineEvent::Disconnect { .. } => {}
         }
     }
 }
