@@ -410,6 +410,15 @@ async fn a_moderated_rooms_waiting_guest_gets_a_bye_when_the_last_host_leaves_an
             "CallEnded"
         ]
     );
+    // The CDR says why.
+    until(
+        &db.pool,
+        30,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM rm_cdrs WHERE call_id = '{guest_call}' AND end_reason = 'conference_ended')"
+        ),
+    )
+    .await;
     let host_call = fields(&db, &stream, "ParticipantJoined", "call_id").await.remove(1);
     assert_eq!(ending(&db, &host_call).await.1, "caller", "the host hung up");
 
@@ -534,6 +543,12 @@ async fn a_guest_who_sends_the_code_in_sip_info_and_is_kicked_through_the_api_ge
         ending(&db, &call_id).await,
         ("kicked".into(), "system".into(), "200".into())
     );
+    until(
+        &db.pool,
+        30,
+        &format!("SELECT EXISTS (SELECT 1 FROM rm_cdrs WHERE call_id = '{call_id}' AND end_reason = 'kicked')"),
+    )
+    .await;
     until(
         &db.pool,
         30,
