@@ -50,6 +50,12 @@ pub enum EndReason {
     Failed,
     /// An operator asked for the call to end (`CallHangupRequested`).
     HangupRequested,
+    /// A conference participant's session ended around them (the last host of a moderated
+    /// room left) and the media node disconnected them.
+    ConferenceEnded,
+    /// A conference participant was kicked (`kickParticipant`) and the media node
+    /// disconnected them.
+    Kicked,
 }
 
 impl EndReason {

@@ -6,7 +6,8 @@
 //! Commands run on [`LANES`] connections, each one command at a time; a call's commands all
 //! take the lane of its call id, so they stay in order (a call's early-media answer never
 //! overtakes its final one) while different calls do not wait for each other. The media
-//! node sends its events on every connection: each `leg_ended` is passed on once.
+//! node sends its events on every connection: each `leg_ended` and `disconnect` (the calls
+//! it asks the call layer to hang up) is passed on once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -95,20 +96,25 @@ fn lane_of(command: &Command, lanes: usize) -> usize {
         | Command::Delete { call_id }
         | Command::ConferenceJoin { call_id, .. }
         | Command::PlayPrompt { call_id, .. }
-        | Command::ConferenceIvr { call_id, .. } => call_id,
+        | Command::ConferenceIvr { call_id, .. }
+        | Command::Dtmf { call_id, .. } => call_id,
         Command::ConferenceLeave { leg_id } | Command::Mute { leg_id, .. } => leg_id,
     };
     (id.as_u128() % lanes.max(1) as u128) as usize
 }
 
-/// Pass each `leg_ended` on once, though every lane's connection reports it.
+/// Pass each `leg_ended` and `disconnect` on once, though every lane's connection reports it.
 async fn dedupe_events(mut raw: mpsc::Receiver<ControlEvent>, out: mpsc::Sender<ControlEvent>) {
     const REMEMBERED: usize = 10_000;
     let mut seen = std::collections::HashSet::new();
     let mut order = std::collections::VecDeque::new();
     while let Some(event) = raw.recv().await {
-        if let ControlEvent::LegEnded { call_id, leg_id } = &event {
-            let key = (*call_id, *leg_id);
+        let key = match &event {
+            ControlEvent::LegEnded { call_id, leg_id } => Some((*call_id, *leg_id)),
+            ControlEvent::Disconnect { call_id, leg_id, .. } => Some((*call_id, *leg_id)),
+            _ => None,
+        };
+        if let Some(key) = key {
             if !seen.insert(key) {
                 continue;
             }
@@ -154,13 +160,16 @@ async fn run(
         }
         match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(addr)).await {
             Ok(Ok((connected, mut events))) => {
-                // The call layer acts on `leg_ended` (a conference IVR hanging up); the rest
-                // (DTMF, rooms' events) is read so the connection never logs it as dropped.
+                // The call layer acts on `leg_ended` (a conference IVR hanging up) and
+                // `disconnect` (a participant kicked, or whose session ended); the rest (DTMF,
+                // rooms' events) is read so the connection never logs it as dropped.
                 let events_out = events_out.clone();
                 tokio::spawn(async move {
                     while let Some(event) = events.recv().await {
                         tracing::debug!(?event, "media node event");
-                        if matches!(event, ControlEvent::LegEnded { .. }) && events_out.try_send(event).is_err() {
+                        let for_calls =
+                            matches!(event, ControlEvent::LegEnded { .. } | ControlEvent::Disconnect { .. });
+                        if for_calls && events_out.try_send(event).is_err() {
                             tracing::warn!("media node event dropped (the call layer is not reading)");
                         }
                     }
@@ -235,11 +244,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_leg_ended_reported_on_every_lane_is_passed_on_once() {
+    async fn a_leg_ended_or_disconnect_reported_on_every_lane_is_passed_on_once() {
         let (raw_tx, raw_rx) = mpsc::channel(16);
         let (out_tx, mut out_rx) = mpsc::channel(16);
         tokio::spawn(dedupe_events(raw_rx, out_tx));
-        let (a, b) = (
+        let (a, b, c) = (
             ControlEvent::LegEnded {
                 call_id: Uuid::from_u128(1),
                 leg_id: Uuid::from_u128(2),
@@ -248,8 +257,14 @@ mod tests {
                 call_id: Uuid::from_u128(3),
                 leg_id: Uuid::from_u128(4),
             },
+            ControlEvent::Disconnect {
+                room_id: Uuid::from_u128(9),
+                call_id: Uuid::from_u128(5),
+                leg_id: Uuid::from_u128(6),
+                reason: media::control::DisconnectReason::Kicked,
+            },
         );
-        for event in [&a, &a, &b, &a, &b] {
+        for event in [&a, &a, &c, &b, &a, &c, &b, &c] {
             raw_tx.send(event.clone()).await.unwrap();
         }
         drop(raw_tx);
@@ -257,6 +272,6 @@ mod tests {
         while let Some(event) = out_rx.recv().await {
             got.push(event);
         }
-        assert_eq!(got, vec![a, b]);
+        assert_eq!(got, vec![a, c, b]);
     }
 }

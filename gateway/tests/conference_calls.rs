@@ -7,13 +7,24 @@
 //! call to a DID whose target is the access number reaches the room the same way (the guest
 //! code, as guest). A SIP node
 //! whose media node cannot be reached refuses calls to the access number with 503.
+//!
+//! When the media node takes a participant out of a room itself, the node hangs the call
+//! up: a moderated, recorded room's waiting guest gets a BYE when the last host leaves
+//! (`conference_ended`; the recording on disk matches its `ConferenceRecordingStored`),
+//! and a guest kicked through the API gets one too (`kicked`) — that guest's phone sends
+//! its code in SIP INFO rather than RTP.
 
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use commands::testing::TestDb;
 use common::{ledgerline, ok, sipp, sipp_at, start, start_with, tenant_with_extensions, until};
+use gateway::api::client::HttpClient;
+use serde_json::json;
+use sha2::Digest;
 
 const HOST_CODE: &str = "1234";
 const GUEST_CODE: &str = "5678";
@@ -24,28 +35,30 @@ fn caller_line(caller: u32, callee: &str) -> String {
 
 /// A room of `tenant` on access number 7000, created as an operator would; its id.
 async fn room(db: &TestDb, tenant: &str) -> String {
+    room_with(db, tenant, &[]).await
+}
+
+/// Like [`room`], with more `conference create` flags (`--moderated`, `--record`).
+async fn room_with(db: &TestDb, tenant: &str, flags: &[&str]) -> String {
     let owner = uuid::Uuid::new_v4().to_string();
-    let room = ok(ledgerline(
-        db,
-        &[
-            "conference",
-            "create",
-            "--tenant",
-            tenant,
-            "--owner-account",
-            &owner,
-            "--name",
-            "Weekly",
-            "--host-code",
-            HOST_CODE,
-            "--guest-code",
-            GUEST_CODE,
-            "--number",
-            "7000",
-        ],
-    ))
-    .trim()
-    .to_string();
+    let mut args = vec![
+        "conference",
+        "create",
+        "--tenant",
+        tenant,
+        "--owner-account",
+        &owner,
+        "--name",
+        "Weekly",
+        "--host-code",
+        HOST_CODE,
+        "--guest-code",
+        GUEST_CODE,
+        "--number",
+        "7000",
+    ];
+    args.extend_from_slice(flags);
+    let room = ok(ledgerline(db, &args)).trim().to_string();
     until(
         &db.pool,
         30,
@@ -266,4 +279,298 @@ async fn without_a_media_node_the_access_number_is_refused_with_503() {
     .await
     .unwrap();
     assert_eq!(status, "503");
+}
+
+/// One event's payload field of a stream, in stream order.
+async fn fields(db: &TestDb, stream: &str, event_type: &str, field: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT payload->>$3 FROM events WHERE stream_id = $1 AND event_type = $2 ORDER BY stream_version",
+    )
+    .bind(stream)
+    .bind(event_type)
+    .bind(field)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn event_types(db: &TestDb, stream: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT event_type FROM events WHERE stream_id = $1 ORDER BY stream_version")
+        .bind(stream)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// How a call ended: `(reason, hangup_by, sip_status)`, once it has.
+async fn ending(db: &TestDb, call_id: &str) -> (String, String, String) {
+    let stream = format!("call-{call_id}");
+    until(
+        &db.pool,
+        30,
+        &format!("SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = '{stream}' AND event_type = 'CallEnded')"),
+    )
+    .await;
+    sqlx::query_as(
+        "SELECT payload->>'reason', payload->>'hangup_by', payload->>'sip_status' FROM events \
+         WHERE stream_id = $1 AND event_type = 'CallEnded'",
+    )
+    .bind(&stream)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// sipp in a thread of its own (the scenario waits for what the node does meanwhile).
+fn sipp_in_background(node: &Arc<common::Node>, scenario: &'static str, line: String) -> std::thread::JoinHandle<bool> {
+    let node = node.clone();
+    std::thread::spawn(move || sipp(&node, scenario, &[line], 1))
+}
+
+fn at(value: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|e| panic!("{value}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moderated_rooms_waiting_guest_gets_a_bye_when_the_last_host_leaves_and_the_session_is_recorded() {
+    let db = TestDb::new().await.unwrap();
+    let data_dir = std::env::temp_dir().join(format!("ledgerline-conference-{}", uuid::Uuid::new_v4()));
+    let node = Arc::new(start_with(
+        &db,
+        &["--data-dir", data_dir.to_str().expect("a UTF-8 temp dir")],
+    ));
+    let tenant = tenant_with_extensions(&db, 2).await;
+    let room = room_with(&db, &tenant, &["--moderated", "--record"]).await;
+    let stream = format!("conference-{room}");
+
+    // The guest dials in and enters the guest code (RFC 4733); its scenario then only waits
+    // for the node's BYE.
+    let guest = sipp_in_background(&node, "uac_conference_guest.xml", caller_line(1000, "7000"));
+    until(
+        &db.pool,
+        30,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = '{stream}' AND event_type = 'ParticipantJoined' \
+             AND payload->>'role' = 'guest')"
+        ),
+    )
+    .await;
+    let guest_call = fields(&db, &stream, "ParticipantJoined", "call_id").await.remove(0);
+    // The guest waits: the room is in session with one guest and no host, which is when the
+    // mixer plays the waiting prompt to guests and mixes and records nothing.
+    until(
+        &db.pool,
+        30,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM rm_live_conference_rooms WHERE room_id = '{room}' AND moderated \
+             AND participants = 1 AND hosts = 0 AND talking = 0)"
+        ),
+    )
+    .await;
+    let (role, talking): (String, bool) = sqlx::query_as(
+        "SELECT role, talking FROM rm_live_conference_participants WHERE room_id = $1::uuid AND call_id = $2::uuid",
+    )
+    .bind(&room)
+    .bind(&guest_call)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((role.as_str(), talking), ("guest", false));
+    let guest_types = event_types(&db, &format!("call-{guest_call}")).await;
+    assert!(
+        !guest_types.iter().any(|t| t == "CallEnded"),
+        "the waiting guest's call is up: {guest_types:?}"
+    );
+
+    // The host joins with the host code, stays a few seconds and hangs up.
+    let host = {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || sipp(&node, "uac_conference.xml", &[caller_line(1001, "7000")], 1))
+    };
+    assert!(host.await.unwrap(), "the host enters 1234 and hangs up");
+    let guest_passed = tokio::task::spawn_blocking(move || guest.join().unwrap())
+        .await
+        .unwrap();
+    assert!(guest_passed, "the waiting guest receives our BYE and answers 200");
+
+    // The guest's call ended from our side, because the conference did.
+    assert_eq!(
+        ending(&db, &guest_call).await,
+        ("conference_ended".into(), "system".into(), "200".into())
+    );
+    assert_eq!(
+        event_types(&db, &format!("call-{guest_call}")).await,
+        [
+            "CallInitiated",
+            "CallAuthorized",
+            "LegCreated",
+            "CallAnswered",
+            "CallEnded"
+        ]
+    );
+    // The CDR says why.
+    until(
+        &db.pool,
+        30,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM rm_cdrs WHERE call_id = '{guest_call}' AND end_reason = 'conference_ended')"
+        ),
+    )
+    .await;
+    let host_call = fields(&db, &stream, "ParticipantJoined", "call_id").await.remove(1);
+    assert_eq!(ending(&db, &host_call).await.1, "caller", "the host hung up");
+
+    // The room's log: both joined, the host left, the session ended with the guest leaving
+    // in it, and the recording was stored.
+    until(
+        &db.pool,
+        30,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = '{stream}' AND event_type = 'ConferenceRecordingStored')"
+        ),
+    )
+    .await;
+    assert_eq!(
+        event_types(&db, &stream).await,
+        [
+            "ConferenceRoomCreated",
+            "ConferenceSessionStarted",
+            "ParticipantJoined",
+            "ParticipantJoined",
+            "ParticipantLeft",
+            "ParticipantLeft",
+            "ConferenceSessionEnded",
+            "ConferenceRecordingStored"
+        ]
+    );
+    assert_eq!(
+        fields(&db, &stream, "ParticipantJoined", "role").await,
+        ["guest", "host"]
+    );
+    let joined_legs = fields(&db, &stream, "ParticipantJoined", "leg_id").await;
+    let left_legs = fields(&db, &stream, "ParticipantLeft", "leg_id").await;
+    assert_eq!(
+        left_legs,
+        [joined_legs[1].clone(), joined_legs[0].clone()],
+        "the host left, then the guest"
+    );
+    assert_eq!(
+        fields(&db, &stream, "ConferenceSessionEnded", "reason").await,
+        ["last_host_left"]
+    );
+
+    // The recording: the file is there, its SHA-256 is the event's, and its length (data
+    // bytes / 8000 Hz / 2 bytes per sample) is the event's duration. A moderated room records
+    // only while a host is in, so that is the host's stay by the log's clock, within two
+    // 20 ms ticks.
+    let path = fields(&db, &stream, "ConferenceRecordingStored", "path")
+        .await
+        .remove(0);
+    let duration_ms: u64 = fields(&db, &stream, "ConferenceRecordingStored", "duration_ms")
+        .await
+        .remove(0)
+        .parse()
+        .unwrap();
+    let sha256 = fields(&db, &stream, "ConferenceRecordingStored", "sha256")
+        .await
+        .remove(0);
+    let file = data_dir.join(&path);
+    let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), sha256);
+    assert_eq!(&bytes[..4], b"RIFF");
+    assert_eq!(&bytes[36..40], b"data");
+    let data_len = u64::from(u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]));
+    assert_eq!(data_len, bytes.len() as u64 - 44, "the header names every byte");
+    let (rate_hz, bytes_per_sample) = (8_000u64, 2u64);
+    assert_eq!(data_len * 1000 / rate_hz / bytes_per_sample, duration_ms);
+    assert!(duration_ms > 1_000, "the host stayed a few seconds: {duration_ms} ms");
+    let joined_at = fields(&db, &stream, "ParticipantJoined", "at").await;
+    let left_at = fields(&db, &stream, "ParticipantLeft", "at").await;
+    let host_stay_ms = (at(&left_at[0]) - at(&joined_at[1])).num_milliseconds();
+    let tick_ms = 20;
+    assert!(
+        (i64::try_from(duration_ms).unwrap() - host_stay_ms).abs() <= 2 * tick_ms,
+        "recorded {duration_ms} ms, the host was in for {host_stay_ms} ms"
+    );
+    std::fs::remove_dir_all(&data_dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_who_sends_the_code_in_sip_info_and_is_kicked_through_the_api_gets_a_bye() {
+    let db = TestDb::new().await.unwrap();
+    let node = Arc::new(start(&db));
+    let tenant = tenant_with_extensions(&db, 1).await;
+    let room = room(&db, &tenant).await;
+    let stream = format!("conference-{room}");
+    let key = ok(ledgerline(
+        &db,
+        &["apikey", "create", "--tenant", &tenant, "--role", "tenant_admin"],
+    ))
+    .trim()
+    .to_string();
+
+    // The phone sends DTMF only in INFO (a malformed body first, answered 400); its scenario
+    // then waits for the node's BYE.
+    let guest = sipp_in_background(&node, "uac_conference_info.xml", caller_line(1000, "7000"));
+    until(
+        &db.pool,
+        30,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = '{stream}' AND event_type = 'ParticipantJoined' \
+             AND payload->>'role' = 'guest')"
+        ),
+    )
+    .await;
+    let leg_id = fields(&db, &stream, "ParticipantJoined", "leg_id").await.remove(0);
+    let call_id = fields(&db, &stream, "ParticipantJoined", "call_id").await.remove(0);
+
+    let mut http = HttpClient::new(node.http);
+    let kick = "mutation($k: UUID!, $r: UUID!, $l: UUID!) { kickParticipant(idempotencyKey: $k, roomId: $r, legId: $l) { id replayed } }";
+    let body = http
+        .graphql(&key, kick, json!({ "k": uuid::Uuid::new_v4(), "r": room, "l": leg_id }))
+        .await
+        .unwrap()
+        .json();
+    assert!(body["errors"].is_null(), "{body}");
+
+    let guest_passed = tokio::task::spawn_blocking(move || guest.join().unwrap())
+        .await
+        .unwrap();
+    assert!(guest_passed, "the kicked guest receives our BYE and answers 200");
+    assert_eq!(
+        ending(&db, &call_id).await,
+        ("kicked".into(), "system".into(), "200".into())
+    );
+    until(
+        &db.pool,
+        30,
+        &format!("SELECT EXISTS (SELECT 1 FROM rm_cdrs WHERE call_id = '{call_id}' AND end_reason = 'kicked')"),
+    )
+    .await;
+    until(
+        &db.pool,
+        30,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = '{stream}' AND event_type = 'ConferenceSessionEnded')"
+        ),
+    )
+    .await;
+    assert_eq!(
+        event_types(&db, &stream).await,
+        [
+            "ConferenceRoomCreated",
+            "ConferenceSessionStarted",
+            "ParticipantJoined",
+            "ParticipantKickRequested",
+            "ParticipantKicked",
+            "ConferenceSessionEnded"
+        ]
+    );
+    assert_eq!(fields(&db, &stream, "ParticipantKicked", "leg_id").await, [leg_id]);
+    assert_eq!(
+        fields(&db, &stream, "ConferenceSessionEnded", "reason").await,
+        ["empty"]
+    );
 }

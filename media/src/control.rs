@@ -21,6 +21,13 @@
 //!   `wrong-code`, and the [`MAX_CODE_ATTEMPTS`]th wrong one (or [`IVR_TIMEOUT`] without a
 //!   room) ends the IVR with the event `leg_ended {call_id, leg_id}` (the SIP node hangs up
 //!   and deletes the call).
+//! - `dtmf {call_id, leg_id, digit}`: a digit the SIP node received out of band (SIP INFO),
+//!   handled as if the leg's RTP had carried it as an RFC 4733 event: the IVR collects it,
+//!   a room sees `*6`.
+//!
+//! Events: `disconnect {room_id, call_id, leg_id, reason}` asks the SIP node holding the call
+//! to hang it up, the participant being out of the room already (`kicked` through the log,
+//! or `conference_ended`: the last host of a moderated room left); `leg_ended` as above.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,6 +103,27 @@ pub enum Command {
         tenant_id: Uuid,
         access_number: String,
     },
+    /// A digit received out of band (SIP INFO) for a leg: as an RFC 4733 event of its RTP.
+    Dtmf {
+        call_id: Uuid,
+        leg_id: Uuid,
+        digit: char,
+    },
+}
+
+/// The DTMF digits (RFC 4733 events 0–15).
+pub fn is_dtmf_digit(digit: char) -> bool {
+    matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D')
+}
+
+/// Why the media node asks for a participant's call to be hung up.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// Kicked through the log (`ParticipantKickRequested`).
+    Kicked,
+    /// The session ended around the participant (the last host of a moderated room left).
+    ConferenceEnded,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -133,10 +161,13 @@ pub enum ControlEvent {
         leg_id: Uuid,
         digit: char,
     },
-    /// Hang this leg up (kicked, or the last host of a moderated room left).
+    /// Hang this leg's call up: it is out of the room already (kicked, or the last host of
+    /// a moderated room left).
     Disconnect {
         room_id: Uuid,
+        call_id: Uuid,
         leg_id: Uuid,
+        reason: DisconnectReason,
     },
     SessionEnded {
         room_id: Uuid,
@@ -318,12 +349,15 @@ impl Server {
                             digit: *digit,
                         })
                     }
-                    EngineEvent::Room {
+                    EngineEvent::Disconnect {
                         room_id,
-                        event: MixerEvent::Disconnect { leg_id },
+                        call_id,
+                        leg_id,
                     } => server.publish(ControlEvent::Disconnect {
                         room_id: *room_id,
+                        call_id: *call_id,
                         leg_id: *leg_id,
+                        reason: DisconnectReason::ConferenceEnded,
                     }),
                     EngineEvent::Room {
                         room_id,
@@ -576,6 +610,15 @@ impl Server {
             } => {
                 self.conference_ivr(call_id, leg_id, &offer, tenant_id, access_number)
                     .await
+            }
+            Command::Dtmf { call_id, leg_id, digit } => {
+                if !is_dtmf_digit(digit) {
+                    return Err("not a DTMF digit".into());
+                }
+                match self.engine.digit(call_id, leg_id, digit).await.map_err(err)? {
+                    true => Ok((None, vec![])),
+                    false => Err("no such leg".into()),
+                }
             }
         }
     }

@@ -69,6 +69,13 @@ pub enum EngineEvent {
         leg_id: Uuid,
         role: Role,
     },
+    /// The room asks for a participant's call to be hung up (the last host of a moderated
+    /// room left); the mixer's `Disconnect` with the leg's call id, for the SIP node.
+    Disconnect {
+        room_id: Uuid,
+        call_id: Uuid,
+        leg_id: Uuid,
+    },
     /// A leg left a room (hung up, kicked, or deleted).
     Left {
         room_id: Uuid,
@@ -136,6 +143,12 @@ enum Request {
     LegPorts {
         leg_id: Uuid,
         reply: oneshot::Sender<Option<LegPorts>>,
+    },
+    Digit {
+        call_id: Uuid,
+        leg_id: Uuid,
+        digit: char,
+        reply: oneshot::Sender<bool>,
     },
     Stop,
 }
@@ -268,6 +281,19 @@ impl Engine {
 
     pub async fn play_prompt(&self, leg_id: Uuid, samples: Arc<Vec<i16>>) -> Result<bool, EngineError> {
         self.ask(|reply| Request::PlayPrompt { leg_id, samples, reply }).await
+    }
+
+    /// A digit a leg sent out of band (SIP INFO): handled like one its RTP carried as an
+    /// RFC 4733 event (the room's `*6`, and [`EngineEvent::Dtmf`] for the IVR). False when
+    /// the call has no such leg.
+    pub async fn digit(&self, call_id: Uuid, leg_id: Uuid, digit: char) -> Result<bool, EngineError> {
+        self.ask(|reply| Request::Digit {
+            call_id,
+            leg_id,
+            digit,
+            reply,
+        })
+        .await
     }
 
     /// The local ports of a leg, if it exists.
@@ -407,14 +433,20 @@ impl EngineState {
 
     fn relay_events(&mut self) {
         while let Some(RelayEvent::Dtmf { call_id, leg_id, digit }) = self.relay.poll_event() {
-            if let Some(index) = self.relay.find(&leg_id) {
-                if let Some(room) = self.leg_room.get(&index).and_then(|r| self.rooms.get_mut(r)) {
-                    room.mixer.handle_digit(&leg_id, digit);
-                }
-            }
-            self.emit(EngineEvent::Dtmf { call_id, leg_id, digit });
-            self.room_events();
+            self.digit(call_id, leg_id, digit);
         }
+    }
+
+    /// A digit from a leg, whether its RTP carried it (RFC 4733) or its SIP dialog (INFO):
+    /// the room's mixer sees it (`*6`), and it goes out as an event (the IVR collects codes).
+    fn digit(&mut self, call_id: Uuid, leg_id: Uuid, digit: char) {
+        if let Some(index) = self.relay.find(&leg_id) {
+            if let Some(room) = self.leg_room.get(&index).and_then(|r| self.rooms.get_mut(r)) {
+                room.mixer.handle_digit(&leg_id, digit);
+            }
+        }
+        self.emit(EngineEvent::Dtmf { call_id, leg_id, digit });
+        self.room_events();
     }
 
     fn send_frame(&mut self, index: usize, payload: &[u8]) {
@@ -489,14 +521,29 @@ impl EngineState {
                 if matches!(event, MixerEvent::SessionEnded { .. }) {
                     ended.push(*room_id);
                 }
-                if self
-                    .events
-                    .try_send(EngineEvent::Room {
+                // A disconnect names the leg's call, which the SIP node holding it hangs up.
+                let event = match event {
+                    MixerEvent::Disconnect { leg_id } => {
+                        let call_id = self
+                            .relay
+                            .find(&leg_id)
+                            .and_then(|i| self.relay.leg(i))
+                            .map(|l| l.call_id);
+                        match call_id {
+                            Some(call_id) => EngineEvent::Disconnect {
+                                room_id: *room_id,
+                                call_id,
+                                leg_id,
+                            },
+                            None => continue,
+                        }
+                    }
+                    event => EngineEvent::Room {
                         room_id: *room_id,
                         event,
-                    })
-                    .is_err()
-                {
+                    },
+                };
+                if self.events.try_send(event).is_err() {
                     tracing::warn!("media engine: event queue full; a room event was dropped");
                 }
             }
@@ -715,6 +762,23 @@ impl EngineState {
                             })
                         });
                     let _ = reply.send(ports);
+                }
+                Request::Digit {
+                    call_id,
+                    leg_id,
+                    digit,
+                    reply,
+                } => {
+                    // Only the call's own leg: a SIP node speaks for the calls it holds.
+                    let ours = self
+                        .relay
+                        .find(&leg_id)
+                        .and_then(|i| self.relay.leg(i))
+                        .is_some_and(|l| l.call_id == call_id);
+                    if ours {
+                        self.digit(call_id, leg_id, digit);
+                    }
+                    let _ = reply.send(ours);
                 }
                 Request::PlayPrompt { leg_id, samples, reply } => {
                     let ok = match self.relay.find(&leg_id) {

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::control::{ControlEvent, RoomLookup, Server};
+use crate::control::{ControlEvent, DisconnectReason, RoomLookup, Server};
 use crate::engine::{Engine, EngineConfig, EngineEvent};
 use crate::mixer::{EndReason, MixerEvent, MuteBy, Role, RoomConfig};
 
@@ -216,13 +216,26 @@ impl MediaNode {
                         if j.sessions.get(&room_id).map(|s| s.0) != Some(r.session_id) {
                             continue;
                         }
+                        // The participant's call, from its `ParticipantJoined`: the SIP node
+                        // holding it hangs it up.
+                        let call_id = follow_dir.lock().ok().and_then(|d| {
+                            let (_, state) = d.get(&room_id)?;
+                            Some(state.session.as_ref()?.participants.get(&r.leg_id)?.call_id)
+                        });
                         j.mark_kicked(room_id, r.leg_id);
                         if follow_engine.leave_room(r.leg_id).await.unwrap_or(false) {
                             j.kick(room_id, r.leg_id, r.by.clone()).await;
-                            follow_server.publish(ControlEvent::Disconnect {
-                                room_id,
-                                leg_id: r.leg_id,
-                            });
+                            match call_id {
+                                Some(call_id) => follow_server.publish(ControlEvent::Disconnect {
+                                    room_id,
+                                    call_id,
+                                    leg_id: r.leg_id,
+                                    reason: DisconnectReason::Kicked,
+                                }),
+                                None => {
+                                    tracing::warn!(%room_id, leg_id = %r.leg_id, "kicked a leg whose call is unknown")
+                                }
+                            }
                         } else {
                             j.unmark_kicked(room_id, r.leg_id);
                         }
@@ -336,6 +349,11 @@ impl Journal {
     }
 
     async fn record(&mut self, event: EngineEvent) {
+        // The time of what happened is when the journal hears of it, not after its own round
+        // trips to the database (starting the session; talking flags are cleared after the
+        // append): a participant's stay, which billing and the recording's length are checked
+        // against, is not stretched by them.
+        let at = now();
         match event {
             EngineEvent::Joined {
                 room_id,
@@ -351,7 +369,7 @@ impl Journal {
                             ConferenceCommand::StartSession {
                                 session_id,
                                 node_id: self.node_id.clone(),
-                                at: now(),
+                                at,
                             },
                         )
                         .await;
@@ -369,7 +387,7 @@ impl Journal {
                             leg_id,
                             call_id,
                             role,
-                            at: now(),
+                            at,
                         },
                     )
                     .await;
@@ -385,11 +403,11 @@ impl Journal {
                         k
                     })
                     .unwrap_or(false);
-                self.clear_talking(Some(room_id), Some(leg_id)).await;
                 if !was_kicked {
-                    let r = self.run(room_id, ConferenceCommand::Leave { leg_id, at: now() }).await;
+                    let r = self.run(room_id, ConferenceCommand::Leave { leg_id, at }).await;
                     log_failure("leave", r);
                 }
+                self.clear_talking(Some(room_id), Some(leg_id)).await;
             }
             EngineEvent::Room { room_id, event } => match event {
                 MixerEvent::MuteChanged { leg_id, muted, by } => {
@@ -398,30 +416,20 @@ impl Journal {
                         MuteBy::Other => self.pending_actor.remove(&leg_id).unwrap_or(Actor::System),
                     };
                     let r = self
-                        .run(
-                            room_id,
-                            ConferenceCommand::SetMuted {
-                                leg_id,
-                                muted,
-                                by,
-                                at: now(),
-                            },
-                        )
+                        .run(room_id, ConferenceCommand::SetMuted { leg_id, muted, by, at })
                         .await;
                     log_failure("mute", r);
                 }
                 MixerEvent::TalkingChanged { leg_id, talking } => self.set_talking(room_id, leg_id, talking).await,
                 MixerEvent::Disconnect { .. } => {}
                 MixerEvent::SessionEnded { reason } => {
-                    self.clear_talking(Some(room_id), None).await;
                     let reason = match reason {
                         EndReason::Empty => SessionEndReason::Empty,
                         EndReason::LastHostLeft => SessionEndReason::LastHostLeft,
                     };
-                    let r = self
-                        .run(room_id, ConferenceCommand::EndSession { reason, at: now() })
-                        .await;
+                    let r = self.run(room_id, ConferenceCommand::EndSession { reason, at }).await;
                     log_failure("session end", r);
+                    self.clear_talking(Some(room_id), None).await;
                     // A recording, if any, arrives next and needs the session id; otherwise forget it.
                     let records = self
                         .directory
@@ -452,13 +460,14 @@ impl Journal {
                             path,
                             duration_ms,
                             sha256,
-                            at: now(),
+                            at,
                         },
                     )
                     .await;
                 log_failure("recording", r);
             }
-            EngineEvent::Dtmf { .. } => {}
+            // For the SIP node (which hangs the call up); the session's end records the leave.
+            EngineEvent::Dtmf { .. } | EngineEvent::Disconnect { .. } => {}
         }
     }
 }

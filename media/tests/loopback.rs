@@ -492,3 +492,92 @@ async fn the_conference_ivr_lets_go_of_wrong_codes_and_of_silence() {
     assert_eq!(ended, (call_id, leg_id));
     std::fs::remove_dir_all(&data_dir).ok();
 }
+
+/// Digits a SIP node received in INFO (the `dtmf` command) count as the leg's RFC 4733
+/// events: they open the room in the IVR, and `*6` in the room toggles the self-mute. Only
+/// the call's own leg and DTMF digits are taken.
+#[tokio::test]
+async fn digits_sent_with_the_dtmf_command_open_a_room_and_mute() {
+    let data_dir = std::env::temp_dir().join(format!("ledgerline-info-{}", Uuid::new_v4()));
+    let (engine, events) = Engine::start(EngineConfig {
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        public_ip: None,
+        port_min: 0,
+        port_max: 0,
+        data_dir: data_dir.clone(),
+    })
+    .unwrap();
+    let room = Uuid::new_v4();
+    let rooms: media::control::RoomLookup = Arc::new(|_room| {
+        Some(RoomConfig {
+            moderated: false,
+            max_participants: 10,
+            record: false,
+            waiting_prompt: vec![],
+        })
+    });
+    let tenant = Uuid::new_v4();
+    // "12" opens the room as host.
+    let codes: media::control::CodeLookup = Arc::new(move |t, number, digits| {
+        if t != tenant || number != "7000" || !"12".starts_with(digits) {
+            return None;
+        }
+        Some((digits == "12").then_some((room, media::mixer::Role::Host)))
+    });
+    let server = Server::new(engine, rooms).with_codes(codes);
+    let mut events = server.forward_events(events);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.clone().serve(listener));
+    let (client, _control_events) = Client::connect(addr).await.unwrap();
+
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (call_id, leg_id) = (Uuid::new_v4(), Uuid::new_v4());
+    client
+        .request(media::control::Command::ConferenceIvr {
+            call_id,
+            leg_id,
+            sdp: sdp(phone.local_addr().unwrap().port(), "0 101"),
+            tenant_id: tenant,
+            access_number: "7000".into(),
+        })
+        .await
+        .unwrap();
+    let dtmf = |call_id, leg_id, digit| media::control::Command::Dtmf { call_id, leg_id, digit };
+    // Another call's id for this leg, or a character that is no DTMF digit: refused.
+    for refused in [dtmf(Uuid::new_v4(), leg_id, '1'), dtmf(call_id, leg_id, 'x')] {
+        assert!(client.request(refused).await.is_err());
+    }
+    for digit in ['1', '2'] {
+        client.request(dtmf(call_id, leg_id, digit)).await.unwrap();
+    }
+    let joined = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(EngineEvent::Joined { room_id, leg_id, .. }) = events.recv().await {
+                return (room_id, leg_id);
+            }
+        }
+    })
+    .await
+    .expect("the code opens the room");
+    assert_eq!(joined, (room, leg_id));
+    for digit in ['*', '6'] {
+        client.request(dtmf(call_id, leg_id, digit)).await.unwrap();
+    }
+    let muted = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(EngineEvent::Room {
+                event: MixerEvent::MuteChanged { leg_id, muted, by },
+                ..
+            }) = events.recv().await
+            {
+                return (leg_id, muted, by);
+            }
+        }
+    })
+    .await
+    .expect("*6 mutes");
+    assert_eq!(muted, (leg_id, true, media::mixer::MuteBy::Participant));
+    client.delete(call_id).await.unwrap();
+    std::fs::remove_dir_all(&data_dir).ok();
+}

@@ -11,7 +11,7 @@ use chrono::Utc;
 use commands::testing::TestDb;
 use commands::{CommandContext, CommandHandler, EventStore};
 use domain::conference::{Actor, ConferenceCommand, ConferenceEvent, RoomSettings};
-use media::control::{Client, ControlEvent, ParticipantRole};
+use media::control::{Client, ControlEvent, DisconnectReason, ParticipantRole};
 use media::engine::EngineConfig;
 use media::node::{MediaConfig, MediaNode};
 use tokio::net::UdpSocket;
@@ -59,14 +59,20 @@ fn count(events: &[ConferenceEvent], f: impl Fn(&ConferenceEvent) -> bool) -> us
     events.iter().filter(|e| f(e)).count()
 }
 
-async fn next_disconnect(events: &mut tokio::sync::mpsc::Receiver<ControlEvent>) -> Uuid {
+/// The next `disconnect` event: the leg, its call, and why.
+async fn next_disconnect(events: &mut tokio::sync::mpsc::Receiver<ControlEvent>) -> (Uuid, Uuid, DisconnectReason) {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
             .unwrap()
             .unwrap()
         {
-            ControlEvent::Disconnect { leg_id, .. } => return leg_id,
+            ControlEvent::Disconnect {
+                leg_id,
+                call_id,
+                reason,
+                ..
+            } => return (leg_id, call_id, reason),
             _ => continue,
         }
     }
@@ -246,11 +252,19 @@ async fn a_moderated_room_through_the_log() {
             .any(|x| matches!(x, ConferenceEvent::ParticipantKicked(k) if k.leg_id == guest2))
     })
     .await;
-    assert_eq!(next_disconnect(&mut control_events).await, guest2);
+    assert_eq!(
+        next_disconnect(&mut control_events).await,
+        (guest2, legs[2].0, DisconnectReason::Kicked),
+        "the kicked leg's call is hung up"
+    );
 
     // The host hangs up: the remaining guest is disconnected and the session ends.
     client.delete(legs[1].0).await.unwrap();
-    assert_eq!(next_disconnect(&mut control_events).await, guest);
+    assert_eq!(
+        next_disconnect(&mut control_events).await,
+        (guest, legs[0].0, DisconnectReason::ConferenceEnded),
+        "the remaining guest's call is hung up"
+    );
     let events = until(&store, tenant, room, "the recording", |e| {
         e.iter()
             .any(|x| matches!(x, ConferenceEvent::ConferenceRecordingStored(_)))

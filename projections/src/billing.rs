@@ -1900,5 +1900,7 @@ fn end_reason_name(reason: EndReason) -> &'static str {
         EndReason::CreditExhausted => "credit_exhausted",
         EndReason::Failed => "failed",
         EndReason::HangupRequested => "hangup_requested",
+        EndReason::ConferenceEnded => "conference_ended",
+        EndReason::Kicked => "kicked",
     }
 }

@@ -17,10 +17,11 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use domain::call::{CallCommand, EndReason, LegMedia, Party};
-use media::control::{Command, ControlEvent};
+use media::control::{Command, ControlEvent, DisconnectReason};
 use uuid::Uuid;
 
 use super::{ActiveCall, Dialog, Purpose, Route, Side};
+use crate::sip::dtmf_info::InfoDtmf;
 use crate::sip::message::SipMessage;
 use crate::sip::node::{NodeEvent, Now, SipNode};
 use crate::sip::transaction::TransactionKey;
@@ -276,11 +277,55 @@ impl SipNode {
         self.reply(now, &key, &request, 200, &tag, &[], Some((&answer, "application/sdp")));
     }
 
-    /// An event from the media node: a conference IVR that gave up on its caller (too many
-    /// wrong codes) hangs the call up (BYE to the caller, then the usual end).
+    /// An INFO from a conference caller: a DTMF body (`application/dtmf-relay` or
+    /// `application/dtmf`) is answered 200 and its digit goes to the media node, which takes
+    /// it as an RFC 4733 event of the caller's leg (the IVR's code, a room's `*6`); a
+    /// malformed one is answered 400; another INFO package 200, as on any call.
+    pub(super) fn conference_info(&mut self, now: Now, key: TransactionKey, request: SipMessage, id: Uuid) {
+        let tag = request.to.tag.clone().unwrap_or_default();
+        let digit = match crate::sip::dtmf_info::parse(request.header("Content-Type"), &request.body) {
+            Ok(InfoDtmf::Digit(digit)) => digit,
+            Ok(InfoDtmf::NotDtmf) => return self.reply(now, &key, &request, 200, &tag, &[], None),
+            Err(e) => {
+                tracing::debug!(call = %id, error = %e, "a malformed DTMF INFO");
+                let warning = "399 ledgerline \"malformed DTMF body\"".to_string();
+                return self.reply(now, &key, &request, 400, &tag, &[("Warning", warning)], None);
+            }
+        };
+        self.reply(now, &key, &request, 200, &tag, &[], None);
+        let live = self.calls.active.get(&id).is_some_and(|c| !c.finished);
+        if live && self.calls.media.anchored.contains_key(&id) {
+            let command = Command::Dtmf {
+                call_id: id,
+                leg_id: caller_media_leg(id),
+                digit,
+            };
+            self.ask_media(id, command, Waiting::Discard);
+        }
+    }
+
+    /// An event from the media node about one of our conference calls: the IVR gave up on
+    /// its caller (too many wrong codes, or silence: `leg_ended`), or the participant is out
+    /// of the room (`disconnect`: kicked, or the last host of a moderated room left). Either
+    /// way the call is hung up: BYE to the caller, then the usual end (`kicked` or
+    /// `conference_ended` for a disconnect). Events of calls this node does not hold, of
+    /// another leg, or of a call already over are ignored.
     pub fn handle_media_event(&mut self, now: Now, event: ControlEvent) {
-        let ControlEvent::LegEnded { call_id, leg_id } = event else {
-            return;
+        let (call_id, leg_id, reason) = match event {
+            ControlEvent::LegEnded { call_id, leg_id } => (call_id, leg_id, None),
+            ControlEvent::Disconnect {
+                call_id,
+                leg_id,
+                reason,
+                ..
+            } => {
+                let reason = match reason {
+                    DisconnectReason::Kicked => EndReason::Kicked,
+                    DisconnectReason::ConferenceEnded => EndReason::ConferenceEnded,
+                };
+                (call_id, leg_id, Some(reason))
+            }
+            ControlEvent::Dtmf { .. } | ControlEvent::SessionEnded { .. } => return,
         };
         let Some(call) = self.calls.active.get(&call_id) else {
             return;
@@ -290,7 +335,7 @@ impl SipNode {
         }
         let dialog = call.a_dialog.clone();
         self.bye(now, &dialog, call_id);
-        self.end(now, call_id, Party::System, 200, None);
+        self.end(now, call_id, Party::System, 200, reason);
     }
 
     /// Relays a callee's response (18x or 2xx, with its SDP) to the caller, anchored when
@@ -1068,6 +1113,131 @@ Contact: <sip:5551234@192.0.2.10:5060>\r\n"
         };
         assert_eq!(ended.hangup_by, Party::System);
         assert_eq!(ended.media.len(), 1);
+    }
+
+    /// A conference call answered by the IVR; the 200's To tag.
+    fn answered_conference_call(node: &mut SipNode) -> (Uuid, String) {
+        let id = conference_invite(node);
+        let _ = sent(node);
+        let (media, _) = events(node);
+        let [(ticket, Command::ConferenceIvr { .. })] = media.as_slice() else {
+            panic!("the IVR is asked: {media:?}")
+        };
+        node.handle_media(now(2), *ticket, done(TO_CALLER));
+        let ok = status_to(&sent(node), carrier(), 200).expect("the caller is answered");
+        let _ = events(node);
+        (id, ok.to.tag.clone().expect("the 200 has a To tag"))
+    }
+
+    /// The media node's `Delete` answered; the call's `CallEnded`.
+    fn ended_after_delete(node: &mut SipNode, id: Uuid) -> domain::call::CallEnded {
+        let (media, _) = events(node);
+        let [(ticket, Command::Delete { call_id })] = media.as_slice() else {
+            panic!("the call's media is deleted: {media:?}")
+        };
+        assert_eq!(*call_id, id);
+        node.handle_media(
+            now(9),
+            *ticket,
+            MediaReply::Done {
+                sdp: None,
+                stats: vec![stats(caller_media_leg(id), 50)],
+            },
+        );
+        let (_, calls) = events(node);
+        let [CallEvent::CallEnded(ended)] = calls.as_slice() else {
+            panic!("{calls:?}")
+        };
+        ended.clone()
+    }
+
+    #[test]
+    fn a_participant_the_media_node_disconnects_is_hung_up_with_the_reason() {
+        for (reason, want) in [
+            (DisconnectReason::Kicked, EndReason::Kicked),
+            (DisconnectReason::ConferenceEnded, EndReason::ConferenceEnded),
+        ] {
+            let mut node = node(true);
+            let (id, _) = answered_conference_call(&mut node);
+            let disconnect = |call_id: Uuid, leg_id: Uuid| ControlEvent::Disconnect {
+                room_id: Uuid::from_u128(77),
+                call_id,
+                leg_id,
+                reason,
+            };
+            // Another call's leg, or another leg of this call: nothing happens.
+            node.handle_media_event(
+                now(3),
+                disconnect(Uuid::from_u128(42), caller_media_leg(Uuid::from_u128(42))),
+            );
+            node.handle_media_event(now(3), disconnect(id, callee_media_leg(id)));
+            assert!(sent(&mut node).is_empty());
+            assert!(events(&mut node).0.is_empty());
+            node.handle_media_event(now(4), disconnect(id, caller_media_leg(id)));
+            let out = sent(&mut node);
+            let byes = out
+                .iter()
+                .filter(|(d, m)| *d == carrier() && m.method() == Some(rsip::Method::Bye))
+                .count();
+            assert_eq!(byes, 1, "{out:?}");
+            let ended = ended_after_delete(&mut node, id);
+            assert_eq!(ended.hangup_by, Party::System);
+            assert_eq!(ended.reason, want);
+            assert_eq!(ended.sip_status, 200);
+            // The same event again (another lane's copy): the call is over, nothing more.
+            node.handle_media_event(now(10), disconnect(id, caller_media_leg(id)));
+            assert!(sent(&mut node).is_empty());
+            assert!(events(&mut node).0.is_empty());
+        }
+    }
+
+    /// An INFO from the conference caller with `content_type` and `body`.
+    fn info(tag: &str, cseq: u32, content_type: &str, body: &str) -> Vec<u8> {
+        format!(
+            "INFO sip:ll@sip1.example.net:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKinfo{cseq}\r\n\
+From: <sip:5551234@carrier.example>;tag=c7\r\nTo: <sip:+4930700@acme.example.com>;tag={tag}\r\n\
+Call-ID: conference-call\r\nCSeq: {cseq} INFO\r\nMax-Forwards: 70\r\nContent-Type: {content_type}\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn dtmf_in_a_conference_callers_info_goes_to_the_media_node() {
+        let mut node = node(true);
+        let (id, tag) = answered_conference_call(&mut node);
+        let cases = [
+            ("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n", 200, Some('5')),
+            ("application/dtmf", "#", 200, Some('#')),
+            ("application/dtmf-relay", "Signal=10\r\n", 200, Some('*')),
+            ("application/dtmf-relay", "Signal=X\r\nDuration=160\r\n", 400, None),
+            ("application/dtmf-relay", "Duration=160\r\n", 400, None),
+            ("application/dtmf", "", 400, None),
+            ("application/x-other-package", "whatever", 200, None),
+        ];
+        for (cseq, (content_type, body, status, digit)) in (3..).zip(cases) {
+            node.handle_datagram(
+                now(3),
+                carrier(),
+                Transport::Unreliable,
+                &info(&tag, cseq, content_type, body),
+            );
+            let out = sent(&mut node);
+            assert!(status_to(&out, carrier(), status).is_some(), "{body:?}: {out:?}");
+            let (media, _) = events(&mut node);
+            match digit {
+                Some(digit) => assert!(
+                    matches!(
+                        media.as_slice(),
+                        [(_, Command::Dtmf { call_id, leg_id, digit: d })]
+                            if *call_id == id && *leg_id == caller_media_leg(id) && *d == digit
+                    ),
+                    "{body:?}: {media:?}"
+                ),
+                None => assert!(media.is_empty(), "{body:?}: {media:?}"),
+            }
+        }
     }
 
     #[test]

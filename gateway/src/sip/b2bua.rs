@@ -1298,6 +1298,9 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             rsip::Method::Bye => self.on_bye(now, key, request, id, side),
             rsip::Method::Invite => self.on_reinvite(now, key, request, id, side),
             rsip::Method::Refer => self.on_refer(now, key, request, id, side),
+            rsip::Method::Info if side == Side::Caller && self.calls.active.get(&id).is_some_and(|c| c.conference) => {
+                self.conference_info(now, key, request, id)
+            }
             rsip::Method::Info | rsip::Method::Options | rsip::Method::Notify => {
                 self.reply(now, &key, &request, 200, &tag, &[], None)
             }

@@ -9,6 +9,7 @@ pub mod abuse;
 pub mod b2bua;
 pub use b2bua::anchoring;
 pub mod digest;
+pub mod dtmf_info;
 pub mod fuzzing;
 pub mod hangup;
 pub mod message;
