@@ -326,7 +326,8 @@ async fn one_pass_charge_pages_are_the_library_answer() {
                 let library = shape.replace("NODE", &format!("... on Charge {{ {all} }}"));
                 let q = |sel: &str, after: bool| {
                     format!(
-                        "query($a: UUID!, $after: String) {{ charges(filter: {filter}, {args} {}) {{ {sel} }} }}",
+                        "query($a: UUID!{}) {{ charges(filter: {filter}, {args} {}) {{ {sel} }} }}",
+                        if after { ", $after: String" } else { "" },
                         if after { "after: $after" } else { "" }
                     )
                 };
@@ -363,7 +364,7 @@ async fn one_pass_charge_pages_are_the_library_answer() {
             }
         }
     }
-    assert_eq!(compared, 3 * 4 * 3 * 2);
+    assert_eq!(compared, 4 * 4 * 3 * 2);
 
     // The library's own connection (a `__typename`, so not one pass), against the one-pass
     // answer for the selections without NODE (cursor and pageInfo only).

@@ -40,8 +40,11 @@ impl DocumentCache {
         if query.len() > MAX_QUERY_BYTES {
             return None;
         }
-        let parsed = match self.lock().get(query) {
-            Some(parsed) => parsed.clone(),
+        // The lock is not held while parsing (and the guard of the lookup is gone before
+        // the insert takes it again).
+        let remembered = self.lock().get(query).cloned();
+        let parsed = match remembered {
+            Some(parsed) => parsed,
             None => {
                 let document = async_graphql::parser::parse_query(query).ok()?;
                 let parsed = Arc::new(Parsed {
