@@ -353,9 +353,9 @@ impl ChargeField {
             out.extend_from_slice(b"null");
         }
         match self {
-            CallId => shown(out, scratch, &c.call_id),
-            LegId => shown(out, scratch, &c.leg_id),
-            AccountId => shown(out, scratch, &c.account_id),
+            CallId => json_uuid(out, &c.call_id),
+            LegId => json_uuid(out, &c.leg_id),
+            AccountId => json_uuid(out, &c.account_id),
             AnsweredAt => text(out, &c.answered_at.to_rfc3339()),
             DurationS => int(out, c.duration_s),
             Destination => text(out, &c.destination),
@@ -365,7 +365,7 @@ impl ChargeField {
                 None => null(out),
             },
             TariffId => match &c.tariff_id {
-                Some(v) => shown(out, scratch, v),
+                Some(v) => json_uuid(out, v),
                 None => null(out),
             },
             TariffVersion => match c.tariff_version {
@@ -402,7 +402,37 @@ impl ChargeField {
 
 /// A JSON string as `serde_json` escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(&mut *out, s);
+    // serde_json escapes only `"`, `\\` and the control characters below 0x20: a string with
+    // none of them (ids, times, amounts, most text) is written as it is, without its loop.
+    if needs_escape(s.as_bytes()) {
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+fn needs_escape(bytes: &[u8]) -> bool {
+    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    let mut chunks = bytes.chunks_exact(16);
+    for chunk in &mut chunks {
+        // No early exit inside a chunk: the compiler checks the sixteen bytes at once.
+        if chunk.iter().fold(false, |hit, &b| hit | special(b)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| special(b))
+}
+
+/// A UUID as a JSON string: its `Display` (hyphenated, lower case), which needs no escape.
+fn json_uuid(out: &mut Vec<u8>, id: &Uuid) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut buf);
+    out.push(b'"');
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'"');
 }
 
 /// The fields of one selection when they are all plain fields (no fragment, directive or
@@ -583,24 +613,23 @@ impl ChargePage {
         connection
     }
 
-    /// `page::encode(&cursor_key(c))` as a JSON string, straight into `out`.
-    fn write_cursor(c: &Charge, out: &mut Vec<u8>, scratch: &mut String, hex: &mut String) {
-        use std::fmt::Write as _;
-        scratch.clear();
-        let _ = write!(
-            scratch,
-            "{}|{}|{}",
-            c.answered_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-            c.call_id,
-            c.leg_id
-        );
-        hex.clear();
-        page::push_hex(hex, scratch.as_bytes());
-        json_str(out, hex);
+    /// `page::encode(&cursor_key(c))` as a JSON string (hex digits need no escape),
+    /// straight into `out`.
+    fn write_cursor(c: &Charge, out: &mut Vec<u8>, key: &mut Vec<u8>) {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        key.clear();
+        key.extend_from_slice(c.answered_at.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes());
+        key.push(b'|');
+        key.extend_from_slice(c.call_id.hyphenated().encode_lower(&mut buf).as_bytes());
+        key.push(b'|');
+        key.extend_from_slice(c.leg_id.hyphenated().encode_lower(&mut buf).as_bytes());
+        out.push(b'"');
+        page::hex_into(out, key);
+        out.push(b'"');
     }
 
     fn write_json(&self, plan: &ConnectionPlan, out: &mut Vec<u8>) {
-        let (mut scratch, mut hex) = (String::with_capacity(128), String::with_capacity(256));
+        let (mut scratch, mut cursor_key) = (String::with_capacity(64), Vec::with_capacity(128));
         if plan.0.is_empty() {
             out.extend_from_slice(b"null");
             return;
@@ -631,7 +660,7 @@ impl ChargePage {
                             json_str(out, key.as_str());
                             out.push(b':');
                             match f {
-                                EdgeField::Cursor => Self::write_cursor(c, out, &mut scratch, &mut hex),
+                                EdgeField::Cursor => Self::write_cursor(c, out, &mut cursor_key),
                                 EdgeField::Node(node) => node.write_json(c, out, &mut scratch),
                             }
                         }
@@ -661,16 +690,15 @@ impl ChargePage {
                         }
                         json_str(out, key.as_str());
                         out.push(b':');
-                        let cursor_of = |c: Option<&Charge>, out: &mut Vec<u8>, s: &mut String, h: &mut String| match c
-                        {
-                            Some(c) => Self::write_cursor(c, out, s, h),
+                        let cursor_of = |c: Option<&Charge>, out: &mut Vec<u8>, k: &mut Vec<u8>| match c {
+                            Some(c) => Self::write_cursor(c, out, k),
                             None => out.extend_from_slice(b"null"),
                         };
                         match f {
                             PageInfoField::HasPreviousPage => out.extend_from_slice(bool_json(self.has_previous)),
                             PageInfoField::HasNextPage => out.extend_from_slice(bool_json(self.has_next)),
-                            PageInfoField::StartCursor => cursor_of(self.rows.first(), out, &mut scratch, &mut hex),
-                            PageInfoField::EndCursor => cursor_of(self.rows.last(), out, &mut scratch, &mut hex),
+                            PageInfoField::StartCursor => cursor_of(self.rows.first(), out, &mut cursor_key),
+                            PageInfoField::EndCursor => cursor_of(self.rows.last(), out, &mut cursor_key),
                         }
                     }
                     out.push(b'}');
@@ -1466,4 +1494,65 @@ pub struct TariffCorrectionResult {
     /// Invoice adjustments written, and their sum (positive: customers owe more).
     pub adjustments: i64,
     pub adjustment_total: Decimal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_serde_jsons() {
+        let mut every_ascii = String::new();
+        for b in 0u8..0x80 {
+            every_ascii.push(char::from(b));
+        }
+        let samples = [
+            "",
+            "plain",
+            "prefix 49 tariff v1; 3 x 60 s at 0.0123/min (peak); fee 0; exact 0.0369, posted half-up",
+            "a \"quote\" and a \\ backslash",
+            "tab\there",
+            "line\u{2028}separator é 📞 \u{7f}",
+            "exactly sixteen!",
+            "exactly sixteen\n",
+            "0123456789abcdef0123456789abcde\u{1}",
+            every_ascii.as_str(),
+        ];
+        for s in samples {
+            let mut out = Vec::new();
+            json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+        for id in [Uuid::nil(), Uuid::max(), Uuid::new_v4()] {
+            let mut out = Vec::new();
+            json_uuid(&mut out, &id);
+            assert_eq!(out, serde_json::to_vec(&id.to_string()).unwrap());
+        }
+    }
+
+    #[test]
+    fn written_cursors_are_page_cursors() {
+        let c = Charge {
+            call_id: Uuid::new_v4(),
+            leg_id: Uuid::new_v4(),
+            account_id: Uuid::new_v4(),
+            answered_at: "2025-03-10T12:34:56.789012Z".parse().unwrap(),
+            duration_s: 1,
+            destination: "49".into(),
+            status: "rated".into(),
+            unrated_reason: None,
+            tariff_id: None,
+            tariff_version: None,
+            matched_prefix: None,
+            billed_s: None,
+            currency: None,
+            amount: None,
+            amount_exact: None,
+            explanation: None,
+        };
+        let (mut out, mut key) = (Vec::new(), Vec::new());
+        ChargePage::write_cursor(&c, &mut out, &mut key);
+        let expected = page::encode(&ChargePage::cursor_key(&c));
+        assert_eq!(out, serde_json::to_vec(&expected).unwrap());
+    }
 }

@@ -34,6 +34,15 @@ pub fn encode(parts: &[String]) -> String {
     out
 }
 
+/// Lower-case hex of `bytes` appended to `out` as bytes (for JSON written directly).
+pub fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 * bytes.len());
+    for &b in bytes {
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]]);
+    }
+}
+
 /// Lower-case hex of `bytes` appended to `out`: `hex::encode`'s digits, a byte at a time
 /// through a table rather than a `char` iterator (a page writes a hundred cursors).
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
@@ -100,6 +109,9 @@ mod tests {
             String::new(),
         ];
         assert_eq!(encode(&parts), hex::encode(parts.join("|")));
+        let mut bytes = Vec::new();
+        hex_into(&mut bytes, parts.join("|").as_bytes());
+        assert_eq!(bytes, hex::encode(parts.join("|")).into_bytes());
         assert_eq!(encode(&[]), "");
     }
 
