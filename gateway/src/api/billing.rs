@@ -578,6 +578,8 @@ impl ConnectionPlan {
 /// the selection is plain (`ConnectionPlan`), the page is written as JSON in one pass, cursors
 /// included, with no `Value` per field, no future per edge; otherwise the library's
 /// `Connection` of `ChargeNode`s answers. `api_finance` checks that both give the same bytes.
+/// The one pass runs no per-field hooks for the edges and `pageInfo`: the schema has no
+/// extensions (`schema.rs`); one added there must take the library's path here.
 pub struct ChargePage {
     rows: Vec<Charge>,
     has_previous: bool,
