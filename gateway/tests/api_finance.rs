@@ -254,6 +254,180 @@ async fn charges_query_csv_balance_and_invoice_agree() {
     }
 }
 
+/// Every shape of a charges page the one-pass writer answers (`ChargePage`: aliases at each
+/// level, `pageInfo`'s four fields, `nodes` beside `edges`, a field twice, a later page, an
+/// empty page, nulls, text that JSON must escape) is byte for byte what the library answers
+/// for the same selection (an inline fragment on the node takes the library's path), and
+/// what a second root field (merging is the library's) or a directive gives is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_pass_charge_pages_are_the_library_answer() {
+    let env = start().await;
+    let tenant = Uuid::new_v4();
+    let other = Uuid::new_v4();
+    let account = Uuid::new_v4();
+    let finance = env.key(tenant, Role::Finance).await;
+    // 120 charges of the tenant (and one of another tenant, never shown), some unrated with
+    // nulls, explanations and destinations with quotes, backslashes, control characters,
+    // non-ASCII and a line separator.
+    sqlx::query(
+        "INSERT INTO rm_charges (tenant_id, call_id, leg_id, account_id, answered_at, duration_s, destination, \
+           status, unrated_reason, tariff_id, tariff_version, matched_prefix, billed_s, currency, amount, \
+           amount_exact, explanation, position) \
+         SELECT $1, md5(i::text || 'c')::uuid, md5(i::text || 'l')::uuid, $2, \
+           timestamptz '2025-03-01 00:00:00.123456+00' + i * interval '37 seconds 250 milliseconds', i % 600, \
+           CASE WHEN i % 7 = 0 THEN '49\"x\\y' ELSE '4930' || i END, \
+           CASE WHEN i % 5 = 0 THEN 'unrated' ELSE 'rated' END, \
+           CASE WHEN i % 5 = 0 THEN 'no tariff: \"é\" ' || chr(1) || chr(10) || chr(8232) || ' 📞' END, \
+           CASE WHEN i % 5 <> 0 THEN md5('t')::uuid END, CASE WHEN i % 5 <> 0 THEN 3 END, \
+           CASE WHEN i % 5 <> 0 THEN '49' END, CASE WHEN i % 5 <> 0 THEN 60 * i END, \
+           CASE WHEN i % 5 <> 0 THEN 'EUR' END, CASE WHEN i % 5 <> 0 THEN round(i * 0.0123, 4) END, \
+           CASE WHEN i % 5 <> 0 THEN i * 0.012345678901234 END, \
+           CASE WHEN i % 3 = 0 THEN 'prefix 49 \\ tab' || chr(9) || '</script> \"q\"' END, i \
+         FROM generate_series(1, 120) AS i",
+    )
+    .bind(tenant)
+    .bind(account)
+    .execute(&env.db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO rm_charges (tenant_id, call_id, leg_id, account_id, answered_at, duration_s, destination, \
+           status, position) VALUES ($1, $2, $2, $3, '2025-03-01T00:00:01Z', 1, '49', 'rated', 1)",
+    )
+    .bind(other)
+    .bind(Uuid::new_v4())
+    .bind(account)
+    .execute(&env.db.pool)
+    .await
+    .unwrap();
+    let mut http = env.client();
+
+    let all = "callId legId accountId answeredAt durationS destination status unratedReason tariffId \
+               tariffVersion matchedPrefix billedS currency amount amountExact explanation";
+    // (selection of the connection with NODE where a node's fields go, whether to expect errors)
+    let shapes = [
+        "edges { cursor node { NODE } } pageInfo { hasNextPage endCursor }",
+        "pageInfo { endCursor startCursor hasPreviousPage hasNextPage } nodes { NODE } edges { node { NODE } cursor }",
+        "e: edges { c: cursor n: node { NODE } } p: pageInfo { more: hasNextPage end: endCursor } n: nodes { NODE }",
+        "edges { cursor }",
+        "pageInfo { hasPreviousPage }",
+        "nodes { at: answeredAt callId callId at: answeredAt NODE }",
+    ];
+    let pages: [(&str, i32); 4] = [("first: 50", 50), ("first: 7", 7), ("", 50), ("first: 500", 500)];
+    let mut compared = 0;
+    for shape in shapes {
+        for (args, _) in pages {
+            for filter in [
+                "{ accountId: $a }",
+                "{ accountId: $a, status: \"unrated\" }",
+                "{ accountId: $a, from: \"2030-01-01T00:00:00Z\" }",
+            ] {
+                let plain = shape.replace("NODE", all);
+                let library = shape.replace("NODE", &format!("... on Charge {{ {all} }}"));
+                let q = |sel: &str, after: bool| {
+                    format!(
+                        "query($a: UUID!{}) {{ charges(filter: {filter}, {args} {}) {{ {sel} }} }}",
+                        if after { ", $after: String" } else { "" },
+                        if after { "after: $after" } else { "" }
+                    )
+                };
+                // The first page, then the page after its end.
+                let first = http
+                    .graphql(&finance, &q(&plain, false), json!({ "a": account }))
+                    .await
+                    .unwrap();
+                assert_eq!(first.status, 200);
+                assert!(first.json()["errors"].is_null(), "{}", first.text());
+                let lib = http
+                    .graphql(&finance, &q(&library, false), json!({ "a": account }))
+                    .await
+                    .unwrap();
+                if shape.contains("NODE") {
+                    assert_eq!(first.text(), lib.text(), "{shape} {args} {filter}");
+                    compared += 1;
+                }
+                let end = http
+                    .graphql(&finance, &q("pageInfo { endCursor }", false), json!({ "a": account }))
+                    .await
+                    .unwrap()
+                    .json()["data"]["charges"]["pageInfo"]["endCursor"]
+                    .clone();
+                let vars = json!({ "a": account, "after": end });
+                let next = http.graphql(&finance, &q(&plain, true), vars.clone()).await.unwrap();
+                assert!(next.json()["errors"].is_null(), "{}", next.text());
+                let lib_next = http.graphql(&finance, &q(&library, true), vars).await.unwrap();
+                if shape.contains("NODE") {
+                    assert_eq!(next.text(), lib_next.text(), "after: {shape} {args} {filter}");
+                    compared += 1;
+                }
+                assert!(!first.text().contains(&other.to_string()), "another tenant's charge");
+            }
+        }
+    }
+    assert_eq!(compared, 4 * 4 * 3 * 2);
+
+    // The library's own connection (a `__typename`, so not one pass), against the one-pass
+    // answer for the selections without NODE (cursor and pageInfo only).
+    for shape in ["edges { cursor }", "pageInfo { hasPreviousPage }"] {
+        let plain = format!("query($a: UUID!) {{ charges(filter: {{ accountId: $a }}, first: 9) {{ {shape} }} }}");
+        let library =
+            format!("query($a: UUID!) {{ charges(filter: {{ accountId: $a }}, first: 9) {{ {shape} __typename }} }}");
+        let plain = http
+            .graphql(&finance, &plain, json!({ "a": account }))
+            .await
+            .unwrap()
+            .json();
+        let mut library = http
+            .graphql(&finance, &library, json!({ "a": account }))
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(library["data"]["charges"]["__typename"], "ChargeConnection");
+        library["data"]["charges"].as_object_mut().unwrap().remove("__typename");
+        assert_eq!(plain, library);
+    }
+
+    // The same root field twice (merged by the library), with a directive, beside another
+    // field: answered as before, by the library.
+    let twice = "query($a: UUID!) { charges(filter: { accountId: $a }, first: 3) { edges { cursor } } \
+                 charges(filter: { accountId: $a }, first: 3) { pageInfo { endCursor } } me { tenantId } }";
+    let body = http
+        .graphql(&finance, twice, json!({ "a": account }))
+        .await
+        .unwrap()
+        .json();
+    assert!(body["errors"].is_null(), "{body}");
+    let charges = &body["data"]["charges"];
+    assert_eq!(charges["edges"].as_array().unwrap().len(), 3);
+    assert_eq!(charges["pageInfo"]["endCursor"], charges["edges"][2]["cursor"]);
+    assert_eq!(body["data"]["me"]["tenantId"], tenant.to_string());
+    let skipped = "query($a: UUID!, $no: Boolean!) { charges(filter: { accountId: $a }, first: 3) { \
+                   edges { cursor @skip(if: $no) node { callId @include(if: $no) } } } }";
+    let body = http
+        .graphql(&finance, skipped, json!({ "a": account, "no": true }))
+        .await
+        .unwrap()
+        .json();
+    assert!(body["errors"].is_null(), "{body}");
+    assert_eq!(
+        body["data"]["charges"]["edges"][0]["node"]["callId"]
+            .as_str()
+            .map(str::len),
+        Some(36)
+    );
+    assert!(body["data"]["charges"]["edges"][0]["cursor"].is_null());
+    // Limits still apply to a query the server has parsed before.
+    let big = "query($a: UUID!) { charges(filter: { accountId: $a }, first: 501) { edges { cursor } } }";
+    for _ in 0..2 {
+        let body = http
+            .graphql(&finance, big, json!({ "a": account }))
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(body["errors"][0]["extensions"]["code"], "INVALID_INPUT", "{body}");
+    }
+}
+
 /// The simulator's deck (`simulate::sim_rates`) with Germany (49) dearer: 0.040/min.
 const CORRECTED_DECK: &str = "\
 prefix,first_interval_s,next_interval_s,price_per_min,next_price_per_min,connection_fee,free_seconds,grace_period_s,offpeak_price_per_min,post_call_surcharge_pct

@@ -4,12 +4,12 @@
 
 use std::borrow::Cow;
 
-use async_graphql::connection::Connection;
+use async_graphql::connection::{Connection, Edge};
 use async_graphql::indexmap::IndexMap;
-use async_graphql::parser::types::{Field, Selection};
+use async_graphql::parser::types::{Field, Selection, SelectionSet};
 use async_graphql::registry::Registry;
 use async_graphql::{
-    ComplexObject, Context, ContextSelectionSet, Enum, InputObject, Object, OutputType, Positioned, ScalarType,
+    ComplexObject, Context, ContextSelectionSet, Enum, InputObject, Name, Object, OutputType, Positioned, ScalarType,
     ServerResult, SimpleObject, Value,
 };
 use billing::account::{self, AccountCommand, AccountKind, AccountRejection};
@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::auth::Capability;
 use super::error::{ApiError, ApiResult};
+use super::raw_json::RawParts;
 use super::{command, page, require, state, text, MutationResult};
 
 /// Filters shared by `cdrs`, `charges` and their CSV exports.
@@ -255,48 +256,499 @@ impl ChargeNode {
     /// The object the library would build (same keys, same order, same scalar values), or
     /// `None` when the selection is more than plain fields of `Charge`.
     fn plain_fields(&self, ctx: &ContextSelectionSet<'_>) -> Option<Value> {
+        let plan = NodePlan::of(&ctx.item.node)?;
+        Some(plan.value(&self.0))
+    }
+}
+
+/// A plain field of `Charge`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChargeField {
+    CallId,
+    LegId,
+    AccountId,
+    AnsweredAt,
+    DurationS,
+    Destination,
+    Status,
+    UnratedReason,
+    TariffId,
+    TariffVersion,
+    MatchedPrefix,
+    BilledS,
+    Currency,
+    Amount,
+    AmountExact,
+    Explanation,
+}
+
+impl ChargeField {
+    fn of(name: &str) -> Option<ChargeField> {
+        use ChargeField::*;
+        Some(match name {
+            "callId" => CallId,
+            "legId" => LegId,
+            "accountId" => AccountId,
+            "answeredAt" => AnsweredAt,
+            "durationS" => DurationS,
+            "destination" => Destination,
+            "status" => Status,
+            "unratedReason" => UnratedReason,
+            "tariffId" => TariffId,
+            "tariffVersion" => TariffVersion,
+            "matchedPrefix" => MatchedPrefix,
+            "billedS" => BilledS,
+            "currency" => Currency,
+            "amount" => Amount,
+            "amountExact" => AmountExact,
+            "explanation" => Explanation,
+            _ => return None,
+        })
+    }
+
+    /// The value the library resolves (the field's `ScalarType::to_value`).
+    fn value(self, c: &Charge) -> Value {
         fn opt<T: ScalarType>(value: &Option<T>) -> Value {
             value.as_ref().map_or(Value::Null, ScalarType::to_value)
         }
-        let c = &self.0;
-        let items = &ctx.item.node.items;
-        let mut object = IndexMap::with_capacity(items.len());
-        for selection in items {
-            let Selection::Field(field) = &selection.node else {
-                return None;
-            };
-            let field = &field.node;
-            if !field.directives.is_empty() || !field.arguments.is_empty() || !field.selection_set.node.items.is_empty()
-            {
+        use ChargeField::*;
+        match self {
+            CallId => c.call_id.to_value(),
+            LegId => c.leg_id.to_value(),
+            AccountId => c.account_id.to_value(),
+            AnsweredAt => c.answered_at.to_value(),
+            DurationS => c.duration_s.to_value(),
+            Destination => c.destination.to_value(),
+            Status => c.status.to_value(),
+            UnratedReason => opt(&c.unrated_reason),
+            TariffId => opt(&c.tariff_id),
+            TariffVersion => opt(&c.tariff_version),
+            MatchedPrefix => opt(&c.matched_prefix),
+            BilledS => opt(&c.billed_s),
+            Currency => opt(&c.currency),
+            Amount => opt(&c.amount),
+            AmountExact => opt(&c.amount_exact),
+            Explanation => opt(&c.explanation),
+        }
+    }
+
+    /// That value's JSON, as `serde_json` writes it: every scalar here is a string (its
+    /// `Display`, or RFC 3339 for the time), an integer or null.
+    fn write_json(self, c: &Charge, out: &mut Vec<u8>, scratch: &mut String) {
+        use std::fmt::Write as _;
+        use ChargeField::*;
+        fn text(out: &mut Vec<u8>, s: &str) {
+            json_str(out, s);
+        }
+        fn shown(out: &mut Vec<u8>, scratch: &mut String, value: &impl std::fmt::Display) {
+            scratch.clear();
+            let _ = write!(scratch, "{value}");
+            json_str(out, scratch);
+        }
+        fn int(out: &mut Vec<u8>, n: i32) {
+            // The library's `Value::Number` of an `i32`, serialized (serde_json's itoa).
+            let _ = serde_json::to_writer(&mut *out, &n);
+        }
+        fn null(out: &mut Vec<u8>) {
+            out.extend_from_slice(b"null");
+        }
+        match self {
+            CallId => json_uuid(out, &c.call_id),
+            LegId => json_uuid(out, &c.leg_id),
+            AccountId => json_uuid(out, &c.account_id),
+            AnsweredAt => text(out, &c.answered_at.to_rfc3339()),
+            DurationS => int(out, c.duration_s),
+            Destination => text(out, &c.destination),
+            Status => text(out, &c.status),
+            UnratedReason => match &c.unrated_reason {
+                Some(v) => text(out, v),
+                None => null(out),
+            },
+            TariffId => match &c.tariff_id {
+                Some(v) => json_uuid(out, v),
+                None => null(out),
+            },
+            TariffVersion => match c.tariff_version {
+                Some(v) => int(out, v),
+                None => null(out),
+            },
+            MatchedPrefix => match &c.matched_prefix {
+                Some(v) => text(out, v),
+                None => null(out),
+            },
+            BilledS => match c.billed_s {
+                Some(v) => int(out, v),
+                None => null(out),
+            },
+            Currency => match &c.currency {
+                Some(v) => text(out, v),
+                None => null(out),
+            },
+            Amount => match &c.amount {
+                Some(v) => shown(out, scratch, v),
+                None => null(out),
+            },
+            AmountExact => match &c.amount_exact {
+                Some(v) => shown(out, scratch, v),
+                None => null(out),
+            },
+            Explanation => match &c.explanation {
+                Some(v) => text(out, v),
+                None => null(out),
+            },
+        }
+    }
+}
+
+/// A JSON string as `serde_json` escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json escapes only `"`, `\\` and the control characters below 0x20: a string with
+    // none of them (ids, times, amounts, most text) is written as it is, without its loop.
+    if needs_escape(s.as_bytes()) {
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+fn needs_escape(bytes: &[u8]) -> bool {
+    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    let mut chunks = bytes.chunks_exact(16);
+    for chunk in &mut chunks {
+        // No early exit inside a chunk: the compiler checks the sixteen bytes at once.
+        if chunk.iter().fold(false, |hit, &b| hit | special(b)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| special(b))
+}
+
+/// A UUID as a JSON string: its `Display` (hyphenated, lower case), which needs no escape.
+fn json_uuid(out: &mut Vec<u8>, id: &Uuid) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut buf);
+    out.push(b'"');
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'"');
+}
+
+/// The fields of one selection when they are all plain fields (no fragment, directive or
+/// argument); `distinct` also refuses a response key given twice.
+fn plain_selection(set: &SelectionSet, distinct: bool) -> Option<Vec<(&Name, &Field)>> {
+    let mut fields: Vec<(&Name, &Field)> = Vec::with_capacity(set.items.len());
+    for selection in &set.items {
+        let Selection::Field(field) = &selection.node else {
+            return None;
+        };
+        let field = &field.node;
+        if !field.directives.is_empty() || !field.arguments.is_empty() {
+            return None;
+        }
+        let key = &field.response_key().node;
+        if distinct && fields.iter().any(|(k, _)| *k == key) {
+            return None;
+        }
+        fields.push((key, field));
+    }
+    Some(fields)
+}
+
+/// A plain selection of `Charge`: its response keys in the library's order (a key selected
+/// twice keeps its first place, as the library's map does; validation makes both the same
+/// field).
+struct NodePlan(Vec<(Name, ChargeField)>);
+
+impl NodePlan {
+    fn of(set: &SelectionSet) -> Option<NodePlan> {
+        let mut plan: Vec<(Name, ChargeField)> = Vec::with_capacity(set.items.len());
+        for (key, field) in plain_selection(set, false)? {
+            if !field.selection_set.node.items.is_empty() {
                 return None;
             }
-            let value = match field.name.node.as_str() {
-                "callId" => c.call_id.to_value(),
-                "legId" => c.leg_id.to_value(),
-                "accountId" => c.account_id.to_value(),
-                "answeredAt" => c.answered_at.to_value(),
-                "durationS" => c.duration_s.to_value(),
-                "destination" => c.destination.to_value(),
-                "status" => c.status.to_value(),
-                "unratedReason" => opt(&c.unrated_reason),
-                "tariffId" => opt(&c.tariff_id),
-                "tariffVersion" => opt(&c.tariff_version),
-                "matchedPrefix" => opt(&c.matched_prefix),
-                "billedS" => opt(&c.billed_s),
-                "currency" => opt(&c.currency),
-                "amount" => opt(&c.amount),
-                "amountExact" => opt(&c.amount_exact),
-                "explanation" => opt(&c.explanation),
+            let f = ChargeField::of(field.name.node.as_str())?;
+            if !plan.iter().any(|(k, _)| k == key) {
+                plan.push((key.clone(), f));
+            }
+        }
+        Some(NodePlan(plan))
+    }
+
+    fn value(&self, c: &Charge) -> Value {
+        // An object without fields (all skipped) is null, as the library answers it.
+        if self.0.is_empty() {
+            return Value::Null;
+        }
+        let mut object = IndexMap::with_capacity(self.0.len());
+        for (key, f) in &self.0 {
+            object.insert(key.clone(), f.value(c));
+        }
+        Value::Object(object)
+    }
+
+    fn write_json(&self, c: &Charge, out: &mut Vec<u8>, scratch: &mut String) {
+        if self.0.is_empty() {
+            out.extend_from_slice(b"null");
+            return;
+        }
+        out.push(b'{');
+        for (i, (key, f)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, key.as_str());
+            out.push(b':');
+            f.write_json(c, out, scratch);
+        }
+        out.push(b'}');
+    }
+}
+
+enum EdgeField {
+    Cursor,
+    Node(NodePlan),
+}
+
+enum PageInfoField {
+    HasPreviousPage,
+    HasNextPage,
+    StartCursor,
+    EndCursor,
+}
+
+enum ConnectionField {
+    Edges(Vec<(Name, EdgeField)>),
+    Nodes(NodePlan),
+    PageInfo(Vec<(Name, PageInfoField)>),
+}
+
+/// A plain selection of the charges connection: `edges { cursor node { … } }`, `nodes { … }`
+/// and `pageInfo { … }` with plain fields and distinct response keys (else the library
+/// answers, merging what it merges).
+struct ConnectionPlan(Vec<(Name, ConnectionField)>);
+
+impl ConnectionPlan {
+    fn of(set: &SelectionSet) -> Option<ConnectionPlan> {
+        let mut plan = Vec::new();
+        for (key, field) in plain_selection(set, true)? {
+            let sub = &field.selection_set.node;
+            let f = match field.name.node.as_str() {
+                "edges" => {
+                    let mut edge = Vec::new();
+                    for (key, field) in plain_selection(sub, true)? {
+                        let f = match field.name.node.as_str() {
+                            "cursor" if field.selection_set.node.items.is_empty() => EdgeField::Cursor,
+                            "node" => EdgeField::Node(NodePlan::of(&field.selection_set.node)?),
+                            _ => return None,
+                        };
+                        edge.push((key.clone(), f));
+                    }
+                    ConnectionField::Edges(edge)
+                }
+                "nodes" => ConnectionField::Nodes(NodePlan::of(sub)?),
+                "pageInfo" => {
+                    let mut info = Vec::new();
+                    for (key, field) in plain_selection(sub, true)? {
+                        if !field.selection_set.node.items.is_empty() {
+                            return None;
+                        }
+                        let f = match field.name.node.as_str() {
+                            "hasPreviousPage" => PageInfoField::HasPreviousPage,
+                            "hasNextPage" => PageInfoField::HasNextPage,
+                            "startCursor" => PageInfoField::StartCursor,
+                            "endCursor" => PageInfoField::EndCursor,
+                            _ => return None,
+                        };
+                        info.push((key.clone(), f));
+                    }
+                    ConnectionField::PageInfo(info)
+                }
                 _ => return None,
             };
-            // A key selected twice keeps its first place, as the library's map does.
-            object.insert(field.response_key().node.clone(), value);
+            plan.push((key.clone(), f));
         }
-        Some(if object.is_empty() {
-            Value::Null
-        } else {
-            Value::Object(object)
-        })
+        Some(ConnectionPlan(plan))
+    }
+}
+
+/// A page of `charges`: to clients exactly the library's `ChargeConnection` (its type name,
+/// type info and SDL are the library's). When the HTTP handler offers it (`raw_json.rs`) and
+/// the selection is plain (`ConnectionPlan`), the page is written as JSON in one pass, cursors
+/// included, with no `Value` per field, no future per edge; otherwise the library's
+/// `Connection` of `ChargeNode`s answers. `api_finance` checks that both give the same bytes.
+/// The one pass runs no per-field hooks for the edges and `pageInfo`: the schema has no
+/// extensions (`schema.rs`); one added there must take the library's path here.
+pub struct ChargePage {
+    rows: Vec<Charge>,
+    has_previous: bool,
+    has_next: bool,
+}
+
+type ChargeConnection = Connection<String, ChargeNode>;
+
+impl ChargePage {
+    /// A page from `size + 1` fetched rows: the extra row only says there is a next page.
+    pub fn new(mut rows: Vec<Charge>, size: i64, has_previous: bool) -> ChargePage {
+        let has_next = rows.len() as i64 > size;
+        rows.truncate(size.max(0) as usize);
+        ChargePage {
+            rows,
+            has_previous,
+            has_next,
+        }
+    }
+
+    fn cursor_key(c: &Charge) -> Vec<String> {
+        vec![ts(c.answered_at), c.call_id.to_string(), c.leg_id.to_string()]
+    }
+
+    /// The library's connection (the general path).
+    fn connection(&self) -> ChargeConnection {
+        let mut connection = Connection::new(self.has_previous, self.has_next);
+        connection.edges.extend(
+            self.rows
+                .iter()
+                .map(|c| Edge::new(page::encode(&Self::cursor_key(c)), ChargeNode(c.clone()))),
+        );
+        connection
+    }
+
+    /// `page::encode(&cursor_key(c))` as a JSON string (hex digits need no escape),
+    /// straight into `out`.
+    fn write_cursor(c: &Charge, out: &mut Vec<u8>, key: &mut Vec<u8>) {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        key.clear();
+        key.extend_from_slice(c.answered_at.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes());
+        key.push(b'|');
+        key.extend_from_slice(c.call_id.hyphenated().encode_lower(&mut buf).as_bytes());
+        key.push(b'|');
+        key.extend_from_slice(c.leg_id.hyphenated().encode_lower(&mut buf).as_bytes());
+        out.push(b'"');
+        page::hex_into(out, key);
+        out.push(b'"');
+    }
+
+    fn write_json(&self, plan: &ConnectionPlan, out: &mut Vec<u8>) {
+        let (mut scratch, mut cursor_key) = (String::with_capacity(64), Vec::with_capacity(128));
+        if plan.0.is_empty() {
+            out.extend_from_slice(b"null");
+            return;
+        }
+        out.push(b'{');
+        for (i, (key, field)) in plan.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, key.as_str());
+            out.push(b':');
+            match field {
+                ConnectionField::Edges(edge) => {
+                    out.push(b'[');
+                    for (n, c) in self.rows.iter().enumerate() {
+                        if n > 0 {
+                            out.push(b',');
+                        }
+                        if edge.is_empty() {
+                            out.extend_from_slice(b"null");
+                            continue;
+                        }
+                        out.push(b'{');
+                        for (j, (key, f)) in edge.iter().enumerate() {
+                            if j > 0 {
+                                out.push(b',');
+                            }
+                            json_str(out, key.as_str());
+                            out.push(b':');
+                            match f {
+                                EdgeField::Cursor => Self::write_cursor(c, out, &mut cursor_key),
+                                EdgeField::Node(node) => node.write_json(c, out, &mut scratch),
+                            }
+                        }
+                        out.push(b'}');
+                    }
+                    out.push(b']');
+                }
+                ConnectionField::Nodes(node) => {
+                    out.push(b'[');
+                    for (n, c) in self.rows.iter().enumerate() {
+                        if n > 0 {
+                            out.push(b',');
+                        }
+                        node.write_json(c, out, &mut scratch);
+                    }
+                    out.push(b']');
+                }
+                ConnectionField::PageInfo(info) => {
+                    if info.is_empty() {
+                        out.extend_from_slice(b"null");
+                        continue;
+                    }
+                    out.push(b'{');
+                    for (j, (key, f)) in info.iter().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        json_str(out, key.as_str());
+                        out.push(b':');
+                        let cursor_of = |c: Option<&Charge>, out: &mut Vec<u8>, k: &mut Vec<u8>| match c {
+                            Some(c) => Self::write_cursor(c, out, k),
+                            None => out.extend_from_slice(b"null"),
+                        };
+                        match f {
+                            PageInfoField::HasPreviousPage => out.extend_from_slice(bool_json(self.has_previous)),
+                            PageInfoField::HasNextPage => out.extend_from_slice(bool_json(self.has_next)),
+                            PageInfoField::StartCursor => cursor_of(self.rows.first(), out, &mut cursor_key),
+                            PageInfoField::EndCursor => cursor_of(self.rows.last(), out, &mut cursor_key),
+                        }
+                    }
+                    out.push(b'}');
+                }
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+fn bool_json(b: bool) -> &'static [u8] {
+    if b {
+        b"true"
+    } else {
+        b"false"
+    }
+}
+
+impl OutputType for ChargePage {
+    fn type_name() -> Cow<'static, str> {
+        ChargeConnection::type_name()
+    }
+
+    fn qualified_type_name() -> String {
+        ChargeConnection::qualified_type_name()
+    }
+
+    fn introspection_type_name(&self) -> Cow<'static, str> {
+        ChargeConnection::type_name()
+    }
+
+    fn create_type_info(registry: &mut Registry) -> String {
+        ChargeConnection::create_type_info(registry)
+    }
+
+    async fn resolve(&self, ctx: &ContextSelectionSet<'_>, field: &Positioned<Field>) -> ServerResult<Value> {
+        // Offered by the HTTP handler, for a root field whose answer is never merged.
+        let parts = ctx.data_opt::<std::sync::Arc<RawParts>>();
+        let path = ctx.path_node.filter(|p| p.parent.is_none());
+        if let (Some(parts), Some(path)) = (parts, path) {
+            if let Some(plan) = ConnectionPlan::of(&ctx.item.node) {
+                let mut out = Vec::with_capacity(1024 + 700 * self.rows.len());
+                self.write_json(&plan, &mut out);
+                parts.put(path.to_string_vec(), out);
+                return Ok(Value::Null);
+            }
+        }
+        OutputType::resolve(&self.connection(), ctx, field).await
     }
 }
 
@@ -539,7 +991,7 @@ impl BillingQuery {
         #[graphql(default)] filter: CallFilter,
         first: Option<i32>,
         after: Option<String>,
-    ) -> ApiResult<Connection<String, ChargeNode>> {
+    ) -> ApiResult<ChargePage> {
         let caller = require(ctx, Capability::Read)?;
         filter.validate(true)?;
         let size = page::page_size(ctx, first)?;
@@ -547,10 +999,7 @@ impl BillingQuery {
             .build_query_as()
             .fetch_all(&state(ctx).pool)
             .await?;
-        let nodes = rows.into_iter().map(ChargeNode).collect();
-        Ok(page::connection(nodes, size, after.is_some(), |ChargeNode(c)| {
-            vec![ts(c.answered_at), c.call_id.to_string(), c.leg_id.to_string()]
-        }))
+        Ok(ChargePage::new(rows, size, after.is_some()))
     }
 
     /// Balances of the tenant's accounts (or of one).
@@ -1047,4 +1496,65 @@ pub struct TariffCorrectionResult {
     /// Invoice adjustments written, and their sum (positive: customers owe more).
     pub adjustments: i64,
     pub adjustment_total: Decimal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_serde_jsons() {
+        let mut every_ascii = String::new();
+        for b in 0u8..0x80 {
+            every_ascii.push(char::from(b));
+        }
+        let samples = [
+            "",
+            "plain",
+            "prefix 49 tariff v1; 3 x 60 s at 0.0123/min (peak); fee 0; exact 0.0369, posted half-up",
+            "a \"quote\" and a \\ backslash",
+            "tab\there",
+            "line\u{2028}separator é 📞 \u{7f}",
+            "exactly sixteen!",
+            "exactly sixteen\n",
+            "0123456789abcdef0123456789abcde\u{1}",
+            every_ascii.as_str(),
+        ];
+        for s in samples {
+            let mut out = Vec::new();
+            json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+        for id in [Uuid::nil(), Uuid::max(), Uuid::new_v4()] {
+            let mut out = Vec::new();
+            json_uuid(&mut out, &id);
+            assert_eq!(out, serde_json::to_vec(&id.to_string()).unwrap());
+        }
+    }
+
+    #[test]
+    fn written_cursors_are_page_cursors() {
+        let c = Charge {
+            call_id: Uuid::new_v4(),
+            leg_id: Uuid::new_v4(),
+            account_id: Uuid::new_v4(),
+            answered_at: "2025-03-10T12:34:56.789012Z".parse().unwrap(),
+            duration_s: 1,
+            destination: "49".into(),
+            status: "rated".into(),
+            unrated_reason: None,
+            tariff_id: None,
+            tariff_version: None,
+            matched_prefix: None,
+            billed_s: None,
+            currency: None,
+            amount: None,
+            amount_exact: None,
+            explanation: None,
+        };
+        let (mut out, mut key) = (Vec::new(), Vec::new());
+        ChargePage::write_cursor(&c, &mut out, &mut key);
+        let expected = page::encode(&ChargePage::cursor_key(&c));
+        assert_eq!(out, serde_json::to_vec(&expected).unwrap());
+    }
 }

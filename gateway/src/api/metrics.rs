@@ -18,21 +18,29 @@ struct Histogram {
     sum_s: f64,
 }
 
+/// One route's requests by status, and its latency.
+#[derive(Default)]
+struct Route {
+    statuses: BTreeMap<u16, u64>,
+    latency: Histogram,
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
+    routes: Mutex<BTreeMap<String, Route>>,
 }
 
 impl Metrics {
     pub fn observe(&self, route: &str, status: u16, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
-        {
-            let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-            *requests.entry((route.to_string(), status)).or_default() += 1;
-        }
-        let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let h = latency.entry(route.to_string()).or_default();
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        // A route seen before costs no allocation.
+        let r = match routes.get_mut(route) {
+            Some(r) => r,
+            None => routes.entry(route.to_string()).or_default(),
+        };
+        *r.statuses.entry(status).or_default() += 1;
+        let h = &mut r.latency;
         for (i, bound) in BUCKETS.iter().enumerate() {
             if seconds <= *bound {
                 h.counts[i] += 1;
@@ -83,15 +91,18 @@ impl Metrics {
         }
         out.push_str("# HELP ledgerline_http_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE ledgerline_http_requests_total counter\n");
-        for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "ledgerline_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        for (route, r) in routes.iter() {
+            for (status, n) in &r.statuses {
+                let _ = writeln!(
+                    out,
+                    "ledgerline_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
         }
         out.push_str("# HELP ledgerline_http_request_duration_seconds HTTP latency by route.\n");
         out.push_str("# TYPE ledgerline_http_request_duration_seconds histogram\n");
-        for (route, h) in self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (route, h) in routes.iter().map(|(route, r)| (route, &r.latency)) {
             for (i, bound) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
                     out,

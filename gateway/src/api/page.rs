@@ -24,7 +24,34 @@ pub fn check_size(first: Option<i64>, max: i64) -> ApiResult<i64> {
 /// A cursor is the row's sort key, `|`-joined and hex-encoded: opaque to clients, and
 /// the next page is a keyset query (`> key`), never an offset.
 pub fn encode(parts: &[String]) -> String {
-    hex::encode(parts.join("|"))
+    let mut out = String::with_capacity(parts.iter().map(|p| 2 * p.len() + 2).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            push_hex(&mut out, b"|");
+        }
+        push_hex(&mut out, part.as_bytes());
+    }
+    out
+}
+
+/// Lower-case hex of `bytes` appended to `out` as bytes (for JSON written directly).
+pub fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 * bytes.len());
+    for &b in bytes {
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]]);
+    }
+}
+
+/// Lower-case hex of `bytes` appended to `out`: `hex::encode`'s digits, a byte at a time
+/// through a table rather than a `char` iterator (a page writes a hundred cursors).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 * bytes.len());
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
 }
 
 pub fn decode(cursor: &str, parts: usize) -> ApiResult<Vec<String>> {
@@ -72,6 +99,20 @@ mod tests {
         assert!(decode(&c, 3).is_err());
         assert!(decode("zz", 1).is_err());
         assert!(decode(&"a".repeat(1000), 1).is_err());
+    }
+
+    #[test]
+    fn cursors_are_the_hex_of_the_joined_key() {
+        let parts = vec![
+            "2025-03-10T00:00:00.000000Z".to_string(),
+            "é|x".to_string(),
+            String::new(),
+        ];
+        assert_eq!(encode(&parts), hex::encode(parts.join("|")));
+        let mut bytes = Vec::new();
+        hex_into(&mut bytes, parts.join("|").as_bytes());
+        assert_eq!(bytes, hex::encode(parts.join("|")).into_bytes());
+        assert_eq!(encode(&[]), "");
     }
 
     #[test]

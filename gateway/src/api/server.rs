@@ -2,6 +2,7 @@
 //! GraphQL endpoints, and the routes of `rest.rs`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,9 +20,11 @@ use commands::{CommandHandler, EventStore};
 use tokio::sync::watch;
 
 use super::auth::{self, Caller, RateLimiter};
+use super::doc_cache::DocumentCache;
 use super::error::{ApiError, Code};
 use super::key_cache::KeyCache;
 use super::metrics::Metrics;
+use super::raw_json::{self, RawParts};
 use super::schema::{self, ApiSchema};
 use super::{rest, ApiConfig, ApiState};
 
@@ -30,6 +33,10 @@ pub struct App {
     pub schema: ApiSchema,
     pub limiter: RateLimiter,
     pub metrics: Metrics,
+    /// Parsed GraphQL documents by query text (`doc_cache.rs`).
+    pub documents: DocumentCache,
+    /// The length of the last GraphQL answer, to size the next one's buffer.
+    pub last_answer_len: AtomicUsize,
 }
 
 pub type SharedApp = Arc<App>;
@@ -53,6 +60,8 @@ pub fn app(store: EventStore, config: ApiConfig) -> SharedApp {
         schema: schema::build(state.clone()),
         limiter: RateLimiter::new(config.rate_per_second, config.rate_burst),
         metrics: Metrics::default(),
+        documents: DocumentCache::default(),
+        last_answer_len: AtomicUsize::new(0),
         state,
     })
 }
@@ -97,15 +106,12 @@ pub async fn start(
 
 /// Count every request and its latency, by route and status.
 async fn observe(State(app): State<SharedApp>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     app.metrics
-        .observe(&route, response.status().as_u16(), started.elapsed());
+        .observe(route, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -135,7 +141,17 @@ fn limit(app: &App, caller: &Caller) -> Option<Response> {
     None
 }
 
-async fn execute(app: &App, caller: Caller, request: async_graphql::Request) -> Response {
+async fn execute(app: &App, caller: Caller, mut request: async_graphql::Request) -> Response {
+    // A query seen before is not parsed again; every check still runs on it.
+    let mut parts = None;
+    if let Some(parsed) = app.documents.document(&request.query) {
+        request.set_parsed_query(parsed.document);
+        if parsed.distinct_root_fields {
+            let offered = Arc::new(RawParts::default());
+            request = request.data(offered.clone());
+            parts = Some(offered);
+        }
+    }
     let mut response = app.schema.execute(request.data(caller)).await;
     // Parse, validation and limit errors come from the library without a code.
     for error in &mut response.errors {
@@ -147,7 +163,20 @@ async fn execute(app: &App, caller: Caller, request: async_graphql::Request) -> 
                 .set("code", Code::InvalidInput.as_str());
         }
     }
-    axum::Json(response).into_response()
+    let parts = parts.map(|p| p.take()).unwrap_or_default();
+    let capacity = app.last_answer_len.load(Ordering::Relaxed).clamp(256, 1 << 20);
+    match raw_json::response_json(&response, &parts, capacity) {
+        Ok(body) => {
+            app.last_answer_len
+                .store(body.len() + body.len() / 8, Ordering::Relaxed);
+            (
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => ApiError::internal(format!("serializing the answer: {e}")).into_response(),
+    }
 }
 
 async fn graphql_post(State(app): State<SharedApp>, headers: HeaderMap, body: Bytes) -> Response {
