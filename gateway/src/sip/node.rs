@@ -414,10 +414,11 @@ impl SipNode {
         let Some(entry) = self.server.get_mut(key) else {
             return;
         };
-        // Our own responses always parse; if one did not, sending nothing is the safe failure.
-        if let Ok(response) = SipMessage::from_rsip(response.into()) {
-            let _ = entry.transaction.handle_tu_response(now.mono, response);
-        }
+        // Rendered once, not re-parsed: the fuzz target checks that what we compose parses.
+        let code = response.status_code.code();
+        let _ = entry
+            .transaction
+            .handle_tu_response_bytes(now.mono, code, to_bytes(&response.into()));
     }
 
     /// Moves a client transaction's output into the node's queues and its responses and

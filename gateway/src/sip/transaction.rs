@@ -431,11 +431,20 @@ impl ServerTransaction {
         let Some(code) = response.status() else {
             return Err(TransactionError::WrongMessage);
         };
+        self.handle_tu_response_bytes(now, code, response.to_bytes())
+    }
+
+    /// A response from the TU, already rendered: `code` is its status code. The node uses
+    /// this for responses it composed itself, which need no parse on the way out (the fuzz
+    /// target checks that every response composed for a parsed request parses).
+    pub fn handle_tu_response_bytes(&mut self, now: Instant, code: u16, bytes: Vec<u8>) -> Result<(), TransactionError> {
+        if !(100..=699).contains(&code) {
+            return Err(TransactionError::WrongMessage);
+        }
         let allowed = matches!(self.state, ServerState::Trying | ServerState::Proceeding);
         if !allowed {
             return Err(TransactionError::NotAllowedInState);
         }
-        let bytes = response.to_bytes();
         self.transmits.push_back(bytes.clone());
         self.last_response = Some(bytes);
         let unreliable = self.transport == Transport::Unreliable;
