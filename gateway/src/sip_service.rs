@@ -217,6 +217,9 @@ fn advertised(local: SocketAddr) -> String {
 }
 
 #[allow(clippy::disallowed_methods)] // The shell is where the SIP node's clocks are read.
+/// At most this many queued messages are handled in one turn of the node's loop.
+const INBOUND_BURST: usize = 64;
+
 fn now(epoch: tokio::time::Instant) -> Now {
     Now {
         mono: epoch.elapsed(),
@@ -246,15 +249,35 @@ impl Shell {
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 Some(message) = inbound.recv() => {
-                    let transport = match message.protocol {
-                        Protocol::Udp => Transport::Unreliable,
-                        Protocol::Tcp => Transport::Reliable,
-                    };
-                    node.handle_datagram(now(epoch), message.source, transport, &message.bytes);
+                    // Whatever else is already queued goes through in the same turn (bounded,
+                    // so timers and lookups are not starved), then the answers leave together.
+                    let at = now(epoch);
+                    let mut next = Some(message);
+                    let mut taken = 0;
+                    while let Some(message) = next.take() {
+                        let transport = match message.protocol {
+                            Protocol::Udp => Transport::Unreliable,
+                            Protocol::Tcp => Transport::Reliable,
+                        };
+                        node.handle_datagram(at, message.source, transport, &message.bytes);
+                        taken += 1;
+                        if taken < INBOUND_BURST {
+                            next = inbound.try_recv().ok();
+                        }
+                    }
                 }
                 Some(done) = done_rx.recv() => {
-                    let random = *Uuid::new_v4().as_bytes();
-                    node.handle_register_lookup(now(epoch), done.id, done.lookup, done.bindings, random);
+                    let at = now(epoch);
+                    let mut next = Some(done);
+                    let mut taken = 0;
+                    while let Some(done) = next.take() {
+                        let random = *Uuid::new_v4().as_bytes();
+                        node.handle_register_lookup(at, done.id, done.lookup, done.bindings, random);
+                        taken += 1;
+                        if taken < INBOUND_BURST {
+                            next = done_rx.try_recv().ok();
+                        }
+                    }
                 }
                 Some(done) = call_rx.recv() => match done {
                     CallDone::Lookup(id, lookup) => {

@@ -992,8 +992,11 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
                 if let Some(c) = self.calls.active.get_mut(&call) {
                     if let Some(re) = c.reinvite.take() {
                         let origin_key = re.origin_key;
-                        if let Some(entry) = self.server.get(&origin_key) {
-                            let request = entry.transaction.request().clone();
+                        if let Some(request) = self
+                            .server
+                            .get(&origin_key)
+                            .and_then(|e| e.transaction.request().cloned())
+                        {
                             let tag = request.to.tag.clone().unwrap_or_default();
                             self.reply(now, &origin_key, &request, 408, &tag, &[], None);
                         }
@@ -1525,10 +1528,13 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
         let Some(re) = call.reinvite.take() else {
             return;
         };
-        let Some(entry) = self.server.get(&re.origin_key) else {
+        let Some(request) = self
+            .server
+            .get(&re.origin_key)
+            .and_then(|e| e.transaction.request().cloned())
+        else {
             return;
         };
-        let request = entry.transaction.request().clone();
         if (200..300).contains(&code) {
             call.awaiting_ack.push((request.cseq.seq, re.origin_key.clone()));
         }

@@ -116,7 +116,9 @@ pub enum NodeEvent {
 }
 
 pub(super) struct ServerEntry {
-    pub(super) transaction: ServerTransaction,
+    /// Boxed: the map holds up to `max_server_transactions` entries and moves them all
+    /// when it grows.
+    pub(super) transaction: Box<ServerTransaction>,
     pub(super) peer: SocketAddr,
     pub(super) transport: Transport,
     /// The deadline last put in the node's timer heap for this transaction.
@@ -227,7 +229,7 @@ impl SipNode {
         }
         let to_tag = to_tag_for(&message);
         let screening = screen_request(&message, &self.config.identity, &to_tag);
-        let transaction = ServerTransaction::new(message.clone(), transport, self.config.timers);
+        let transaction = Box::new(ServerTransaction::new(&message, transport, self.config.timers));
         self.server.insert(
             key.clone(),
             ServerEntry {

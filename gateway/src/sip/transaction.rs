@@ -334,7 +334,9 @@ impl ClientTransaction {
 /// request from whoever created the transaction; retransmissions never reach it.
 #[derive(Debug)]
 pub struct ServerTransaction {
-    request: SipMessage,
+    /// An INVITE's request (a non-INVITE transaction keeps only its key and the response to
+    /// repeat).
+    request: Option<SipMessage>,
     invite: bool,
     transport: Transport,
     timers: Timers,
@@ -348,7 +350,8 @@ pub struct ServerTransaction {
 impl ServerTransaction {
     /// Starts the transaction for a new request. An INVITE is answered with a 100 Trying
     /// at once (RFC 3261 §17.2.1 allows it), which stops the client's Timer A.
-    pub fn new(request: SipMessage, transport: Transport, timers: Timers) -> ServerTransaction {
+    /// Only an INVITE's request is kept (the call layer reads it back for re-INVITEs).
+    pub fn new(request: &SipMessage, transport: Transport, timers: Timers) -> ServerTransaction {
         let invite = request.method() == Some(rsip::Method::Invite);
         let mut transaction = ServerTransaction {
             invite,
@@ -363,10 +366,10 @@ impl ServerTransaction {
             deadlines: Deadlines::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            request,
+            request: invite.then(|| request.clone()),
         };
-        if invite {
-            let trying = super::message::build_response(&transaction.request, 100, "", &[]);
+        if let Some(request) = transaction.request.as_ref().filter(|_| invite) {
+            let trying = super::message::build_response(request, 100, "", &[]);
             let bytes = super::message::to_bytes(&trying.into());
             transaction.last_response = Some(bytes.clone());
             transaction.transmits.push_back(bytes);
@@ -378,8 +381,9 @@ impl ServerTransaction {
         self.state
     }
 
-    pub fn request(&self) -> &SipMessage {
-        &self.request
+    /// The request, for an INVITE transaction.
+    pub fn request(&self) -> Option<&SipMessage> {
+        self.request.as_ref()
     }
 
     /// A request from the network that matched this transaction: a retransmission of the
@@ -437,7 +441,12 @@ impl ServerTransaction {
     /// A response from the TU, already rendered: `code` is its status code. The node uses
     /// this for responses it composed itself, which need no parse on the way out (the fuzz
     /// target checks that every response composed for a parsed request parses).
-    pub fn handle_tu_response_bytes(&mut self, now: Instant, code: u16, bytes: Vec<u8>) -> Result<(), TransactionError> {
+    pub fn handle_tu_response_bytes(
+        &mut self,
+        now: Instant,
+        code: u16,
+        bytes: Vec<u8>,
+    ) -> Result<(), TransactionError> {
         if !(100..=699).contains(&code) {
             return Err(TransactionError::WrongMessage);
         }
@@ -694,7 +703,7 @@ Call-ID: call-1\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
     #[test]
     fn non_invite_server_absorbs_retransmissions_and_repeats_its_response_until_timer_j() {
         let req = request("REGISTER");
-        let mut tx = ServerTransaction::new(req.clone(), Transport::Unreliable, Timers::default());
+        let mut tx = ServerTransaction::new(&req, Transport::Unreliable, Timers::default());
         assert!(tx.poll_transmit().is_none(), "no automatic 100 for non-INVITE");
         tx.handle_message(ms(100), req.clone()).unwrap();
         assert!(tx.poll_transmit().is_none(), "nothing to repeat before the TU answers");
@@ -714,7 +723,7 @@ Call-ID: call-1\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
     #[test]
     fn invite_server_retransmits_a_final_response_on_timer_g_until_the_ack() {
         let req = request("INVITE");
-        let mut tx = ServerTransaction::new(req.clone(), Transport::Unreliable, Timers::default());
+        let mut tx = ServerTransaction::new(&req, Transport::Unreliable, Timers::default());
         let trying = SipMessage::parse(&tx.poll_transmit().unwrap()).unwrap();
         assert_eq!(trying.status(), Some(100));
         tx.handle_message(ms(300), req.clone()).unwrap();
@@ -753,7 +762,7 @@ Call-ID: call-1\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
     #[test]
     fn invite_server_gives_up_on_timer_h_without_an_ack() {
         let req = request("INVITE");
-        let mut tx = ServerTransaction::new(req.clone(), Transport::Unreliable, Timers::default());
+        let mut tx = ServerTransaction::new(&req, Transport::Unreliable, Timers::default());
         tx.handle_tu_response(ms(0), response(&req, 486)).unwrap();
         while let Some(at) = tx.poll_timeout() {
             tx.handle_timeout(at);
@@ -764,7 +773,7 @@ Call-ID: call-1\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
     #[test]
     fn invite_server_retransmits_2xx_until_the_tu_reports_the_ack() {
         let req = request("INVITE");
-        let mut tx = ServerTransaction::new(req.clone(), Transport::Unreliable, Timers::default());
+        let mut tx = ServerTransaction::new(&req, Transport::Unreliable, Timers::default());
         tx.poll_transmit();
         tx.handle_tu_response(ms(0), response(&req, 200)).unwrap();
         tx.poll_transmit();
@@ -782,14 +791,14 @@ Call-ID: call-1\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
     #[test]
     fn reliable_invite_server_has_no_timer_g_and_no_timer_i() {
         let req = request("INVITE");
-        let mut tx = ServerTransaction::new(req.clone(), Transport::Reliable, Timers::default());
+        let mut tx = ServerTransaction::new(&req, Transport::Reliable, Timers::default());
         tx.handle_tu_response(ms(0), response(&req, 480)).unwrap();
         assert_eq!(tx.poll_timeout(), Some(T1 * 64), "only Timer H");
         tx.handle_ack(ms(10));
         assert_eq!(tx.state(), ServerState::Terminated);
 
         let req = request("OPTIONS");
-        let mut tx = ServerTransaction::new(req.clone(), Transport::Reliable, Timers::default());
+        let mut tx = ServerTransaction::new(&req, Transport::Reliable, Timers::default());
         tx.handle_tu_response(ms(0), response(&req, 200)).unwrap();
         assert_eq!(tx.state(), ServerState::Terminated, "Timer J is zero over TCP");
     }

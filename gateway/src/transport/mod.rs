@@ -238,11 +238,36 @@ impl Transports {
     }
 }
 
+/// What the UDP socket asks the kernel to buffer (capped by `net.core.rmem_max`): a burst
+/// that arrives while the node loop is busy waits here instead of being dropped and coming
+/// back as a retransmission 500 ms later.
+const UDP_RECEIVE_BUFFER: libc::c_int = 8 << 20;
+
+fn widen_receive_buffer(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size = UDP_RECEIVE_BUFFER;
+    // SAFETY: the descriptor is open for the socket's lifetime; the option value is a c_int
+    // that outlives the call, and its length is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SO_RCVBUF not widened");
+    }
+}
+
 /// UDP and TCP on the same port: when asked for port 0, retry until both bind.
 async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     let mut last_error = None;
     for _ in 0..20 {
         let udp = UdpSocket::bind(addr).await?;
+        widen_receive_buffer(&udp);
         let mut tcp_addr = addr;
         tcp_addr.set_port(udp.local_addr()?.port());
         match TcpListener::bind(tcp_addr).await {
