@@ -126,7 +126,8 @@ enum BenchCommand {
     Rating,
     /// Projection rebuild rate (CDRs, charges, balances, reports) against a plain ordered read of the log.
     Replay(bench_replay::BenchReplayArgs),
-    /// Conference participants mixed in real time per core, against a naive mixer.
+    /// Conference participants mixed in real time per core, against a naive mixer; then the
+    /// RTP relay line as `rtp_relay` prints it (the media issue's two figures in one run).
     Mixer,
     /// RTP packets relayed per second (batched engine) against a naive task-per-socket relay.
     #[command(name = "rtp_relay", alias = "rtp-relay")]
@@ -209,12 +210,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Bench(BenchCommand::Replay(args)) => bench_replay::run(&data_dir, args).await,
         Command::Replay(args) => cli_replay::replay(&data_dir, args).await,
         Command::Simulate(args) => simulate::run(&data_dir, args).await,
-        // Pure computation: no database, so no runtime work; run it on a blocking thread.
+        // The mixer is pure computation (a blocking thread); the relay runs its own engine.
         Command::Bench(BenchCommand::Mixer) => {
             let (ours, naive) = tokio::task::spawn_blocking(media::bench::mixer).await?;
             say!(
                 "{}",
                 media::bench::bench_line("mixer", ours, "naive", naive, "participants")
+            );
+            let (ours, naive) = media::bench::relay::run().await?;
+            say!(
+                "{}",
+                media::bench::bench_line("rtp_relay", ours, "naive", naive, "packets/s")
             );
             Ok(std::process::ExitCode::SUCCESS)
         }

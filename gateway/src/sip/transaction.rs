@@ -701,6 +701,24 @@ Call-ID: call-1\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
     }
 
     #[test]
+    fn only_an_invite_transaction_keeps_its_request_and_rendered_responses_are_checked() {
+        let register = request("REGISTER");
+        let mut tx = ServerTransaction::new(&register, Transport::Unreliable, Timers::default());
+        assert!(tx.request().is_none(), "a non-INVITE keeps only its key and response");
+        assert_eq!(
+            tx.handle_tu_response_bytes(ms(0), 99, b"SIP/2.0 99 x\r\n\r\n".to_vec()),
+            Err(TransactionError::WrongMessage)
+        );
+        let bytes = response(&register, 401).to_bytes();
+        tx.handle_tu_response_bytes(ms(0), 401, bytes.clone()).unwrap();
+        assert_eq!(tx.poll_transmit(), Some(bytes));
+        assert_eq!(tx.state(), ServerState::Completed);
+        let invite = request("INVITE");
+        let tx = ServerTransaction::new(&invite, Transport::Unreliable, Timers::default());
+        assert_eq!(tx.request().map(|r| r.call_id.clone()), Some(invite.call_id.clone()));
+    }
+
+    #[test]
     fn non_invite_server_absorbs_retransmissions_and_repeats_its_response_until_timer_j() {
         let req = request("REGISTER");
         let mut tx = ServerTransaction::new(&req, Transport::Unreliable, Timers::default());

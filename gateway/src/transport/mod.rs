@@ -294,6 +294,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_udp_socket_buffers_more_than_the_kernel_default() {
+        use std::os::fd::AsRawFd;
+        let (transports, _inbound) = bound().await;
+        let default: libc::c_int = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(212_992);
+        let mut size: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the socket is open; `size` and `len` outlive the call and match in size.
+        let rc = unsafe {
+            libc::getsockopt(
+                transports.udp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut size as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert!(size > default, "SO_RCVBUF {size} is not above the default {default}");
+    }
+
+    #[tokio::test]
     async fn udp_in_and_out() {
         let (transports, mut inbound) = bound().await;
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
