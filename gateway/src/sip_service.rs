@@ -216,10 +216,10 @@ fn advertised(local: SocketAddr) -> String {
     SocketAddr::new(outward, local.port()).to_string()
 }
 
-#[allow(clippy::disallowed_methods)] // The shell is where the SIP node's clocks are read.
 /// At most this many queued messages are handled in one turn of the node's loop.
 const INBOUND_BURST: usize = 64;
 
+#[allow(clippy::disallowed_methods)] // The shell is where the SIP node's clocks are read.
 fn now(epoch: tokio::time::Instant) -> Now {
     Now {
         mono: epoch.elapsed(),
