@@ -72,22 +72,6 @@ impl DirectoryCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What the cache holds, while fresh, for a domain: `Some(None)` is a fresh "no such
-    /// tenant", `None` means the database must be asked.
-    pub fn peek_tenant(&self, domain: &str) -> Option<Option<TenantRow>> {
-        let key = domain.to_ascii_lowercase();
-        let inner = self.lock();
-        let (at, row) = inner.tenants.get(&key)?;
-        (at.elapsed() < self.ttl).then(|| row.clone())
-    }
-
-    /// What the cache holds, while fresh, for an extension (as [`DirectoryCache::peek_tenant`]).
-    pub fn peek_extension(&self, tenant_id: Uuid, number: &str) -> Option<Option<ExtensionRecord>> {
-        let inner = self.lock();
-        let (at, row) = inner.extensions.get(&(tenant_id, number.to_string()))?;
-        (at.elapsed() < self.ttl).then(|| row.clone())
-    }
-
     /// The tenant whose SIP domain this is (lower-cased), or none.
     pub async fn tenant(&self, pool: &PgPool, domain: &str) -> Result<Option<TenantRow>, sqlx::Error> {
         let key = domain.to_ascii_lowercase();
@@ -205,43 +189,5 @@ impl DirectoryCache {
         }
         inner.accounts.insert(tenant_id, (Instant::now(), row));
         Ok(row)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peeks_answer_only_while_an_entry_is_fresh() {
-        let cache = DirectoryCache::new(Duration::from_secs(60), 10);
-        assert!(
-            cache.peek_tenant("acme.test").is_none(),
-            "nothing cached: ask the database"
-        );
-        cache.lock().tenants.insert("acme.test".into(), (Instant::now(), None));
-        assert_eq!(
-            cache.peek_tenant("ACME.test").map(|t| t.is_none()),
-            Some(true),
-            "a fresh 'no such tenant', found case-insensitively"
-        );
-        let tenant = Uuid::new_v4();
-        cache
-            .lock()
-            .extensions
-            .insert((tenant, "1000".into()), (Instant::now(), None));
-        assert_eq!(cache.peek_extension(tenant, "1000").map(|e| e.is_none()), Some(true));
-        assert!(cache.peek_extension(tenant, "1001").is_none());
-        assert!(
-            cache.peek_extension(Uuid::new_v4(), "1000").is_none(),
-            "another tenant's"
-        );
-
-        let stale = DirectoryCache::new(Duration::ZERO, 10);
-        stale.lock().tenants.insert("acme.test".into(), (Instant::now(), None));
-        assert!(
-            stale.peek_tenant("acme.test").is_none(),
-            "a lapsed entry is not an answer"
-        );
     }
 }

@@ -296,61 +296,23 @@ impl Shell {
                 _ = tokio::time::sleep_until(deadline) => node.handle_timeout(now(epoch)),
                 _ = shutdown.changed() => return,
             }
-            loop {
-                while let Some(transmit) = node.poll_transmit() {
-                    let protocol = match transmit.transport {
-                        Transport::Unreliable => Protocol::Udp,
-                        Transport::Reliable => Protocol::Tcp,
-                    };
-                    if let Err(e) = self
-                        .transports
-                        .send(protocol, transmit.destination, transmit.bytes)
-                        .await
-                    {
-                        tracing::debug!(destination = %transmit.destination, error = %e, "SIP send failed");
-                    }
-                }
-                let mut answered_here = false;
-                while let Some(event) = node.poll_event() {
-                    // A REGISTER without credentials is only challenged: when the directory
-                    // cache answers, it is decided here, without a task and two channel hops.
-                    if let NodeEvent::RegisterLookup {
-                        id,
-                        domain,
-                        user,
-                        credentials: false,
-                    } = &event
-                    {
-                        if let Some(lookup) = self.cached_challenge_lookup(domain, user) {
-                            let random = *Uuid::new_v4().as_bytes();
-                            node.handle_register_lookup(now(epoch), *id, lookup, Vec::new(), random);
-                            answered_here = true;
-                            continue;
-                        }
-                    }
-                    self.on_event(epoch, event, &done_tx, &call_tx).await;
-                }
-                if !answered_here {
-                    break;
+            while let Some(transmit) = node.poll_transmit() {
+                let protocol = match transmit.transport {
+                    Transport::Unreliable => Protocol::Udp,
+                    Transport::Reliable => Protocol::Tcp,
+                };
+                if let Err(e) = self
+                    .transports
+                    .send(protocol, transmit.destination, transmit.bytes)
+                    .await
+                {
+                    tracing::debug!(destination = %transmit.destination, error = %e, "SIP send failed");
                 }
             }
+            while let Some(event) = node.poll_event() {
+                self.on_event(epoch, event, &done_tx, &call_tx).await;
+            }
         }
-    }
-
-    /// The lookup for a REGISTER without credentials, if the directory cache holds both the
-    /// tenant and the extension (or a fresh "no such" for either); the same answer as
-    /// [`Shell::lookup`] gives, which needs no bindings for a challenge.
-    fn cached_challenge_lookup(&self, domain: &str, user: &str) -> Option<Lookup> {
-        let Some(tenant) = self.directory.peek_tenant(domain)? else {
-            return Some(Lookup::UnknownDomain);
-        };
-        let extension = self.directory.peek_extension(tenant.tenant_id, user)?;
-        Some(Lookup::Tenant {
-            tenant_id: tenant.tenant_id,
-            sip_domain: tenant.sip_domain,
-            suspended: tenant.suspended,
-            extension,
-        })
     }
 
     async fn on_event(
