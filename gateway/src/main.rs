@@ -154,6 +154,12 @@ fn without_transparent_huge_pages() {
     }
 }
 
+/// The `BENCH rtp_relay` line, printed by `bench rtp_relay` and after `bench mixer`'s own.
+async fn relay_line() -> std::io::Result<String> {
+    let (ours, naive) = media::bench::relay::run().await?;
+    Ok(media::bench::bench_line("rtp_relay", ours, "naive", naive, "packets/s"))
+}
+
 fn main() -> std::process::ExitCode {
     without_transparent_huge_pages();
     let cli = Cli::parse();
@@ -217,19 +223,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "{}",
                 media::bench::bench_line("mixer", ours, "naive", naive, "participants")
             );
-            let (ours, naive) = media::bench::relay::run().await?;
-            say!(
-                "{}",
-                media::bench::bench_line("rtp_relay", ours, "naive", naive, "packets/s")
-            );
+            say!("{}", relay_line().await?);
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::RtpRelay) => {
-            let (ours, naive) = media::bench::relay::run().await?;
-            say!(
-                "{}",
-                media::bench::bench_line("rtp_relay", ours, "naive", naive, "packets/s")
-            );
+            say!("{}", relay_line().await?);
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Rating) => {

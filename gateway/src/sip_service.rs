@@ -219,6 +219,19 @@ fn advertised(local: SocketAddr) -> String {
 /// At most this many queued messages are handled in one turn of the node's loop.
 const INBOUND_BURST: usize = 64;
 
+/// Handles `first`, then whatever else is already queued on `rx`, up to [`INBOUND_BURST`] in
+/// all (bounded, so timers and the other inputs are not starved); the answers then leave
+/// together.
+fn burst<T>(first: T, rx: &mut mpsc::Receiver<T>, mut handle: impl FnMut(T)) {
+    handle(first);
+    for _ in 1..INBOUND_BURST {
+        match rx.try_recv() {
+            Ok(item) => handle(item),
+            Err(_) => break,
+        }
+    }
+}
+
 #[allow(clippy::disallowed_methods)] // The shell is where the SIP node's clocks are read.
 fn now(epoch: tokio::time::Instant) -> Now {
     Now {
@@ -249,35 +262,21 @@ impl Shell {
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 Some(message) = inbound.recv() => {
-                    // Whatever else is already queued goes through in the same turn (bounded,
-                    // so timers and lookups are not starved), then the answers leave together.
                     let at = now(epoch);
-                    let mut next = Some(message);
-                    let mut taken = 0;
-                    while let Some(message) = next.take() {
+                    burst(message, &mut inbound, |message| {
                         let transport = match message.protocol {
                             Protocol::Udp => Transport::Unreliable,
                             Protocol::Tcp => Transport::Reliable,
                         };
                         node.handle_datagram(at, message.source, transport, &message.bytes);
-                        taken += 1;
-                        if taken < INBOUND_BURST {
-                            next = inbound.try_recv().ok();
-                        }
-                    }
+                    });
                 }
                 Some(done) = done_rx.recv() => {
                     let at = now(epoch);
-                    let mut next = Some(done);
-                    let mut taken = 0;
-                    while let Some(done) = next.take() {
+                    burst(done, &mut done_rx, |done| {
                         let random = *Uuid::new_v4().as_bytes();
                         node.handle_register_lookup(at, done.id, done.lookup, done.bindings, random);
-                        taken += 1;
-                        if taken < INBOUND_BURST {
-                            next = done_rx.try_recv().ok();
-                        }
-                    }
+                    });
                 }
                 Some(done) = call_rx.recv() => match done {
                     CallDone::Lookup(id, lookup) => {

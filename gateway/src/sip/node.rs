@@ -416,7 +416,8 @@ impl SipNode {
         let Some(entry) = self.server.get_mut(key) else {
             return;
         };
-        // Rendered once, not re-parsed: the fuzz target checks that what we compose parses.
+        // Rendered once, not re-parsed: every response starts from `build_response`, and the
+        // fuzz entry point checks that its output for any accepted request parses.
         let code = response.status_code.code();
         let _ = entry
             .transaction

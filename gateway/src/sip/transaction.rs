@@ -368,7 +368,7 @@ impl ServerTransaction {
             events: VecDeque::new(),
             request: invite.then(|| request.clone()),
         };
-        if let Some(request) = transaction.request.as_ref().filter(|_| invite) {
+        if let Some(request) = &transaction.request {
             let trying = super::message::build_response(request, 100, "", &[]);
             let bytes = super::message::to_bytes(&trying.into());
             transaction.last_response = Some(bytes.clone());
@@ -439,8 +439,8 @@ impl ServerTransaction {
     }
 
     /// A response from the TU, already rendered: `code` is its status code. The node uses
-    /// this for responses it composed itself, which need no parse on the way out (the fuzz
-    /// target checks that every response composed for a parsed request parses).
+    /// this for responses it composed itself, which need no parse on the way out (they start
+    /// from `build_response`, whose output the fuzz entry point checks to parse).
     pub fn handle_tu_response_bytes(
         &mut self,
         now: Instant,
