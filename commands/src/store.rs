@@ -536,6 +536,53 @@ async fn lock_streams(conn: &mut PgConnection, writes: &[StreamWrite]) -> Result
     }
 }
 
+/// Step 1 for the `Expected::Any` writes: create or advance each stream row and read its
+/// head, all in one statement (`append` refuses a stream named twice, so each row moves once).
+async fn take_any_heads(
+    conn: &mut PgConnection,
+    writes: &[StreamWrite],
+    heads: &mut [Option<(u64, Vec<u8>)>],
+) -> Result<(), StoreError> {
+    let any: Vec<usize> = (0..writes.len())
+        .filter(|&i| writes[i].expected == Expected::Any)
+        .collect();
+    if any.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<Uuid> = any.iter().map(|&i| writes[i].tenant_id).collect();
+    let streams: Vec<String> = any.iter().map(|&i| writes[i].stream_id.clone()).collect();
+    let counts: Vec<i64> = any.iter().map(|&i| writes[i].events.len() as i64).collect();
+    let rows = sqlx::query(
+        "INSERT INTO streams (tenant_id, stream_id, version, last_hash) \
+         SELECT t, s, n, '\\x'::bytea FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS v(t, s, n) \
+         ON CONFLICT (tenant_id, stream_id) DO UPDATE SET version = streams.version + EXCLUDED.version \
+         RETURNING tenant_id, stream_id, version, last_hash",
+    )
+    .bind(&tenants)
+    .bind(&streams)
+    .bind(&counts)
+    .fetch_all(&mut *conn)
+    .await?;
+    let index: HashMap<(Uuid, &str), usize> = any
+        .iter()
+        .map(|&i| ((writes[i].tenant_id, writes[i].stream_id.as_str()), i))
+        .collect();
+    for row in &rows {
+        let stream_id: String = row.get("stream_id");
+        if let Some(&i) = index.get(&(row.get("tenant_id"), stream_id.as_str())) {
+            let after: i64 = row.get("version");
+            heads[i] = Some(((after - writes[i].events.len() as i64) as u64, row.get("last_hash")));
+        }
+    }
+    match any.iter().find(|&&i| heads[i].is_none()) {
+        Some(&i) => Err(StoreError::InvalidAppend(format!(
+            "stream `{}` was not taken by the head upsert",
+            writes[i].stream_id
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Who holds the subscription fence back.
 #[derive(Debug, Clone)]
 pub struct FenceHolder {
@@ -635,24 +682,7 @@ async fn append_prepared(conn: &mut PgConnection, writes: &[StreamWrite]) -> Res
         }
     }
 
-    for i in 0..writes.len() {
-        if writes[i].expected != Expected::Any {
-            continue;
-        }
-        let n = writes[i].events.len() as i64;
-        let row = sqlx::query(
-            "INSERT INTO streams (tenant_id, stream_id, version, last_hash) VALUES ($1, $2, $3, '\\x'::bytea) \
-             ON CONFLICT (tenant_id, stream_id) DO UPDATE SET version = streams.version + EXCLUDED.version \
-             RETURNING version, last_hash",
-        )
-        .bind(writes[i].tenant_id)
-        .bind(&writes[i].stream_id)
-        .bind(n)
-        .fetch_one(&mut *conn)
-        .await?;
-        let after: i64 = row.get("version");
-        heads[i] = Some(((after - n) as u64, row.get("last_hash")));
-    }
+    take_any_heads(conn, writes, &mut heads).await?;
 
     let total: usize = writes.iter().map(|w| w.events.len()).sum();
     let mut ev_ids = Vec::with_capacity(total);

@@ -1,6 +1,7 @@
 //! Read model `directory`: tenants, their extensions and the extensions' registered
 //! devices, as the CLI, the SIP registrar and the live views look them up.
 
+use chrono::{DateTime, Utc};
 use commands::store::RecordedEvent;
 use domain::extension::ExtensionEvent;
 use domain::registration::RegistrationEvent;
@@ -8,6 +9,8 @@ use domain::routing::{RoutingEvent, TrunkTransport};
 use domain::tenant::TenantEvent;
 use domain::DomainEvent;
 use sqlx::PgConnection;
+use std::collections::HashMap;
+use uuid::Uuid;
 
 use crate::runner::{Projection, ProjectionError};
 
@@ -36,7 +39,19 @@ impl Projection for Directory {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        // Registration events (one per REGISTER that creates or changes a binding) are the
+        // bulk of this projection's input under load: a run of them is folded to the last
+        // state per device and written in two statements, before any other event is applied.
+        let mut registrations = RegistrationRun::default();
         for event in events {
+            if RegistrationEvent::event_types().contains(&event.event_type.as_str()) {
+                let decoded: RegistrationEvent = event
+                    .decode()
+                    .map_err(|e| ProjectionError::Decode(event.event_id, e.to_string()))?;
+                registrations.push(event.tenant_id, decoded);
+                continue;
+            }
+            registrations.flush(conn).await?;
             if TenantEvent::event_types().contains(&event.event_type.as_str()) {
                 let decoded: TenantEvent = event
                     .decode()
@@ -47,11 +62,6 @@ impl Projection for Directory {
                     .decode()
                     .map_err(|e| ProjectionError::Decode(event.event_id, e.to_string()))?;
                 apply_extension(conn, event, &decoded).await?;
-            } else if RegistrationEvent::event_types().contains(&event.event_type.as_str()) {
-                let decoded: RegistrationEvent = event
-                    .decode()
-                    .map_err(|e| ProjectionError::Decode(event.event_id, e.to_string()))?;
-                apply_registration(conn, event, &decoded).await?;
             } else if RoutingEvent::event_types().contains(&event.event_type.as_str()) {
                 let decoded: RoutingEvent = event
                     .decode()
@@ -59,6 +69,7 @@ impl Projection for Directory {
                 apply_routing(conn, event, &decoded).await?;
             }
         }
+        registrations.flush(conn).await?;
         Ok(())
     }
 }
@@ -149,35 +160,90 @@ async fn apply_extension(
     query.execute(conn).await.map(drop)
 }
 
-async fn apply_registration(
-    conn: &mut PgConnection,
-    meta: &RecordedEvent,
-    event: &RegistrationEvent,
-) -> Result<(), sqlx::Error> {
-    let upsert = "INSERT INTO rm_registrations (tenant_id, extension_id, contact, user_agent, expires_at) \
-                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, extension_id, contact) \
-                  DO UPDATE SET user_agent = EXCLUDED.user_agent, expires_at = EXCLUDED.expires_at";
-    let query = match event {
-        RegistrationEvent::DeviceRegistered(e) => sqlx::query(upsert)
-            .bind(meta.tenant_id)
-            .bind(e.extension_id)
-            .bind(&e.contact)
-            .bind(&e.user_agent)
-            .bind(e.expires_at),
-        RegistrationEvent::DeviceRegistrationChanged(e) => sqlx::query(upsert)
-            .bind(meta.tenant_id)
-            .bind(e.extension_id)
-            .bind(&e.contact)
-            .bind(&e.user_agent)
-            .bind(e.expires_at),
-        RegistrationEvent::DeviceUnregistered(e) => {
-            sqlx::query("DELETE FROM rm_registrations WHERE tenant_id = $1 AND extension_id = $2 AND contact = $3")
-                .bind(meta.tenant_id)
-                .bind(e.extension_id)
-                .bind(&e.contact)
+/// A device's row in `rm_registrations`: present with these fields, or absent.
+type DeviceKey = (Uuid, Uuid, String);
+
+/// Consecutive registration events, folded to the last state of each device (in the order
+/// devices first appeared, so the statements are the same on every replay). Only the last
+/// event of a device decides its row, exactly as applying them one by one would.
+#[derive(Default)]
+struct RegistrationRun {
+    order: Vec<DeviceKey>,
+    last: HashMap<DeviceKey, Option<(String, DateTime<Utc>)>>,
+}
+
+impl RegistrationRun {
+    fn push(&mut self, tenant_id: Uuid, event: RegistrationEvent) {
+        let (key, row) = match event {
+            RegistrationEvent::DeviceRegistered(e) => (
+                (tenant_id, e.extension_id, e.contact),
+                Some((e.user_agent, e.expires_at)),
+            ),
+            RegistrationEvent::DeviceRegistrationChanged(e) => (
+                (tenant_id, e.extension_id, e.contact),
+                Some((e.user_agent, e.expires_at)),
+            ),
+            RegistrationEvent::DeviceUnregistered(e) => ((tenant_id, e.extension_id, e.contact), None),
+        };
+        if self.last.insert(key.clone(), row).is_none() {
+            self.order.push(key);
         }
-    };
-    query.execute(conn).await.map(drop)
+    }
+
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.order.is_empty() {
+            return Ok(());
+        }
+        let (mut up, mut gone) = (Columns::default(), Columns::default());
+        for key in self.order.drain(..) {
+            let row = self.last.remove(&key).flatten();
+            let columns = if row.is_some() { &mut up } else { &mut gone };
+            columns.tenants.push(key.0);
+            columns.extensions.push(key.1);
+            columns.contacts.push(key.2);
+            if let Some((user_agent, expires_at)) = row {
+                columns.user_agents.push(user_agent);
+                columns.expiries.push(expires_at);
+            }
+        }
+        self.last.clear();
+        if !gone.tenants.is_empty() {
+            sqlx::query(
+                "DELETE FROM rm_registrations r USING unnest($1::uuid[], $2::uuid[], $3::text[]) AS g(t, e, c) \
+                 WHERE r.tenant_id = g.t AND r.extension_id = g.e AND r.contact = g.c",
+            )
+            .bind(&gone.tenants)
+            .bind(&gone.extensions)
+            .bind(&gone.contacts)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !up.tenants.is_empty() {
+            sqlx::query(
+                "INSERT INTO rm_registrations (tenant_id, extension_id, contact, user_agent, expires_at) \
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) \
+                 ON CONFLICT (tenant_id, extension_id, contact) \
+                 DO UPDATE SET user_agent = EXCLUDED.user_agent, expires_at = EXCLUDED.expires_at",
+            )
+            .bind(&up.tenants)
+            .bind(&up.extensions)
+            .bind(&up.contacts)
+            .bind(&up.user_agents)
+            .bind(&up.expiries)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Columns {
+    tenants: Vec<Uuid>,
+    extensions: Vec<Uuid>,
+    contacts: Vec<String>,
+    user_agents: Vec<String>,
+    expiries: Vec<DateTime<Utc>>,
 }
 
 async fn apply_routing(conn: &mut PgConnection, meta: &RecordedEvent, event: &RoutingEvent) -> Result<(), sqlx::Error> {
@@ -244,6 +310,7 @@ pub async fn dump(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::Error> {
         "SELECT t::text FROM rm_trunks t ORDER BY tenant_id, trunk_id",
         "SELECT r::text FROM rm_routes r ORDER BY tenant_id, route_id",
         "SELECT d::text FROM rm_dids d ORDER BY tenant_id, did",
+        "SELECT r::text FROM rm_registrations r ORDER BY tenant_id, extension_id, contact",
     ] {
         rows.extend(sqlx::query_scalar::<_, String>(sql).fetch_all(pool).await?);
     }

@@ -81,3 +81,105 @@ async fn the_directory_follows_the_log_resumes_and_equals_a_rebuild() {
     restarted.catch_up().await.unwrap();
     assert_eq!(dump(&db.pool).await.unwrap(), live, "a rebuild gives the same rows");
 }
+
+/// A run of registration events is folded to the last state of each device: the rows are
+/// those that applying the events one at a time gives, whatever the batch size.
+#[tokio::test]
+async fn folded_registration_runs_equal_one_event_at_a_time() {
+    use commands::{Expected, Metadata, NewEvent, StreamWrite};
+    use domain::registration::{
+        stream_id, DeviceRegistered, DeviceRegistrationChanged, DeviceUnregistered, RegistrationEvent, UnregisterReason,
+    };
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let handler = CommandHandler::new(store.clone());
+    let tenant = Uuid::new_v4();
+    directory::create_tenant(&handler, &ctx(), tenant, "Acme", "fold.test", Limits::default())
+        .await
+        .unwrap();
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let at = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+    let registered = |ext: Uuid, contact: &str, agent: &str, expires: i64| {
+        RegistrationEvent::DeviceRegistered(DeviceRegistered {
+            extension_id: ext,
+            contact: contact.into(),
+            source: "udp:127.0.0.1:5060".into(),
+            user_agent: agent.into(),
+            expires_at: at(expires),
+            node_id: "n".into(),
+        })
+    };
+    let changed = |ext: Uuid, contact: &str, agent: &str, expires: i64| {
+        RegistrationEvent::DeviceRegistrationChanged(DeviceRegistrationChanged {
+            extension_id: ext,
+            contact: contact.into(),
+            source: "udp:127.0.0.1:5060".into(),
+            user_agent: agent.into(),
+            expires_at: at(expires),
+            node_id: "n".into(),
+        })
+    };
+    let gone = |ext: Uuid, contact: &str| {
+        RegistrationEvent::DeviceUnregistered(DeviceUnregistered {
+            extension_id: ext,
+            contact: contact.into(),
+            reason: UnregisterReason::Removed,
+        })
+    };
+    // Alice's phone registers, changes twice; her softphone comes and goes; Bob's desk phone
+    // goes, then comes back; a tenant rename sits in the middle of the run.
+    let script = [
+        (alice, registered(alice, "sip:a@10.0.0.1", "phone/1", 100)),
+        (alice, registered(alice, "sip:a@10.0.0.9", "soft/1", 100)),
+        (bob, registered(bob, "sip:b@10.0.0.2", "desk/1", 100)),
+        (alice, changed(alice, "sip:a@10.0.0.1", "phone/2", 200)),
+        (bob, gone(bob, "sip:b@10.0.0.2")),
+        (alice, gone(alice, "sip:a@10.0.0.9")),
+        (bob, registered(bob, "sip:b@10.0.0.2", "desk/2", 300)),
+        (alice, changed(alice, "sip:a@10.0.0.1", "phone/3", 400)),
+    ];
+    for (i, (ext, event)) in script.iter().enumerate() {
+        if i == 4 {
+            directory::tenant_command(
+                &handler,
+                &ctx(),
+                tenant,
+                TenantCommand::Rename { name: "Acme 2".into() },
+            )
+            .await
+            .unwrap();
+        }
+        let write = StreamWrite {
+            tenant_id: tenant,
+            stream_id: stream_id(ext),
+            expected: Expected::Any,
+            events: vec![NewEvent::from_domain(Uuid::new_v4(), event, Metadata::default(), at(0))],
+        };
+        store.append(&[write]).await.unwrap();
+    }
+    let rows = || async {
+        sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT contact, user_agent, extract(epoch FROM expires_at)::int8 - 1800000000 FROM rm_registrations \
+             WHERE tenant_id = $1 ORDER BY contact",
+        )
+        .bind(tenant)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let mut one_by_one = Runner::new(store.clone(), Directory).batch_size(1);
+    one_by_one.catch_up().await.unwrap();
+    let expected = vec![
+        ("sip:a@10.0.0.1".to_string(), "phone/3".to_string(), 400),
+        ("sip:b@10.0.0.2".to_string(), "desk/2".to_string(), 300),
+    ];
+    assert_eq!(rows().await, expected);
+    let single = dump(&db.pool).await.unwrap();
+
+    let mut folded = Runner::new(store.clone(), Directory).batch_size(500);
+    folded.reset().await.unwrap();
+    assert!(rows().await.is_empty());
+    folded.catch_up().await.unwrap();
+    assert_eq!(rows().await, expected);
+    assert_eq!(dump(&db.pool).await.unwrap(), single, "the same rows, byte for byte");
+}

@@ -373,3 +373,38 @@ async fn in_subscription_order(db: &TestDb, tenant: Uuid, stream: &str) -> Vec<i
     .await
     .unwrap()
 }
+
+/// Several `Any` writes in one append (new and existing streams, beside a `NoStream` one)
+/// move their stream heads in one statement; versions and the hash chain hold.
+#[tokio::test]
+async fn any_writes_in_one_append_keep_versions_and_the_chain() {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let tenant = Uuid::new_v4();
+    store
+        .append(&[write(tenant, "old", Expected::Any, &["o1", "o2"])])
+        .await
+        .unwrap();
+    let appended = store
+        .append(&[
+            write(tenant, "old", Expected::Any, &["o3"]),
+            write(tenant, "new", Expected::Any, &["n1", "n2"]),
+            write(tenant, "exact", Expected::NoStream, &["e1"]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(appended.stream_versions, vec![3, 2, 1]);
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT stream_id, stream_version FROM events WHERE tenant_id = $1 ORDER BY stream_id, stream_version",
+    )
+    .bind(tenant)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let versions = |s: &str| rows.iter().filter(|r| r.0 == s).map(|r| r.1).collect::<Vec<_>>();
+    assert_eq!(versions("old"), vec![1, 2, 3]);
+    assert_eq!(versions("new"), vec![1, 2]);
+    let report = commands::audit::verify(&store, Some(tenant)).await.unwrap();
+    assert_eq!((report.streams, report.events), (3, 6));
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+}

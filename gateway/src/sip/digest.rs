@@ -247,22 +247,29 @@ impl DigestVerifier {
         }
     }
 
-    /// Drops expired nonces first (they are refused as stale anyway), then the oldest.
+    /// Drops the oldest entries while they have expired (they are refused as stale anyway),
+    /// then while the memory is full. Only the front of `order` is touched, so each nonce is
+    /// dropped once and a new one costs O(1) amortized, however full the memory is (a full
+    /// scan here made every new nonce cost O(n) once 100,000 were tracked, and a node under
+    /// load stopped answering).
     fn make_room(&mut self, now: DateTime<Utc>) {
-        if self.seen.len() < self.config.max_tracked_nonces.max(1) {
-            return;
-        }
         let lifetime = self.config.nonce_lifetime_secs;
-        self.seen
-            .retain(|_, (issued_at, _)| now.timestamp().saturating_sub(*issued_at) <= lifetime);
-        let seen = &self.seen;
-        self.order.retain(|nonce| seen.contains_key(nonce));
-        while self.seen.len() >= self.config.max_tracked_nonces.max(1) {
+        let capacity = self.config.max_tracked_nonces.max(1);
+        while let Some(oldest) = self.order.front() {
+            let expired = self
+                .seen
+                .get(oldest)
+                .is_none_or(|(issued_at, _)| now.timestamp().saturating_sub(*issued_at) > lifetime);
+            if !expired && self.seen.len() < capacity {
+                break;
+            }
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
             if let Some((issued_at, _)) = self.seen.remove(&oldest) {
-                self.forgotten_through = self.forgotten_through.max(issued_at);
+                if !expired {
+                    self.forgotten_through = self.forgotten_through.max(issued_at);
+                }
             }
         }
     }
@@ -667,6 +674,65 @@ algorithm={}, qop=auth, nc={nc_text}, cnonce=\"cn0nce\", opaque=\"{}\"",
         // Even a nonce past its lifetime gets the same refusal, not a stale hint.
         let late = verifier.verify(&credentials, "REGISTER", REALM, None, at(400));
         assert_eq!(late, Verdict::Invalid(InvalidReason::UnknownUser));
+    }
+
+    #[test]
+    fn expired_nonces_leave_memory_without_making_live_ones_stale() {
+        let mut verifier = DigestVerifier::new(config());
+        // Two nonces used early, then a third issued (not yet used) shortly before they expire.
+        for i in 0..2u8 {
+            let challenge = verifier.challenge(REALM, at(i64::from(i)), [i; 16], false);
+            let credentials = answer(&challenge, "s3cret", true, 1);
+            assert_eq!(
+                verifier.verify(&credentials, "REGISTER", REALM, Some(&ha1()), at(5)),
+                Verdict::Ok
+            );
+        }
+        let late = verifier.challenge(REALM, at(250), [7; 16], false);
+        let fresh = verifier.challenge(REALM, at(310), [8; 16], false);
+        let credentials = answer(&fresh, "s3cret", true, 1);
+        assert_eq!(
+            verifier.verify(&credentials, "REGISTER", REALM, Some(&ha1()), at(320)),
+            Verdict::Ok
+        );
+        // The two expired nonces made room; nothing live was evicted, so the nonce issued
+        // at 250 is still trusted with its first nonce-count rather than answered as stale.
+        assert_eq!(verifier.seen.len(), 1);
+        assert_eq!(verifier.order.len(), 1);
+        let credentials = answer(&late, "s3cret", true, 1);
+        assert_eq!(
+            verifier.verify(&credentials, "REGISTER", REALM, Some(&ha1()), at(321)),
+            Verdict::Ok
+        );
+    }
+
+    #[test]
+    fn a_full_nonce_memory_keeps_its_bound_and_its_order() {
+        let mut verifier = DigestVerifier::new(DigestConfig {
+            max_tracked_nonces: 1_000,
+            ..config()
+        });
+        let mut first = None;
+        for i in 0..5_000u32 {
+            let mut random = [0u8; 16];
+            random[..4].copy_from_slice(&i.to_be_bytes());
+            // 100 new nonces a second, each used once at once (a registration storm).
+            let second = i64::from(i / 100);
+            let challenge = verifier.challenge(REALM, at(second), random, false);
+            let credentials = answer(&challenge, "s3cret", true, 1);
+            assert_eq!(
+                verifier.verify(&credentials, "REGISTER", REALM, Some(&ha1()), at(second)),
+                Verdict::Ok
+            );
+            first.get_or_insert(challenge);
+            assert!(verifier.seen.len() <= 1_000 && verifier.order.len() == verifier.seen.len());
+        }
+        // The oldest were evicted while live: their next use is stale, never a fresh start.
+        let again = answer(&first.unwrap(), "s3cret", true, 2);
+        assert_eq!(
+            verifier.verify(&again, "REGISTER", REALM, Some(&ha1()), at(51)),
+            Verdict::Stale
+        );
     }
 
     #[test]
