@@ -11,7 +11,7 @@ use super::message::{build_response, to_bytes, uri_user_host, SipMessage};
 use super::registrar::{decide_register, Binding, BindingChange, Lookup, RegisterContext, RegistrarConfig};
 use super::screening::{screen_request, NodeIdentity, Screening};
 use super::transaction::ClientTransaction;
-use super::transaction::{Instant, ServerTransaction, Timers, TransactionEvent, TransactionKey, Transport};
+use super::transaction::{Instant, ServerState, ServerTransaction, Timers, TransactionEvent, TransactionKey, Transport};
 use chrono::{DateTime, Utc};
 use domain::call::{CallEvent, Direction};
 use sha2::{Digest, Sha256};
@@ -166,7 +166,13 @@ pub struct SipNode {
     /// Invariant: every live transaction's current deadline is in the heap, because every
     /// change to a transaction is followed by `flush`/`flush_client`, which reschedule it.
     pub(super) timers: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
+    /// Server transactions in the order they were created (with keys of some already gone),
+    /// so a full node can drop its oldest lingering ones; see [`SipNode::evict_lingering`].
+    server_order: VecDeque<TransactionKey>,
 }
+
+/// How many of the oldest server transactions a full node looks at for one to drop.
+const EVICTION_SCAN: usize = 32;
 
 impl SipNode {
     pub fn new(config: NodeConfig) -> SipNode {
@@ -179,6 +185,7 @@ impl SipNode {
             calls: Calls::default(),
             finished: VecDeque::new(),
             timers: BinaryHeap::new(),
+            server_order: VecDeque::new(),
             pending: HashMap::new(),
             next_lookup: 0,
             transmits: VecDeque::new(),
@@ -223,7 +230,7 @@ impl SipNode {
             self.on_call_request(now, None, source, transport, message);
             return;
         }
-        if self.server.len() >= self.config.max_server_transactions {
+        if self.server.len() >= self.config.max_server_transactions && !self.evict_lingering() {
             self.send_stateless(source, transport, &message, 503);
             return;
         }
@@ -239,6 +246,12 @@ impl SipNode {
                 scheduled: None,
             },
         );
+        self.server_order.push_back(key.clone());
+        if self.server_order.len() > 2 * self.server.len() + 1024 {
+            // Most keys here are of transactions already gone: forget those (amortized O(1)).
+            let server = &self.server;
+            self.server_order.retain(|key| server.contains_key(key));
+        }
         match screening {
             Screening::Respond(response) => self.respond(now, &key, response),
             Screening::Drop => {}
@@ -410,6 +423,34 @@ impl SipNode {
             user,
             credentials,
         });
+    }
+
+    /// A full node drops its oldest transaction that only lingers to absorb retransmissions
+    /// (a non-INVITE one that has answered, Timer J; an INVITE one whose error response was
+    /// acknowledged, Timer I) rather than refuse new requests with 503. Such a transaction
+    /// has nothing left to do but answer a retransmission of its request; the oldest are
+    /// the least likely to see one. One still at work is never dropped. Returns whether
+    /// room was made.
+    fn evict_lingering(&mut self) -> bool {
+        for _ in 0..EVICTION_SCAN {
+            let Some(key) = self.server_order.pop_front() else {
+                return false;
+            };
+            let Some(entry) = self.server.get(&key) else {
+                continue;
+            };
+            let lingering = match entry.transaction.state() {
+                ServerState::Completed => key.method != "INVITE",
+                ServerState::Confirmed | ServerState::Terminated => true,
+                ServerState::Trying | ServerState::Proceeding | ServerState::Accepted => false,
+            };
+            if lingering {
+                self.server.remove(&key);
+                return true;
+            }
+            self.server_order.push_back(key);
+        }
+        false
     }
 
     fn respond(&mut self, now: Now, key: &TransactionKey, response: rsip::Response) {
@@ -655,6 +696,37 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
         node.handle_timeout(now(605 + 32_000));
         assert_eq!(node.server_transactions(), 0);
         assert_eq!(node.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_full_node_drops_its_oldest_answered_transaction_not_one_at_work() {
+        let mut node = SipNode::new(NodeConfig {
+            max_server_transactions: 3,
+            max_pending_lookups: 10,
+            ..config()
+        });
+        // Two REGISTERs wait for their lookups (at work); a third is answered (lingering).
+        for branch in ["z9hG4bKwork1", "z9hG4bKwork2"] {
+            node.handle_datagram(now(0), phone(), Transport::Unreliable, &register(branch, 1, None));
+            lookup_id(&mut node);
+        }
+        node.handle_datagram(now(1), phone(), Transport::Unreliable, &register("z9hG4bKdone", 1, None));
+        let id = lookup_id(&mut node);
+        node.handle_register_lookup(now(2), id, lookup(), vec![], [3; 16]);
+        assert_eq!(transmitted(&mut node)[0].status(), Some(401));
+        assert_eq!(node.server_transactions(), 3);
+
+        // Full: a new REGISTER takes the answered one's place and is looked up, not refused.
+        node.handle_datagram(now(3), phone(), Transport::Unreliable, &register("z9hG4bKnew", 1, None));
+        lookup_id(&mut node);
+        assert!(transmitted(&mut node).is_empty(), "no 503");
+        assert_eq!(node.server_transactions(), 3);
+        // A retransmission of the dropped request is now a new transaction: it needs a lookup.
+        // Only transactions at work remain, so it is refused with 503 and nothing is dropped.
+        node.handle_datagram(now(4), phone(), Transport::Unreliable, &register("z9hG4bKdone", 1, None));
+        assert!(node.poll_event().is_none());
+        assert_eq!(transmitted(&mut node)[0].status(), Some(503));
+        assert_eq!(node.server_transactions(), 3);
     }
 
     #[test]
