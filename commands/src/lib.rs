@@ -15,4 +15,6 @@ pub mod subscription;
 pub mod testing;
 
 pub use handler::{CommandContext, CommandError, CommandHandler, Outcome, StreamRef};
-pub use store::{Appended, Cursor, EventStore, Expected, Metadata, NewEvent, RecordedEvent, StoreError, StreamWrite};
+pub use store::{
+    Appended, Cursor, EventFilter, EventStore, Expected, Metadata, NewEvent, RecordedEvent, StoreError, StreamWrite,
+};

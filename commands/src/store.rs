@@ -195,6 +195,25 @@ pub struct EventStore {
 pub const EVENT_COLUMNS: &str = "tx_id::text::bigint AS tx_id, global_position, event_id, tenant_id, stream_id, \
      stream_version, event_type, schema_version, payload, metadata, occurred_at, recorded_at, hash";
 
+/// Which events a follower wants: those of these types (all when empty) on streams with
+/// this prefix (all when empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub event_types: Vec<String>,
+    pub stream_prefix: String,
+}
+
+/// What [`EventStore::read_all_filtered`] kept of one window of the log.
+#[derive(Debug, Clone)]
+pub struct FilteredBatch {
+    /// The window's events that the filter keeps, in cursor order.
+    pub events: Vec<RecordedEvent>,
+    /// The cursor of the window's last event, kept or not: where the next read starts.
+    pub window_end: Cursor,
+    /// How many events the window held.
+    pub scanned: i64,
+}
+
 impl EventStore {
     /// A store that accepts the domain's events.
     pub fn new(pool: PgPool) -> Self {
@@ -311,6 +330,67 @@ impl EventStore {
             events.push(decode_row(&row)?);
         }
         Ok(events)
+    }
+
+    /// As [`EventStore::read_all`] over the same window of up to `limit` events, returning
+    /// only those `filter` keeps, with where the window ended: a follower that needs a few
+    /// kinds of event moves its cursor past the rest without fetching or decoding them.
+    /// `None` when the window was empty (nothing new past the fence).
+    pub async fn read_all_filtered(
+        &self,
+        after: Cursor,
+        limit: i64,
+        tenant: Option<Uuid>,
+        filter: &EventFilter,
+    ) -> Result<Option<FilteredBatch>, StoreError> {
+        // One statement, so the window and the events kept from it share one snapshot.
+        let sql = format!(
+            "WITH w AS MATERIALIZED ( \
+                 SELECT tx_id, global_position, stream_id, event_type FROM events \
+                 WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                   AND (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
+                   AND ($3::uuid IS NULL OR tenant_id = $3) \
+                 ORDER BY tx_id, global_position LIMIT $4), \
+             last AS ( \
+                 SELECT tx_id::text::bigint AS end_tx, global_position AS end_position, \
+                        (SELECT count(*) FROM w) AS scanned \
+                 FROM w ORDER BY tx_id DESC, global_position DESC LIMIT 1) \
+             SELECT last.end_tx, last.end_position, last.scanned, {EVENT_COLUMNS} \
+             FROM last LEFT JOIN events ON events.global_position IN ( \
+                 SELECT global_position FROM w \
+                 WHERE (cardinality($5::text[]) = 0 OR event_type = ANY($5)) \
+                   AND ($6::text = '' OR starts_with(stream_id, $6))) \
+             ORDER BY events.tx_id, events.global_position"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after.tx_id)
+            .bind(after.position)
+            .bind(tenant)
+            .bind(limit)
+            .bind(&filter.event_types)
+            .bind(&filter.stream_prefix)
+            .fetch_all(&self.pool)
+            .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let window_end = Cursor {
+            tx_id: first.try_get("end_tx")?,
+            position: first.try_get("end_position")?,
+        };
+        let scanned: i64 = first.try_get("scanned")?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // The one row of a window where nothing matched carries no event.
+            if row.try_get::<Option<i64>, _>("global_position")?.is_some() {
+                events.push(decode_row(row)?);
+            }
+        }
+        Ok(Some(FilteredBatch {
+            events,
+            window_end,
+            scanned,
+        }))
     }
 
     /// The transaction that holds subscribers back, when events wait behind the fence.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::store::{Cursor, EventStore, RecordedEvent, StoreError, NOTIFY_CHANNEL};
+use crate::store::{Cursor, EventFilter, EventStore, RecordedEvent, StoreError, NOTIFY_CHANNEL};
 
 /// Waits for the next append: a NOTIFY on the events channel, or the poll interval.
 pub struct LogWaker {
@@ -58,6 +58,9 @@ pub struct SubscriptionOptions {
     pub tenant: Option<Uuid>,
     /// Events buffered ahead of the consumer.
     pub buffer: usize,
+    /// Only these events are delivered; the cursor still moves past every other one, which
+    /// is neither fetched nor decoded. `None`: every event.
+    pub filter: Option<EventFilter>,
 }
 
 impl Default for SubscriptionOptions {
@@ -67,6 +70,7 @@ impl Default for SubscriptionOptions {
             poll_interval: Duration::from_millis(500),
             tenant: None,
             buffer: 4096,
+            filter: None,
         }
     }
 }
@@ -85,8 +89,24 @@ impl Subscription {
             let mut cursor = from;
             let mut idle_polls = 0u32;
             loop {
-                let batch = match store.read_all(cursor, options.batch_size, options.tenant).await {
-                    Ok(batch) => batch,
+                let read = match &options.filter {
+                    None => store
+                        .read_all(cursor, options.batch_size, options.tenant)
+                        .await
+                        .map(|batch| {
+                            let end = batch.last().map(RecordedEvent::cursor);
+                            (batch.len() as i64, end, batch)
+                        }),
+                    Some(filter) => store
+                        .read_all_filtered(cursor, options.batch_size, options.tenant, filter)
+                        .await
+                        .map(|found| match found {
+                            Some(found) => (found.scanned, Some(found.window_end), found.events),
+                            None => (0, None, Vec::new()),
+                        }),
+                };
+                let (scanned, window_end, batch) = match read {
+                    Ok(read) => read,
                     Err(e) => {
                         // A closed pool never opens again (the process is stopping): say so
                         // once and end the feed instead of reporting it forever.
@@ -98,12 +118,15 @@ impl Subscription {
                         continue;
                     }
                 };
-                let full = batch.len() as i64 == options.batch_size;
+                let full = scanned == options.batch_size;
                 for event in batch {
                     cursor = event.cursor();
                     if tx.send(Ok(event)).await.is_err() {
                         return;
                     }
+                }
+                if let Some(end) = window_end {
+                    cursor = end;
                 }
                 if full {
                     continue;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use commands::subscription::{Subscription, SubscriptionOptions};
-use commands::{CommandContext, CommandError, CommandHandler, Cursor, EventStore};
+use commands::{CommandContext, CommandError, CommandHandler, Cursor, EventFilter, EventStore};
 use domain::conference::{
     Actor, ConferenceCommand, ConferenceEvent, ConferenceRejection, ConferenceRoom, Role as DomainRole, RoomState,
     SessionEndReason,
@@ -142,7 +142,15 @@ impl MediaNode {
     pub async fn start(store: EventStore, config: MediaConfig) -> anyhow_like::Result<MediaNode> {
         let directory: Arc<Mutex<RoomDirectory>> = Arc::default();
         // Know every room before accepting joins: catch up with the log first.
-        let mut subscription = Subscription::start(store.clone(), Cursor::default(), SubscriptionOptions::default())
+        // Only conference streams are fetched: the rest of the log is skipped in the database.
+        let options = SubscriptionOptions {
+            filter: Some(EventFilter {
+                event_types: Vec::new(),
+                stream_prefix: "conference-".into(),
+            }),
+            ..SubscriptionOptions::default()
+        };
+        let mut subscription = Subscription::start(store.clone(), Cursor::default(), options)
             .await
             .map_err(anyhow_like::Error::from_display)?;
         let (engine, engine_events) = Engine::start(config.engine.clone()).map_err(anyhow_like::Error::from_display)?;

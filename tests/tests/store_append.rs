@@ -408,3 +408,92 @@ async fn any_writes_in_one_append_keep_versions_and_the_chain() {
     assert_eq!((report.streams, report.events), (3, 6));
     assert!(report.first_break.is_none(), "{:?}", report.first_break);
 }
+
+/// A filtered read covers the same window as an unfiltered one, returns only what the filter
+/// keeps, and says where the window ended, so a follower moves past the rest.
+#[tokio::test]
+async fn a_filtered_read_skips_the_rest_of_its_window_and_says_where_it_ended() {
+    use commands::subscription::{Subscription, SubscriptionOptions};
+    use commands::{Cursor, EventFilter};
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let tenant = Uuid::new_v4();
+    for i in 0..6 {
+        store
+            .append(&[write(tenant, &format!("noise-{i}"), Expected::Any, &["n"])])
+            .await
+            .unwrap();
+    }
+    store
+        .append(&[write(tenant, "wanted-1", Expected::Any, &["w1"])])
+        .await
+        .unwrap();
+    let all = store.read_all(Cursor::START, 100, None).await.unwrap();
+    assert_eq!(all.len(), 7);
+    let wanted = EventFilter {
+        event_types: Vec::new(),
+        stream_prefix: "wanted-".into(),
+    };
+    // A window of 5 holds only noise: nothing kept, and the cursor can move to its end.
+    let first = store
+        .read_all_filtered(Cursor::START, 5, None, &wanted)
+        .await
+        .unwrap()
+        .expect("a window");
+    assert!(first.events.is_empty());
+    assert_eq!((first.window_end, first.scanned), (all[4].cursor(), 5));
+    // The next window holds the wanted event.
+    let second = store
+        .read_all_filtered(first.window_end, 5, None, &wanted)
+        .await
+        .unwrap()
+        .expect("a window");
+    assert_eq!(second.events.len(), 1);
+    assert_eq!(second.events[0].event_id, all[6].event_id);
+    assert_eq!(second.events[0].payload, all[6].payload);
+    assert_eq!((second.window_end, second.scanned), (all[6].cursor(), 2));
+    assert!(store
+        .read_all_filtered(second.window_end, 5, None, &wanted)
+        .await
+        .unwrap()
+        .is_none());
+    // By type: nothing of another type is kept, whatever the window.
+    let other_type = EventFilter {
+        event_types: vec!["TenantSuspended".into()],
+        stream_prefix: String::new(),
+    };
+    let none = store
+        .read_all_filtered(Cursor::START, 100, None, &other_type)
+        .await
+        .unwrap()
+        .expect("a window");
+    assert!(none.events.is_empty());
+    assert_eq!(none.window_end, all[6].cursor());
+
+    // A filtered subscription with small windows delivers each wanted event once, in order,
+    // across windows of noise, including events committed after it started.
+    let mut subscription = Subscription::start(
+        store.clone(),
+        Cursor::START,
+        SubscriptionOptions {
+            batch_size: 2,
+            filter: Some(wanted),
+            ..SubscriptionOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let got = within(30, "the first wanted event", subscription.next()).await;
+    assert_eq!(got.unwrap().unwrap().event_id, all[6].event_id);
+    for i in 6..11 {
+        store
+            .append(&[write(tenant, &format!("noise-{i}"), Expected::Any, &["n"])])
+            .await
+            .unwrap();
+    }
+    let later = write(tenant, "wanted-2", Expected::Any, &["w2"]);
+    let later_id = later.events[0].event_id;
+    store.append(&[later]).await.unwrap();
+    let got = within(30, "the second wanted event", subscription.next()).await;
+    assert_eq!(got.unwrap().unwrap().event_id, later_id);
+}

@@ -6,7 +6,7 @@
 //! current end). The decision stays in the sans-IO node; [`request_of`] is pure.
 
 use commands::subscription::{Subscription, SubscriptionOptions};
-use commands::{Cursor, EventStore, RecordedEvent, StoreError};
+use commands::{Cursor, EventFilter, EventStore, RecordedEvent, StoreError};
 use domain::call::Call;
 use domain::decider::Aggregate;
 use tokio::sync::mpsc;
@@ -49,6 +49,12 @@ pub async fn follow(
     let options = SubscriptionOptions {
         poll_interval: std::time::Duration::from_millis(250),
         buffer: 1024,
+        // Only hang-up requests leave the database: this follower skips every other event
+        // (a REGISTER's, a call's progress) without fetching or decoding it.
+        filter: Some(EventFilter {
+            event_types: vec![EVENT_TYPE.into()],
+            stream_prefix: format!("{}-", Call::STREAM_PREFIX),
+        }),
         ..SubscriptionOptions::default()
     };
     let mut subscription = Subscription::start(store, from, options).await?;

@@ -11,7 +11,9 @@ use super::message::{build_response, to_bytes, uri_user_host, SipMessage};
 use super::registrar::{decide_register, Binding, BindingChange, Lookup, RegisterContext, RegistrarConfig};
 use super::screening::{screen_request, NodeIdentity, Screening};
 use super::transaction::ClientTransaction;
-use super::transaction::{Instant, ServerState, ServerTransaction, Timers, TransactionEvent, TransactionKey, Transport};
+use super::transaction::{
+    Instant, ServerState, ServerTransaction, Timers, TransactionEvent, TransactionKey, Transport,
+};
 use chrono::{DateTime, Utc};
 use domain::call::{CallEvent, Direction};
 use sha2::{Digest, Sha256};
@@ -710,7 +712,12 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
             node.handle_datagram(now(0), phone(), Transport::Unreliable, &register(branch, 1, None));
             lookup_id(&mut node);
         }
-        node.handle_datagram(now(1), phone(), Transport::Unreliable, &register("z9hG4bKdone", 1, None));
+        node.handle_datagram(
+            now(1),
+            phone(),
+            Transport::Unreliable,
+            &register("z9hG4bKdone", 1, None),
+        );
         let id = lookup_id(&mut node);
         node.handle_register_lookup(now(2), id, lookup(), vec![], [3; 16]);
         assert_eq!(transmitted(&mut node)[0].status(), Some(401));
@@ -723,7 +730,12 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
         assert_eq!(node.server_transactions(), 3);
         // A retransmission of the dropped request is now a new transaction: it needs a lookup.
         // Only transactions at work remain, so it is refused with 503 and nothing is dropped.
-        node.handle_datagram(now(4), phone(), Transport::Unreliable, &register("z9hG4bKdone", 1, None));
+        node.handle_datagram(
+            now(4),
+            phone(),
+            Transport::Unreliable,
+            &register("z9hG4bKdone", 1, None),
+        );
         assert!(node.poll_event().is_none());
         assert_eq!(transmitted(&mut node)[0].status(), Some(503));
         assert_eq!(node.server_transactions(), 3);
