@@ -302,6 +302,30 @@ impl EventStore {
         tenant: Option<Uuid>,
         min_position: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_window(after, limit, tenant, min_position, &[]).await
+    }
+
+    /// As [`EventStore::read_all`], but events of the `skip_payloads` types come with a
+    /// `null` payload (neither sent by the server nor decoded): for a reader that must see
+    /// every event, in order, to check versions and move its cursor, yet never reads those
+    /// events' contents (a projection and the event types it does not handle).
+    pub async fn read_all_skipping_payloads(
+        &self,
+        after: Cursor,
+        limit: i64,
+        skip_payloads: &[&str],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_window(after, limit, None, 0, skip_payloads).await
+    }
+
+    async fn read_window(
+        &self,
+        after: Cursor,
+        limit: i64,
+        tenant: Option<Uuid>,
+        min_position: i64,
+        skip_payloads: &[&str],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         // Only an export that starts at a position filters on it: an extra range on the
         // primary key tempts the planner away from the (tx_id, global_position) index.
         let position_filter = if min_position > 0 {
@@ -309,21 +333,34 @@ impl EventStore {
         } else {
             "AND $5::bigint = 0"
         };
+        let columns = if skip_payloads.is_empty() {
+            EVENT_COLUMNS.to_string()
+        } else {
+            EVENT_COLUMNS.replace(
+                " payload,",
+                " CASE WHEN event_type = ANY($6) THEN NULL ELSE payload END AS payload,",
+            )
+        };
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events \
+            "SELECT {columns} FROM events \
              WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
                AND (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
                AND ($3::uuid IS NULL OR tenant_id = $3) \
                {position_filter} \
              ORDER BY events.tx_id, events.global_position LIMIT $4"
         );
-        let mut rows = sqlx::query(&sql)
+        let query = sqlx::query(&sql)
             .bind(after.tx_id)
             .bind(after.position)
             .bind(tenant)
             .bind(limit)
-            .bind(min_position)
-            .fetch(&self.pool);
+            .bind(min_position);
+        let query = if skip_payloads.is_empty() {
+            query
+        } else {
+            query.bind(skip_payloads)
+        };
+        let mut rows = query.fetch(&self.pool);
         // Decode while the server is still sending: the read overlaps the decoding.
         let mut events = Vec::with_capacity(limit.clamp(0, 10_000) as usize);
         while let Some(row) = rows.try_next().await? {
@@ -874,7 +911,8 @@ pub fn decode_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         stream_version: row.try_get("stream_version")?,
         event_type: row.try_get("event_type")?,
         schema_version: row.try_get("schema_version")?,
-        payload: row.try_get("payload")?,
+        // `null` only from `read_all_skipping_payloads`: the column itself is NOT NULL.
+        payload: row.try_get::<Option<Value>, _>("payload")?.unwrap_or(Value::Null),
         metadata: row.try_get("metadata")?,
         occurred_at: row.try_get("occurred_at")?,
         recorded_at: row.try_get("recorded_at")?,

@@ -57,6 +57,12 @@ pub const TABLES: &[&str] = &[
 ];
 
 impl Projection for Billing {
+    /// Registrations are the log's busiest events under load, and this projection has no
+    /// use for them.
+    fn skips_payloads(&self) -> &'static [&'static str] {
+        <domain::registration::RegistrationEvent as domain::DomainEvent>::event_types()
+    }
+
     fn name(&self) -> &'static str {
         "billing"
     }

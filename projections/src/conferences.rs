@@ -17,6 +17,12 @@ pub struct Conferences;
 pub const TABLES: &[&str] = &["rm_conference_rooms", "rm_conference_legs"];
 
 impl Projection for Conferences {
+    /// Registrations are the log's busiest events under load, and this projection has no
+    /// use for them.
+    fn skips_payloads(&self) -> &'static [&'static str] {
+        <domain::registration::RegistrationEvent as domain::DomainEvent>::event_types()
+    }
+
     fn name(&self) -> &'static str {
         "conferences"
     }

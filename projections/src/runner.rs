@@ -31,6 +31,14 @@ pub trait Projection: Send + Sync {
     fn version(&self) -> i32;
     /// The tables this projection owns, emptied on a rebuild.
     fn tables(&self) -> &'static [&'static str];
+    /// Event types whose payloads this projection never reads. They are still delivered, in
+    /// order and with their stream versions (the runner checks each stream's versions and
+    /// moves the checkpoint past them), but with a `null` payload that the database does not
+    /// send and the runner does not decode. A projection that decodes one of them fails
+    /// loudly (a decode error), never silently.
+    fn skips_payloads(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Apply a batch inside the runner's transaction.
     fn apply(
         &self,
@@ -186,7 +194,8 @@ impl<P: Projection> Runner<P> {
     /// One attempt: `None` when the checkpoint moved under this batch and it was dropped.
     async fn try_step(&mut self) -> Result<Option<usize>, ProjectionError> {
         let cursor = self.checkpoint().await?;
-        let batch = read_batch(self.store.clone(), cursor, self.batch_size, self.until).await?;
+        let skip = self.projection.skips_payloads();
+        let batch = read_batch(self.store.clone(), cursor, self.batch_size, self.until, skip).await?;
         self.apply_batch(cursor, batch).await
     }
 
@@ -333,7 +342,14 @@ impl<P: Projection> Runner<P> {
     }
 
     fn spawn_read(&self, cursor: Cursor) -> tokio::task::JoinHandle<Result<Vec<RecordedEvent>, StoreError>> {
-        tokio::spawn(read_batch(self.store.clone(), cursor, self.batch_size, self.until))
+        let skip = self.projection.skips_payloads();
+        tokio::spawn(read_batch(
+            self.store.clone(),
+            cursor,
+            self.batch_size,
+            self.until,
+            skip,
+        ))
     }
 
     /// Follow the log until `shutdown` turns true.
@@ -362,8 +378,11 @@ async fn read_batch(
     cursor: Cursor,
     batch_size: i64,
     until: Option<Until>,
+    skip_payloads: &'static [&'static str],
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let mut batch = store.read_all(cursor, batch_size, None).await?;
+    let mut batch = store
+        .read_all_skipping_payloads(cursor, batch_size, skip_payloads)
+        .await?;
     if let Some(Until::Cursor(limit)) = until {
         batch.retain(|e| e.cursor() <= limit);
     }

@@ -11,6 +11,12 @@ use crate::runner::{Projection, ProjectionError};
 pub struct Webhooks;
 
 impl Projection for Webhooks {
+    /// Registrations are the log's busiest events under load, and this projection has no
+    /// use for them.
+    fn skips_payloads(&self) -> &'static [&'static str] {
+        <domain::registration::RegistrationEvent as domain::DomainEvent>::event_types()
+    }
+
     fn name(&self) -> &'static str {
         "webhooks"
     }

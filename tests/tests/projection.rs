@@ -183,3 +183,68 @@ async fn folded_registration_runs_equal_one_event_at_a_time() {
     assert_eq!(rows().await, expected);
     assert_eq!(dump(&db.pool).await.unwrap(), single, "the same rows, byte for byte");
 }
+
+/// A projection that skips some payloads still sees every event, in order, and moves its
+/// checkpoint past them; only the payloads it declared it never reads are missing.
+#[tokio::test]
+async fn skipped_payloads_arrive_as_null_and_the_checkpoint_moves_past_them() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<(String, serde_json::Value)>>>);
+    impl projections::runner::Projection for Seen {
+        fn name(&self) -> &'static str {
+            "seen"
+        }
+        fn version(&self) -> i32 {
+            1
+        }
+        fn tables(&self) -> &'static [&'static str] {
+            &[]
+        }
+        fn skips_payloads(&self) -> &'static [&'static str] {
+            &["TenantRenamed"]
+        }
+        async fn apply(
+            &self,
+            _conn: &mut sqlx::PgConnection,
+            events: &[commands::RecordedEvent],
+        ) -> Result<(), projections::runner::ProjectionError> {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(events.iter().map(|e| (e.event_type.clone(), e.payload.clone())));
+            Ok(())
+        }
+    }
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::new(db.pool.clone());
+    let handler = CommandHandler::new(store.clone());
+    let tenant = Uuid::new_v4();
+    directory::create_tenant(&handler, &ctx(), tenant, "Acme", "skip.test", Limits::default())
+        .await
+        .unwrap();
+    directory::tenant_command(
+        &handler,
+        &ctx(),
+        tenant,
+        TenantCommand::Rename { name: "Acme 2".into() },
+    )
+    .await
+    .unwrap();
+    let all = store.read_all(commands::Cursor::START, 100, None).await.unwrap();
+    let seen = Seen::default();
+    let mut runner = Runner::new(store.clone(), seen.clone()).batch_size(1);
+    assert_eq!(runner.catch_up().await.unwrap() as usize, all.len());
+    let got = seen.0.lock().unwrap().clone();
+    assert_eq!(got.len(), all.len(), "every event is delivered");
+    for ((event_type, payload), stored) in got.iter().zip(&all) {
+        assert_eq!(event_type, &stored.event_type);
+        if event_type == "TenantRenamed" {
+            assert_eq!(payload, &serde_json::Value::Null);
+        } else {
+            assert_eq!(payload, &stored.payload);
+            assert_ne!(payload, &serde_json::Value::Null);
+        }
+    }
+    assert!(got.iter().any(|(t, _)| t == "TenantRenamed"));
+    assert_eq!(runner.checkpoint().await.unwrap(), all.last().unwrap().cursor());
+    assert_eq!(runner.catch_up().await.unwrap(), 0, "nothing is applied twice");
+}
