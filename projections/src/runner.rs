@@ -83,6 +83,10 @@ impl Until {
     }
 }
 
+/// How long a caught-up runner lets new events gather after being woken (see `run`): the
+/// read models' lag grows by at most this much.
+pub const LINGER: Duration = Duration::from_millis(50);
+
 /// How often one `step` retries after losing the checkpoint to another runner.
 const MAX_LOST_RACES: usize = 100;
 
@@ -365,6 +369,13 @@ impl<P: Projection> Runner<P> {
             }
             tokio::select! {
                 _ = waker.wait() => {}
+                _ = shutdown.changed() => {}
+            }
+            // Gather: under load a commit lands every few milliseconds, and a batch per
+            // commit costs a read, a transaction and a checkpoint write each time. Waiting
+            // `LINGER` after a wake-up lets the next batch take what arrives meanwhile.
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
                 _ = shutdown.changed() => {}
             }
         }
