@@ -653,6 +653,27 @@ async fn lock_streams(conn: &mut PgConnection, writes: &[StreamWrite]) -> Result
     }
 }
 
+/// Puts the head of each stream row returned (`tenant_id`, `stream_id`, `last_hash`) at the
+/// index of its write among `subset`; `before` reads the version the write starts from.
+fn place_heads(
+    writes: &[StreamWrite],
+    subset: &[usize],
+    rows: &[PgRow],
+    heads: &mut [Option<(u64, Vec<u8>)>],
+    before: impl Fn(&PgRow, usize) -> i64,
+) {
+    let index: HashMap<(Uuid, &str), usize> = subset
+        .iter()
+        .map(|&i| ((writes[i].tenant_id, writes[i].stream_id.as_str()), i))
+        .collect();
+    for row in rows {
+        let stream_id: String = row.get("stream_id");
+        if let Some(&i) = index.get(&(row.get("tenant_id"), stream_id.as_str())) {
+            heads[i] = Some((before(row, i) as u64, row.get("last_hash")));
+        }
+    }
+}
+
 /// Step 1 for the `Expected::Any` writes: create or advance each stream row and read its
 /// head, all in one statement (`append` refuses a stream named twice, so each row moves once).
 async fn take_any_heads(
@@ -680,17 +701,9 @@ async fn take_any_heads(
     .bind(&counts)
     .fetch_all(&mut *conn)
     .await?;
-    let index: HashMap<(Uuid, &str), usize> = any
-        .iter()
-        .map(|&i| ((writes[i].tenant_id, writes[i].stream_id.as_str()), i))
-        .collect();
-    for row in &rows {
-        let stream_id: String = row.get("stream_id");
-        if let Some(&i) = index.get(&(row.get("tenant_id"), stream_id.as_str())) {
-            let after: i64 = row.get("version");
-            heads[i] = Some(((after - writes[i].events.len() as i64) as u64, row.get("last_hash")));
-        }
-    }
+    place_heads(writes, &any, &rows, heads, |row, i| {
+        row.get::<i64, _>("version") - writes[i].events.len() as i64
+    });
     match any.iter().find(|&&i| heads[i].is_none()) {
         Some(&i) => Err(StoreError::InvalidAppend(format!(
             "stream `{}` was not taken by the head upsert",
@@ -751,17 +764,9 @@ async fn append_prepared(conn: &mut PgConnection, writes: &[StreamWrite]) -> Res
         .bind(&counts)
         .fetch_all(&mut *conn)
         .await?;
-        let index: HashMap<(Uuid, &str), usize> = exact
-            .iter()
-            .map(|&i| ((writes[i].tenant_id, writes[i].stream_id.as_str()), i))
-            .collect();
-        for row in &rows {
-            let stream_id: String = row.get("stream_id");
-            if let Some(&i) = index.get(&(row.get("tenant_id"), stream_id.as_str())) {
-                let before: i64 = row.get("expected");
-                heads[i] = Some((before as u64, row.get("last_hash")));
-            }
-        }
+        place_heads(writes, &exact, &rows, &mut heads, |row, _| {
+            row.get::<i64, _>("expected")
+        });
         if let Some(&i) = exact.iter().find(|&&i| heads[i].is_none()) {
             return Err(StoreError::Conflict {
                 stream_id: writes[i].stream_id.clone(),
