@@ -380,10 +380,18 @@ impl Dispatcher {
             let next_due = self.next_due().await.ok().flatten();
             let fallback = self.clock.now() + chrono::Duration::from_std(self.config.poll_interval).unwrap_or_default();
             let deadline = next_due.map_or(fallback, |due| due.min(fallback));
-            tokio::select! {
-                _ = waker.wait() => {}
-                _ = self.clock.sleep_until(deadline) => {}
-                _ = shutdown.changed() => {}
+            let woken = tokio::select! {
+                woken = waker.wait() => woken,
+                _ = self.clock.sleep_until(deadline) => false,
+                _ = shutdown.changed() => false,
+            };
+            if woken {
+                // Gather, as the projection runners do: under load a commit lands every few
+                // milliseconds, and a pass per commit costs a handful of statements each time.
+                tokio::select! {
+                    _ = tokio::time::sleep(projections::runner::LINGER) => {}
+                    _ = shutdown.changed() => {}
+                }
             }
         }
     }
