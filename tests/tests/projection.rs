@@ -168,7 +168,10 @@ async fn folded_registration_runs_equal_one_event_at_a_time() {
         .unwrap()
     };
     let mut one_by_one = Runner::new(store.clone(), Directory).batch_size(1);
-    one_by_one.catch_up().await.unwrap();
+    one_by_one
+        .catch_up_to_now(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     let expected = vec![
         ("sip:a@10.0.0.1".to_string(), "phone/3".to_string(), 400),
         ("sip:b@10.0.0.2".to_string(), "desk/2".to_string(), 300),
@@ -229,10 +232,15 @@ async fn skipped_payloads_arrive_as_null_and_the_checkpoint_moves_past_them() {
     )
     .await
     .unwrap();
-    let all = store.read_all(commands::Cursor::START, 100, None).await.unwrap();
     let seen = Seen::default();
     let mut runner = Runner::new(store.clone(), seen.clone()).batch_size(1);
-    assert_eq!(runner.catch_up().await.unwrap() as usize, all.len());
+    // The fence is cluster-wide (other tests' transactions hold it): wait past it first.
+    let applied = runner
+        .catch_up_to_now(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let all = store.read_all(commands::Cursor::START, 100, None).await.unwrap();
+    assert_eq!(applied as usize, all.len());
     let got = seen.0.lock().unwrap().clone();
     assert_eq!(got.len(), all.len(), "every event is delivered");
     for ((event_type, payload), stored) in got.iter().zip(&all) {

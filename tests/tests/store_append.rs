@@ -428,8 +428,18 @@ async fn a_filtered_read_skips_the_rest_of_its_window_and_says_where_it_ended() 
         .append(&[write(tenant, "wanted-1", Expected::Any, &["w1"])])
         .await
         .unwrap();
-    let all = store.read_all(Cursor::START, 100, None).await.unwrap();
-    assert_eq!(all.len(), 7);
+    // The fence is cluster-wide (other tests' transactions may hold it): wait until all 7
+    // events are past it; they stay past it.
+    let all = within(30, "the 7 events pass the fence", async {
+        loop {
+            let all = store.read_all(Cursor::START, 100, None).await.unwrap();
+            if all.len() == 7 {
+                return all;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let wanted = EventFilter {
         event_types: Vec::new(),
         stream_prefix: "wanted-".into(),
