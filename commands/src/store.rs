@@ -192,8 +192,22 @@ pub struct EventStore {
     validators: Vec<Validator>,
 }
 
-pub const EVENT_COLUMNS: &str = "tx_id::text::bigint AS tx_id, global_position, event_id, tenant_id, stream_id, \
-     stream_version, event_type, schema_version, payload, metadata, occurred_at, recorded_at, hash";
+macro_rules! event_columns {
+    ($payload:literal) => {
+        concat!(
+            "tx_id::text::bigint AS tx_id, global_position, event_id, tenant_id, stream_id, \
+             stream_version, event_type, schema_version, ",
+            $payload,
+            ", metadata, occurred_at, recorded_at, hash"
+        )
+    };
+}
+
+pub const EVENT_COLUMNS: &str = event_columns!("payload");
+
+/// [`EVENT_COLUMNS`] with a `null` payload for the event types bound as `$6`.
+const EVENT_COLUMNS_SKIPPING_PAYLOADS: &str =
+    event_columns!("CASE WHEN event_type = ANY($6) THEN NULL ELSE payload END AS payload");
 
 /// Which events a follower wants: those of these types (all when empty) on streams with
 /// this prefix (all when empty).
@@ -334,12 +348,9 @@ impl EventStore {
             "AND $5::bigint = 0"
         };
         let columns = if skip_payloads.is_empty() {
-            EVENT_COLUMNS.to_string()
+            EVENT_COLUMNS
         } else {
-            EVENT_COLUMNS.replace(
-                " payload,",
-                " CASE WHEN event_type = ANY($6) THEN NULL ELSE payload END AS payload,",
-            )
+            EVENT_COLUMNS_SKIPPING_PAYLOADS
         };
         let sql = format!(
             "SELECT {columns} FROM events \

@@ -206,7 +206,6 @@ impl RegistrationRun {
                 columns.expiries.push(expires_at);
             }
         }
-        self.last.clear();
         if !gone.tenants.is_empty() {
             sqlx::query(
                 "DELETE FROM rm_registrations r USING unnest($1::uuid[], $2::uuid[], $3::text[]) AS g(t, e, c) \
