@@ -28,9 +28,10 @@ pub struct Binding {
 pub enum Saved {
     /// A new binding (or one that had lapsed): worth an event.
     Created,
-    /// Same contact, but a new Call-ID (the device restarted), place or software: worth an event.
+    /// Same contact, but a new source address or user agent: worth an event.
     Changed,
-    /// Only the expiry moved: no event.
+    /// Only the expiry, Call-ID or CSeq moved (a refresh, or a phone that restarted and
+    /// registered the same contact from the same place): no event.
     Refreshed,
 }
 
@@ -324,7 +325,7 @@ async fn save_batch(pool: &PgPool, batch: Vec<SaveRequest>) {
                                   $7::text[], $8::timestamptz[], $9::text[], $10::timestamptz[]) WITH ORDINALITY \
                  AS t(tenant_id, extension_id, contact, source, call_id, cseq, user_agent, expires_at, node_id, at, ord)), \
          old AS ( \
-             SELECT i.ord, b.source, b.user_agent, b.call_id, b.expires_at FROM input i \
+             SELECT i.ord, b.source, b.user_agent, b.expires_at FROM input i \
              JOIN sip_bindings b ON b.tenant_id = i.tenant_id AND b.extension_id = i.extension_id AND b.contact = i.contact \
              FOR UPDATE OF b), \
          live AS ( \
@@ -342,7 +343,7 @@ async fn save_batch(pool: &PgPool, batch: Vec<SaveRequest>) {
              RETURNING tenant_id, extension_id, contact) \
          SELECT i.ord, EXISTS (SELECT 1 FROM saved s WHERE s.tenant_id = i.tenant_id AND s.extension_id = i.extension_id \
                     AND s.contact = i.contact) AS saved, \
-                o.source, o.user_agent, o.call_id, o.expires_at \
+                o.source, o.user_agent, o.expires_at \
          FROM input i LEFT JOIN old o ON o.ord = i.ord ORDER BY i.ord",
     )
     .bind(&tenants)
@@ -392,16 +393,11 @@ fn classify(binding: &Binding, now: DateTime<Utc>, row: &sqlx::postgres::PgRow) 
         return Err(SaveFailure::TooMany);
     }
     let old_user_agent: Option<String> = row.get("user_agent");
-    let old_call_id: Option<String> = row.get("call_id");
     let old_expiry: Option<DateTime<Utc>> = row.get("expires_at");
     Ok(match (old_source, old_expiry) {
         (None, _) => Saved::Created,
         (Some(_), Some(expiry)) if expiry <= now => Saved::Created,
-        (Some(source), _)
-            if source != binding.source
-                || old_user_agent.as_deref() != Some(&binding.user_agent)
-                || old_call_id.as_deref() != Some(&binding.call_id) =>
-        {
+        (Some(source), _) if source != binding.source || old_user_agent.as_deref() != Some(&binding.user_agent) => {
             Saved::Changed
         }
         _ => Saved::Refreshed,

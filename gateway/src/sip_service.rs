@@ -546,6 +546,7 @@ impl Shell {
                     call_id: b.call_id,
                     cseq: u32::try_from(b.cseq).unwrap_or(u32::MAX),
                     source: b.source,
+                    user_agent: b.user_agent,
                 })
                 .collect(),
             None => Vec::new(),
@@ -602,7 +603,7 @@ impl Shell {
                 extension_id,
                 contact: binding.contact,
                 source: binding.source,
-                user_agent: String::new(),
+                user_agent: binding.user_agent,
                 expires_at: binding.expires_at,
                 node_id: self.node_id.clone(),
             };
@@ -652,7 +653,7 @@ impl Shell {
             source: b.source.clone(),
             call_id: b.call_id.clone(),
             cseq: i64::from(b.cseq),
-            user_agent: String::new(),
+            user_agent: b.user_agent.clone(),
             expires_at: b.expires_at,
             node_id: self.node_id.clone(),
         }

@@ -1,11 +1,12 @@
 //! graphql-ws over a real socket: a call placed while the subscription is open arrives as its
-//! events, in order; a bad key is refused at `connection_init`.
+//! events, in order; a bad key is refused at `connection_init`; an open connection is closed
+//! (4403) once its key is revoked, here or by another process.
 
 #![allow(clippy::disallowed_methods)] // Tests stamp their commands with the clock.
 
 mod api_support;
 
-use api_support::{place_call, start, ws_connect as connect, ws_next as next, ws_send};
+use api_support::{gql, place_call, start, ws_close_code, ws_connect as connect, ws_next as next, ws_send};
 use chrono::Utc;
 use commands::{CommandContext, CommandHandler};
 use domain::apikey::Role;
@@ -92,6 +93,87 @@ async fn a_call_placed_during_the_subscription_arrives_in_order() {
     )
     .await;
     match next(&mut ws).await {
+        None => {}
+        Some(msg) => assert_ne!(msg["type"], "connection_ack", "{msg}"),
+    }
+}
+
+/// A subscription open with `key`, acknowledged and listening for call events.
+async fn subscribed(env: &api_support::Env, key: &str) -> api_support::Ws {
+    let mut ws = connect(env.addr).await;
+    ws_send(
+        &mut ws,
+        json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {key}") } }),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await.unwrap()["type"], "connection_ack");
+    ws_send(
+        &mut ws,
+        json!({ "id": "feed", "type": "subscribe", "payload": {
+            "query": "subscription { events(eventTypes: [\"CallEnded\"]) { position } }" } }),
+    )
+    .await;
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_closes_its_open_subscriptions() {
+    let env = start().await;
+    let tenant = Uuid::new_v4();
+    let admin = env.key(tenant, Role::TenantAdmin).await;
+    let victim = env.key(tenant, Role::Developer).await;
+    let bystander = env.key(tenant, Role::Developer).await;
+    let mut http = env.client();
+    let key_id = |key: String| {
+        let mut http = env.client();
+        async move {
+            let (_, me) = gql(&mut http, &key, "{ me { keyId } }", json!({})).await;
+            me["data"]["me"]["keyId"].as_str().unwrap().to_string()
+        }
+    };
+    let victim_id = key_id(victim.clone()).await;
+
+    // Revoked through this node's API while two connections use the key and one does not.
+    let mut first = subscribed(&env, &victim).await;
+    let mut second = subscribed(&env, &victim).await;
+    let mut other = subscribed(&env, &bystander).await;
+    let (_, body) = gql(
+        &mut http,
+        &admin,
+        "mutation($k: UUID!, $id: UUID!) { revokeApiKey(idempotencyKey: $k, keyId: $id, reason: \"leaked\") { replayed } }",
+        json!({ "k": Uuid::new_v4(), "id": victim_id }),
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
+    assert_eq!(ws_close_code(&mut first).await, Some(4403));
+    assert_eq!(ws_close_code(&mut second).await, Some(4403));
+
+    // The bystander's connection is still served: a ping gets its pong.
+    ws_send(&mut other, json!({ "type": "ping" })).await;
+    assert_eq!(next(&mut other).await.unwrap()["type"], "pong");
+
+    // Revoked by another process (the CLI): closed once the key follower reads it.
+    let bystander_id = key_id(bystander.clone()).await;
+    env.ledgerline(&[
+        "apikey",
+        "revoke",
+        "--tenant",
+        &tenant.to_string(),
+        "--key",
+        &bystander_id,
+        "--reason",
+        "rotated",
+    ]);
+    assert_eq!(ws_close_code(&mut other).await, Some(4403));
+
+    // A revoked key cannot open a new one.
+    let mut again = connect(env.addr).await;
+    ws_send(
+        &mut again,
+        json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {victim}") } }),
+    )
+    .await;
+    match next(&mut again).await {
         None => {}
         Some(msg) => assert_ne!(msg["type"], "connection_ack", "{msg}"),
     }

@@ -40,12 +40,22 @@ async fn created_refreshed_changed_removed_and_expired() {
     assert_eq!(location.save(&moved, t(200)).await.unwrap(), Saved::Changed);
     let mut restarted = moved.clone();
     restarted.call_id = "c2".into();
+    restarted.cseq = 1;
     assert_eq!(
         location.save(&restarted, t(250)).await.unwrap(),
-        Saved::Changed,
-        "a new Call-ID is a new registration"
+        Saved::Refreshed,
+        "a restarted phone with a new Call-ID but the same place and software is a refresh"
     );
-    assert_eq!(location.save(&restarted, t(260)).await.unwrap(), Saved::Refreshed);
+    let stored = location.bindings(tenant, ext, t(255)).await.unwrap();
+    assert_eq!(
+        (stored[0].call_id.as_str(), stored[0].cseq),
+        ("c2", 1),
+        "the table follows the new Call-ID, so its CSeq order starts over"
+    );
+    let mut upgraded = restarted.clone();
+    upgraded.user_agent = "phone/2.0".into();
+    assert_eq!(location.save(&upgraded, t(260)).await.unwrap(), Saved::Changed);
+    assert_eq!(location.save(&upgraded, t(270)).await.unwrap(), Saved::Refreshed);
 
     // Another tenant's extension with the same contact is another binding.
     let other = binding(Uuid::new_v4(), ext, &b.contact, &b.source, t(3600));

@@ -5,7 +5,7 @@
 mod common;
 
 use commands::testing::TestDb;
-use common::{sipp, start, start_with, tenant_with_extensions, until};
+use common::{sipp, sipp_at, start, start_with, tenant_with_extensions, until};
 
 fn user_line(user: u32, password: &str) -> String {
     format!("{user};acme.test;[authentication username={user} password={password}];5080")
@@ -30,10 +30,10 @@ async fn sipp_registers_extensions_with_digest_and_refreshes_stay_silent() {
     )
     .await;
 
-    // Register again under a new Call-ID (a changed binding: one event), then refresh within
-    // that Call-ID (no event).
+    // Register again from another address under a new Call-ID (the phone moved: one event),
+    // then refresh within that Call-ID (no event).
     let refresh = vec![user_line(1000, "pass-1000")];
-    assert!(sipp(&node, "reg_refresh.xml", &refresh, 1));
+    assert!(sipp_at(&node, "127.0.0.2", "reg_refresh.xml", &refresh, 1));
     until(
         &db.pool,
         30,
@@ -63,8 +63,13 @@ async fn sipp_registers_extensions_with_digest_and_refreshes_stay_silent() {
         registration_events, 12,
         "11 devices, 1 change, and nothing for the refresh"
     );
-    // The live view of registered devices follows the log.
-    until(&db.pool, 30, "SELECT count(*) = 11 FROM rm_registrations").await;
+    // The live view of registered devices follows the log, with the phones' User-Agent.
+    until(
+        &db.pool,
+        30,
+        "SELECT count(*) = 11 FROM rm_registrations WHERE user_agent = 'bars-sipp'",
+    )
+    .await;
 
     // Wrong passwords and unknown users both get a fresh 401, and nothing is bound.
     let wrong = vec![user_line(1001, "not-the-password"), user_line(1777, "pass-1777")];
@@ -132,6 +137,19 @@ mod raw {
         }
 
         pub fn register(&self, user: &str, call_id: &str, cseq: u32, authorization: Option<&str>) -> String {
+            let contact = format!("sip:{user}@{}", self.socket.local_addr().unwrap());
+            self.register_contact(user, call_id, cseq, authorization, &contact)
+        }
+
+        /// A REGISTER binding `contact`, which need not be this client's own address.
+        pub fn register_contact(
+            &self,
+            user: &str,
+            call_id: &str,
+            cseq: u32,
+            authorization: Option<&str>,
+            contact: &str,
+        ) -> String {
             self.branch.set(self.branch.get() + 1);
             let local = self.socket.local_addr().unwrap();
             let auth = authorization
@@ -140,11 +158,23 @@ mod raw {
             format!(
                 "REGISTER sip:acme.test SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKprobe{}{}\r\n\
                  From: <sip:{user}@acme.test>;tag=t{cseq}\r\nTo: <sip:{user}@acme.test>\r\nCall-ID: {call_id}\r\n\
-                 CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{local}>\r\nMax-Forwards: 70\r\nExpires: 600\r\n\
+                 CSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\nMax-Forwards: 70\r\nExpires: 600\r\n\
                  {auth}Content-Length: 0\r\n\r\n",
                 self.branch.get(),
                 call_id
             )
+        }
+
+        pub fn contact(&self, user: &str) -> String {
+            format!("sip:{user}@{}", self.socket.local_addr().unwrap())
+        }
+
+        /// Challenged, then authorized with nonce count 1: the final answer.
+        pub async fn register_with_password(&self, user: &str, password: &str, call_id: &str, contact: &str) -> Reply {
+            let challenge = self.send(&self.register_contact(user, call_id, 1, None, contact)).await;
+            let auth = authorization(&challenge, user, password, "00000001");
+            self.send(&self.register_contact(user, call_id, 2, Some(&auth), contact))
+                .await
         }
 
         pub async fn send(&self, message: &str) -> Reply {
@@ -231,6 +261,70 @@ async fn unknown_users_look_like_wrong_passwords_and_replays_are_refused() {
     let next = raw::authorization(&challenge, "1000", "pass-1000", "00000002");
     let refresh = client.send(&client.register("1000", "good", 3, Some(&next))).await;
     assert_eq!(refresh.status, 200, "{}", refresh.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_phone_refreshes_silently_and_a_moved_one_is_an_event() {
+    let db = TestDb::new().await.unwrap();
+    let node = start(&db);
+    tenant_with_extensions(&db, 1).await;
+    let phone = raw::Client::new(node.sip).await;
+    let contact = phone.contact("1000");
+    let first = phone
+        .register_with_password("1000", "pass-1000", "boot-1", &contact)
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    until(
+        &db.pool,
+        30,
+        "SELECT count(*) = 1 FROM events WHERE event_type = 'DeviceRegistered'",
+    )
+    .await;
+
+    // The phone restarts: a new Call-ID with CSeq starting over, same contact, same socket.
+    let again = phone
+        .register_with_password("1000", "pass-1000", "boot-2", &contact)
+        .await;
+    assert_eq!(
+        again.status, 200,
+        "a new Call-ID may start its CSeq over: {}",
+        again.text
+    );
+    until(&db.pool, 30, "SELECT call_id = 'boot-2' FROM sip_bindings").await;
+
+    // The same contact now reached through another address (a NAT rebinding): one event.
+    let moved = raw::Client::new(node.sip).await;
+    let answer = moved
+        .register_with_password("1000", "pass-1000", "boot-3", &contact)
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    until(
+        &db.pool,
+        30,
+        "SELECT count(*) = 1 FROM events WHERE event_type = 'DeviceRegistrationChanged'",
+    )
+    .await;
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE stream_id LIKE 'registration-%' ORDER BY global_position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        ["DeviceRegistered", "DeviceRegistrationChanged"],
+        "the restart wrote nothing"
+    );
+    let source: String = sqlx::query_scalar("SELECT source FROM sip_bindings")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(source.ends_with(&moved_port(&moved)), "{source}");
+}
+
+fn moved_port(client: &raw::Client) -> String {
+    let contact = client.contact("x");
+    format!(":{}", contact.rsplit(':').next().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

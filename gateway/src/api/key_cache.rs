@@ -12,7 +12,7 @@ use commands::store::NOTIFY_CHANNEL;
 use commands::Cursor;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use super::auth::Caller;
@@ -25,11 +25,17 @@ const BATCH: i64 = 1000;
 const POLL: Duration = Duration::from_secs(1);
 /// How long the follower waits before listening again after losing its connection.
 const RETRY: Duration = Duration::from_millis(500);
+/// Revocations a slow listener may fall behind by before it is told it lagged.
+const REVOCATIONS_BUFFER: usize = 1024;
 
 pub struct KeyCache {
     inner: Mutex<Inner>,
     followed: watch::Sender<Followed>,
+    revocations: broadcast::Sender<Revoked>,
 }
+
+/// A key revoked on this node or read from the log: `(tenant, key)`.
+pub type Revoked = (Uuid, Uuid);
 
 /// Where the follower stands, to wait on (`KeyCache::followed`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,6 +66,7 @@ impl Default for KeyCache {
         KeyCache {
             inner: Mutex::new(Inner::default()),
             followed: watch::channel(Followed::default()).0,
+            revocations: broadcast::channel(REVOCATIONS_BUFFER).0,
         }
     }
 }
@@ -90,13 +97,24 @@ impl KeyCache {
         inner.callers.insert(key_hash, caller);
     }
 
-    /// Forget a key: called after its revocation committed.
+    /// Forget a key, and tell whoever holds a connection open with it: called after its
+    /// revocation committed.
     pub fn evict(&self, tenant_id: Uuid, key_id: Uuid) {
-        let mut inner = self.lock();
-        inner.generation += 1;
-        inner
-            .callers
-            .retain(|_, c| !(c.key_id == key_id && c.tenant_id == tenant_id));
+        {
+            let mut inner = self.lock();
+            inner.generation += 1;
+            inner
+                .callers
+                .retain(|_, c| !(c.key_id == key_id && c.tenant_id == tenant_id));
+        }
+        // No receiver is not an error: no connection is open.
+        let _ = self.revocations.send((tenant_id, key_id));
+    }
+
+    /// Every revocation from now on, in the order this node learns of them. A receiver that
+    /// falls more than a thousand behind gets `Lagged` and must ask the log about its key.
+    pub fn revocations(&self) -> broadcast::Receiver<Revoked> {
+        self.revocations.subscribe()
     }
 
     /// Keys remembered now.
@@ -282,6 +300,23 @@ mod tests {
         keys.remember(t, "c".into(), caller(3));
         keys.evict(Uuid::from_u128(7), caller(3).key_id);
         assert!(keys.get("c").is_ok());
+    }
+
+    #[test]
+    fn a_revocation_reaches_listeners_subscribed_before_it() {
+        let keys = live();
+        let mut early = keys.revocations();
+        keys.evict(caller(1).tenant_id, caller(1).key_id);
+        let mut late = keys.revocations();
+        assert_eq!(early.try_recv().ok(), Some((caller(1).tenant_id, caller(1).key_id)));
+        assert!(late.try_recv().is_err(), "only revocations after subscribing");
+        for n in 0..(REVOCATIONS_BUFFER as u128 + 1) {
+            keys.evict(caller(n).tenant_id, caller(n).key_id);
+        }
+        assert!(
+            matches!(early.try_recv(), Err(broadcast::error::TryRecvError::Lagged(_))),
+            "a listener that fell behind is told so, not silently skipped"
+        );
     }
 
     #[test]

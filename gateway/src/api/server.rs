@@ -10,6 +10,7 @@ use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::Data;
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message};
 use axum::extract::{DefaultBodyLimit, MatchedPath, RawQuery, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
@@ -17,12 +18,13 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use commands::{CommandHandler, EventStore};
-use tokio::sync::watch;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{broadcast, watch};
 
 use super::auth::{self, Caller, RateLimiter};
 use super::doc_cache::DocumentCache;
 use super::error::{ApiError, Code};
-use super::key_cache::KeyCache;
+use super::key_cache::{KeyCache, Revoked};
 use super::metrics::Metrics;
 use super::raw_json::{self, RawParts};
 use super::schema::{self, ApiSchema};
@@ -236,6 +238,8 @@ async fn graphiql() -> Html<&'static str> {
 
 /// graphql-ws (and the older subscriptions-transport-ws): the key comes in the upgrade's
 /// `Authorization` header or in `connection_init`'s payload (`{"authorization": "Bearer …"}`).
+/// A connection lives no longer than its key: once the key is revoked (on this node, or read
+/// from the log by the key follower) the server closes it with 4403.
 async fn graphql_ws(
     State(app): State<SharedApp>,
     headers: HeaderMap,
@@ -248,23 +252,65 @@ async fn graphql_ws(
         .and_then(|v| auth::bearer(Some(v)))
         .map(str::to_string);
     let schema = app.schema.clone();
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
-        GraphQLWebSocket::new(socket, schema, protocol)
-            .on_connection_init(move |payload| async move {
-                let from_payload = ["authorization", "Authorization"]
-                    .iter()
-                    .find_map(|k| payload.get(*k).and_then(|v| v.as_str()))
-                    .and_then(|v| auth::bearer(Some(v)).map(str::to_string))
-                    .or_else(|| payload.get("apiKey").and_then(|v| v.as_str()).map(str::to_string));
-                let key = header_key.or(from_payload);
-                let caller = auth::authenticate(&app.state.keys, &app.state.pool, key.as_deref()).await?;
-                if limit(&app, &caller).is_some() {
-                    return Err(ApiError::new(Code::RateLimited, "rate limit exceeded").into());
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            // Listen before authenticating: a revocation committed in between is not missed.
+            let revocations = app.state.keys.revocations();
+            let (authenticated, caller) = tokio::sync::oneshot::channel::<(Caller, String)>();
+            let (mut sink, stream) = socket.split();
+            let init_app = app.clone();
+            let serve = GraphQLWebSocket::new_with_pair(&mut sink, stream, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let from_payload = ["authorization", "Authorization"]
+                        .iter()
+                        .find_map(|k| payload.get(*k).and_then(|v| v.as_str()))
+                        .and_then(|v| auth::bearer(Some(v)).map(str::to_string))
+                        .or_else(|| payload.get("apiKey").and_then(|v| v.as_str()).map(str::to_string));
+                    let key = header_key.or(from_payload);
+                    let caller = auth::authenticate(&init_app.state.keys, &init_app.state.pool, key.as_deref()).await?;
+                    if limit(&init_app, &caller).is_some() {
+                        return Err(ApiError::new(Code::RateLimited, "rate limit exceeded").into());
+                    }
+                    let _ = authenticated.send((caller, key.unwrap_or_default()));
+                    let mut data = Data::default();
+                    data.insert(caller);
+                    Ok(data)
+                })
+                .serve();
+            let revoked = async {
+                match caller.await {
+                    Ok((caller, key)) => key_revoked(&app, revocations, caller, &key).await,
+                    // Never authenticated: the protocol closes the connection itself.
+                    Err(_) => std::future::pending().await,
                 }
-                let mut data = Data::default();
-                data.insert(caller);
-                Ok(data)
-            })
-            .serve()
-    })
+            };
+            let close = tokio::select! {
+                _ = serve => false,
+                _ = revoked => true,
+            };
+            if close {
+                let frame = CloseFrame {
+                    code: 4403,
+                    reason: "Forbidden: the API key was revoked".into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+            }
+        })
+}
+
+/// Resolves once `caller`'s key is revoked. A listener that fell behind asks the log.
+async fn key_revoked(app: &App, mut revocations: broadcast::Receiver<Revoked>, caller: Caller, key: &str) {
+    loop {
+        match revocations.recv().await {
+            Ok((tenant_id, key_id)) if tenant_id == caller.tenant_id && key_id == caller.key_id => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if auth::lookup(&app.state.pool, &auth::hash_key(key)).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+        }
+    }
 }

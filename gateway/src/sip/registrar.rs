@@ -68,6 +68,22 @@ pub struct Binding {
     pub cseq: u32,
     /// The transport address the REGISTER came from, which is how a phone behind NAT is reached.
     pub source: String,
+    /// The phone's `User-Agent` (at most [`USER_AGENT_MAX`] bytes), empty when it sent none.
+    pub user_agent: String,
+}
+
+/// The longest `User-Agent` kept with a binding; longer ones are cut at a character boundary.
+pub const USER_AGENT_MAX: usize = 200;
+
+/// The `User-Agent` a binding records: trimmed and bounded, so a hostile header cannot bloat
+/// the location table or the log.
+pub fn user_agent_of(request: &SipMessage) -> String {
+    let value = request.header("User-Agent").unwrap_or("").trim();
+    let mut end = value.len().min(USER_AGENT_MAX);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_string()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +96,11 @@ pub enum RemovalReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindingChange {
     Created(Binding),
-    /// Only the expiry (and CSeq) moved: written to the table, never an event.
+    /// Only the expiry, Call-ID or CSeq moved: written to the table, never an event. A new
+    /// Call-ID alone is a phone that restarted and registered the same contact again; nothing
+    /// that a reader of the log can see has changed.
     Refreshed(Binding),
-    /// The same contact now comes from another Call-ID or source address.
+    /// The same contact now comes from another source address or user agent.
     Changed {
         before: Binding,
         after: Binding,
@@ -241,6 +259,7 @@ fn apply_contacts(
     let header_expires = request.expires().map_err(|_| Refusal::Malformed)?;
     let call_id = &request.call_id;
     let cseq = request.cseq.seq;
+    let user_agent = user_agent_of(request);
 
     if contacts.contains(&Contact::Star) {
         // `*` must stand alone and come with Expires: 0 (§10.2.2).
@@ -297,11 +316,12 @@ fn apply_contacts(
             call_id: call_id.clone(),
             cseq,
             source: context.source.to_string(),
+            user_agent: user_agent.clone(),
         };
         match position {
             Some(position) => {
                 let before = std::mem::replace(&mut bindings[position], after.clone());
-                if before.call_id == after.call_id && before.source == after.source {
+                if before.source == after.source && before.user_agent == after.user_agent {
                     changes.push(BindingChange::Refreshed(after));
                 } else {
                     changes.push(BindingChange::Changed { before, after });
@@ -468,6 +488,7 @@ Call-ID: reg-call\r\nCSeq: {cseq} REGISTER\r\n{contact_lines}{extra}{authorizati
             call_id: "reg-call".into(),
             cseq: 1,
             source: "192.0.2.10:5060".into(),
+            user_agent: String::new(),
         };
         let outcome = registered(
             &mut v,
@@ -486,6 +507,57 @@ Call-ID: reg-call\r\nCSeq: {cseq} REGISTER\r\n{contact_lines}{extra}{authorizati
         let outcome = registered(&mut v, "Contact: <sip:1001@192.0.2.10>\r\n", "", &[moved], at(50), 7);
         assert!(matches!(&outcome.changes[..], [BindingChange::Changed { .. }]));
         assert!(outcome.changes[0].is_event());
+    }
+
+    #[test]
+    fn a_restarted_phone_refreshes_but_a_new_user_agent_is_a_change() {
+        let mut v = verifier();
+        // The phone restarted: a new Call-ID, the same contact, source and user agent.
+        let before_restart = Binding {
+            contact: "sip:1001@192.0.2.10".into(),
+            expires_at: at(100),
+            call_id: "previous-boot".into(),
+            cseq: 900,
+            source: "192.0.2.10:5060".into(),
+            user_agent: "Phone/1.0".into(),
+        };
+        let outcome = registered(
+            &mut v,
+            "Contact: <sip:1001@192.0.2.10>\r\n",
+            "User-Agent:  Phone/1.0 \r\n",
+            std::slice::from_ref(&before_restart),
+            at(50),
+            1,
+        );
+        let [BindingChange::Refreshed(after)] = &outcome.changes[..] else {
+            panic!("{:?}", outcome.changes)
+        };
+        assert!(!outcome.changes[0].is_event());
+        assert_eq!(after.call_id, "reg-call", "the table follows the new Call-ID");
+        assert_eq!(after.cseq, 2, "and its CSeq, lower than the old boot's");
+
+        // A firmware upgrade shows in the user agent: a change worth an event.
+        let outcome = registered(
+            &mut v,
+            "Contact: <sip:1001@192.0.2.10>\r\n",
+            "User-Agent: Phone/2.0\r\n",
+            std::slice::from_ref(&before_restart),
+            at(50),
+            3,
+        );
+        let [BindingChange::Changed { after, .. }] = &outcome.changes[..] else {
+            panic!("{:?}", outcome.changes)
+        };
+        assert_eq!(after.user_agent, "Phone/2.0");
+        assert!(outcome.changes[0].is_event());
+
+        // A hostile user agent is kept bounded, cut on a character boundary.
+        let long = format!("User-Agent: {}\r\n", "é".repeat(USER_AGENT_MAX));
+        let outcome = registered(&mut v, "Contact: <sip:1001@192.0.2.10>\r\n", &long, &[], at(50), 5);
+        let [BindingChange::Created(created)] = &outcome.changes[..] else {
+            panic!("{:?}", outcome.changes)
+        };
+        assert_eq!(created.user_agent, "é".repeat(USER_AGENT_MAX / 2));
     }
 
     #[test]
@@ -570,6 +642,7 @@ Call-ID: reg-call\r\nCSeq: {cseq} REGISTER\r\n{contact_lines}{extra}{authorizati
             call_id: "x".into(),
             cseq: 1,
             source: "s".into(),
+            user_agent: String::new(),
         };
         assert!(purge_expired(std::slice::from_ref(&binding), at(99)).is_empty());
         assert_eq!(
@@ -707,6 +780,7 @@ Call-ID: reg-call\r\nCSeq: {cseq} REGISTER\r\n{contact_lines}{extra}{authorizati
             call_id: "reg-call".into(),
             cseq: 50,
             source: "192.0.2.10:5060".into(),
+            user_agent: String::new(),
         };
         let outcome = registered(&mut v, "Contact: <sip:1001@192.0.2.10>\r\n", "", &[existing], at(0), 3);
         assert_eq!(status(&outcome), 400);

@@ -229,6 +229,26 @@ pub async fn ws_next(ws: &mut Ws) -> Option<Value> {
     }
 }
 
+/// Reads until the server closes: the close frame's code (`None`: closed without a frame).
+/// Data messages before it are skipped; pings are answered.
+pub async fn ws_close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(30), ws.next())
+            .await
+            .expect("the server closes within 30 s")?;
+        match msg {
+            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Ok(Message::Text(text)) if text.contains("\"ping\"") => {
+                ws.send(Message::text(serde_json::json!({"type": "pong"}).to_string()))
+                    .await
+                    .unwrap();
+            }
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
 pub async fn ws_send(ws: &mut Ws, message: Value) {
     ws.send(Message::text(message.to_string())).await.unwrap();
 }
