@@ -239,8 +239,9 @@ async fn read_batch(pool: &PgPool, batch: Vec<ReadRequest>) {
         "SELECT i.ord, b.tenant_id, b.extension_id, b.contact, b.source, b.call_id, b.cseq, b.user_agent, \
                 b.expires_at, b.node_id \
          FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) WITH ORDINALITY AS i(tenant_id, extension_id, at, ord) \
-         JOIN sip_bindings b ON b.tenant_id = i.tenant_id AND b.extension_id = i.extension_id AND b.expires_at > i.at \
-         ORDER BY i.ord, b.contact",
+         CROSS JOIN LATERAL (SELECT * FROM sip_bindings b WHERE b.tenant_id = i.tenant_id \
+             AND b.extension_id = i.extension_id AND b.expires_at > i.at ORDER BY b.contact) b \
+         ORDER BY i.ord",
     )
     .bind(&tenants)
     .bind(&extensions)
@@ -318,33 +319,34 @@ async fn save_batch(pool: &PgPool, batch: Vec<SaveRequest>) {
     let nodes = col(|r| r.binding.node_id.clone());
     let nows: Vec<DateTime<Utc>> = batch.iter().map(|r| r.now).collect();
     // Per row, as the one-row statement did: lock the old binding and keep its fields, count
-    // the extension's other live devices, insert or update only below the limit.
+    // the extension's other live devices, insert or update only below the limit. Every lookup
+    // is a LATERAL one by key, so each row costs index probes whatever the planner guesses of
+    // the batch (a join let it scan the whole table, dead versions included, for each batch);
+    // an insert without a WHERE on its update always writes, so `saved` is the limit check.
     let rows = sqlx::query(
         "WITH input AS ( \
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], \
                                   $7::text[], $8::timestamptz[], $9::text[], $10::timestamptz[]) WITH ORDINALITY \
                  AS t(tenant_id, extension_id, contact, source, call_id, cseq, user_agent, expires_at, node_id, at, ord)), \
-         old AS ( \
-             SELECT i.ord, b.source, b.user_agent, b.expires_at FROM input i \
-             JOIN sip_bindings b ON b.tenant_id = i.tenant_id AND b.extension_id = i.extension_id AND b.contact = i.contact \
-             FOR UPDATE OF b), \
-         live AS ( \
-             SELECT i.ord, (SELECT count(*) FROM sip_bindings b WHERE b.tenant_id = i.tenant_id \
-                 AND b.extension_id = i.extension_id AND b.expires_at > i.at AND b.contact <> i.contact) AS n \
-             FROM input i), \
+         state AS MATERIALIZED ( \
+             SELECT i.*, o.source AS old_source, o.user_agent AS old_user_agent, o.expires_at AS old_expires_at, \
+                    (SELECT count(*) FROM sip_bindings b WHERE b.tenant_id = i.tenant_id \
+                        AND b.extension_id = i.extension_id AND b.expires_at > i.at AND b.contact <> i.contact) AS others \
+             FROM input i LEFT JOIN LATERAL ( \
+                 SELECT b.source, b.user_agent, b.expires_at FROM sip_bindings b \
+                 WHERE b.tenant_id = i.tenant_id AND b.extension_id = i.extension_id AND b.contact = i.contact \
+                 FOR UPDATE) o ON true), \
          saved AS ( \
              INSERT INTO sip_bindings (tenant_id, extension_id, contact, source, call_id, cseq, user_agent, expires_at, node_id, updated_at) \
-             SELECT i.tenant_id, i.extension_id, i.contact, i.source, i.call_id, i.cseq, i.user_agent, i.expires_at, i.node_id, i.at \
-             FROM input i JOIN live l ON l.ord = i.ord WHERE l.n < $11 \
+             SELECT s.tenant_id, s.extension_id, s.contact, s.source, s.call_id, s.cseq, s.user_agent, s.expires_at, s.node_id, s.at \
+             FROM state s WHERE s.others < $11 \
              ON CONFLICT (tenant_id, extension_id, contact) DO UPDATE SET \
                  source = EXCLUDED.source, call_id = EXCLUDED.call_id, cseq = EXCLUDED.cseq, \
                  user_agent = EXCLUDED.user_agent, expires_at = EXCLUDED.expires_at, \
-                 node_id = EXCLUDED.node_id, updated_at = EXCLUDED.updated_at \
-             RETURNING tenant_id, extension_id, contact) \
-         SELECT i.ord, EXISTS (SELECT 1 FROM saved s WHERE s.tenant_id = i.tenant_id AND s.extension_id = i.extension_id \
-                    AND s.contact = i.contact) AS saved, \
-                o.source, o.user_agent, o.expires_at \
-         FROM input i LEFT JOIN old o ON o.ord = i.ord ORDER BY i.ord",
+                 node_id = EXCLUDED.node_id, updated_at = EXCLUDED.updated_at) \
+         SELECT s.ord, s.others < $11 AS saved, s.old_source AS source, s.old_user_agent AS user_agent, \
+                s.old_expires_at AS expires_at \
+         FROM state s ORDER BY s.ord",
     )
     .bind(&tenants)
     .bind(&extensions)
