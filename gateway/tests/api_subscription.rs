@@ -34,13 +34,7 @@ async fn a_call_placed_during_the_subscription_arrives_in_order() {
     .unwrap();
     let key = env.key(tenant, Role::Developer).await;
 
-    let mut ws = connect(env.addr).await;
-    ws_send(
-        &mut ws,
-        json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {key}") } }),
-    )
-    .await;
-    assert_eq!(next(&mut ws).await.unwrap()["type"], "connection_ack");
+    let mut ws = acknowledged(&env, &key).await;
     // From the start of the log, call events only: the first ones are this test's call,
     // whenever the server starts reading.
     let types = [
@@ -98,8 +92,8 @@ async fn a_call_placed_during_the_subscription_arrives_in_order() {
     }
 }
 
-/// A subscription open with `key`, acknowledged and listening for call events.
-async fn subscribed(env: &api_support::Env, key: &str) -> api_support::Ws {
+/// A graphql-ws connection initialised with `key` and acknowledged.
+async fn acknowledged(env: &api_support::Env, key: &str) -> api_support::Ws {
     let mut ws = connect(env.addr).await;
     ws_send(
         &mut ws,
@@ -107,6 +101,12 @@ async fn subscribed(env: &api_support::Env, key: &str) -> api_support::Ws {
     )
     .await;
     assert_eq!(next(&mut ws).await.unwrap()["type"], "connection_ack");
+    ws
+}
+
+/// A subscription open with `key`, acknowledged and listening for call events.
+async fn subscribed(env: &api_support::Env, key: &str) -> api_support::Ws {
+    let mut ws = acknowledged(env, key).await;
     ws_send(
         &mut ws,
         json!({ "id": "feed", "type": "subscribe", "payload": {

@@ -363,7 +363,11 @@ pub fn uri_user_host(uri: &str) -> Option<(Option<String>, String)> {
 
 /// Renders an rsip message, replacing any Content-Length with the body's real length.
 pub fn to_bytes(message: &rsip::SipMessage) -> Vec<u8> {
-    let mut message = message.clone();
+    into_bytes(message.clone())
+}
+
+/// [`to_bytes`] for a message the caller no longer needs: no copy of it is made.
+pub fn into_bytes(mut message: rsip::SipMessage) -> Vec<u8> {
     let length = message.body().len();
     let headers = match &mut message {
         rsip::SipMessage::Request(request) => &mut request.headers,
@@ -709,6 +713,58 @@ fn is_plain_uri(uri: &str) -> bool {
     scheme_ok && !rest.is_empty() && !uri.contains(|c: char| c.is_whitespace() || "<>\"".contains(c))
 }
 
+/// Whether `uri` has the plain shape nearly every phone sends (`sip:user@host:port;name=value`)
+/// in a character set rsip is known to accept (a property test below checks that rsip parses
+/// every URI this accepts): such a URI needs no second tokenization to be validated. Anything
+/// else is handed to rsip.
+fn is_common_sip_uri(uri: &str) -> bool {
+    let Some(rest) = uri.strip_prefix("sip:").or_else(|| uri.strip_prefix("sips:")) else {
+        return false;
+    };
+    let (address, params) = match rest.split_once(';') {
+        Some((address, params)) => (address, Some(params)),
+        None => (rest, None),
+    };
+    let host_port = match address.split_once('@') {
+        Some((user, host_port)) => {
+            if user.is_empty() || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                return false;
+            }
+            host_port
+        }
+        None => address,
+    };
+    let (host, port) = match host_port.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (host_port, None),
+    };
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if !host.split('.').all(label_ok) {
+        return false;
+    }
+    if let Some(port) = port {
+        if port.is_empty()
+            || port.len() > 5
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u16>().is_err()
+        {
+            return false;
+        }
+    }
+    let word = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    params.is_none_or(|params| {
+        params.split(';').all(|param| match param.split_once('=') {
+            Some((name, value)) => word(name) && word(value),
+            None => word(param),
+        })
+    })
+}
+
 /// A display name is a quoted string or tokens separated by spaces (RFC 4475 `baddn`).
 fn is_display_name(text: &str) -> bool {
     let text = text.trim();
@@ -761,7 +817,7 @@ fn parse_name_addr(value: &str) -> Option<NameAddr> {
         }
     };
     let uri = uri.trim();
-    if !is_plain_uri(uri) || rsip::Uri::try_from(uri).is_err() {
+    if !is_plain_uri(uri) || !(is_common_sip_uri(uri) || rsip::Uri::try_from(uri).is_ok()) {
         return None;
     }
     let tag = header_param(params, "tag");
@@ -973,6 +1029,48 @@ fn parse_auth_params(text: &str) -> Option<Vec<(String, String)>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// The fast path only ever accepts what rsip accepts, so skipping rsip for it changes
+        /// no answer.
+        #[test]
+        fn every_common_uri_is_one_rsip_accepts(
+            uri in "sips?:([A-Za-z0-9._-]{1,12}@)?[A-Za-z0-9.-]{1,24}(:[0-9]{0,6})?(;[A-Za-z0-9._-]{0,8}(=[A-Za-z0-9._-]{0,8})?){0,3}"
+        ) {
+            if is_common_sip_uri(&uri) {
+                prop_assert!(rsip::Uri::try_from(uri.as_str()).is_ok(), "rsip refuses {}", uri);
+            }
+        }
+    }
+
+    #[test]
+    fn the_common_uri_shape_is_narrow() {
+        for uri in [
+            "sip:1001@192.0.2.10:5060",
+            "sip:bob@example.com",
+            "sips:alice.smith@pbx-1.example.com;transport=tls",
+            "sip:example.com;lr",
+        ] {
+            assert!(is_common_sip_uri(uri), "{uri}");
+        }
+        for uri in [
+            "tel:+15551234",
+            "sip:user;x=y@example.com",
+            "sip:@example.com",
+            "sip:bob@exa mple.com",
+            "sip:bob@example.com:99999",
+            "sip:bob@-example.com",
+            "sip:bob@example..com",
+            "sip:bob@[2001:db8::1]:5060",
+            "sip:bob@example.com;=x",
+            "sip:%62ob@example.com",
+        ] {
+            assert!(!is_common_sip_uri(uri), "{uri} goes to rsip");
+        }
+    }
 
     pub(crate) const REGISTER: &str = "REGISTER sip:example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKnashds7\r\n\

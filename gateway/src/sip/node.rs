@@ -7,7 +7,7 @@
 use super::abuse::{AbuseConfig, AbuseGuard};
 use super::b2bua::{CallConfig, Calls};
 use super::digest::{DigestConfig, DigestVerifier};
-use super::message::{build_response, to_bytes, uri_user_host, SipMessage};
+use super::message::{build_response, into_bytes, uri_user_host, SipMessage};
 use super::registrar::{decide_register, Binding, BindingChange, Lookup, RegisterContext, RegistrarConfig};
 use super::screening::{screen_request, NodeIdentity, Screening};
 use super::transaction::ClientTransaction;
@@ -464,7 +464,7 @@ impl SipNode {
         let code = response.status_code.code();
         let _ = entry
             .transaction
-            .handle_tu_response_bytes(now.mono, code, to_bytes(&response.into()));
+            .handle_tu_response_bytes(now.mono, code, into_bytes(response.into()));
     }
 
     /// Moves a client transaction's output into the node's queues and its responses and
@@ -536,7 +536,7 @@ impl SipNode {
         self.transmits.push_back(Transmit {
             destination,
             transport,
-            bytes: to_bytes(&response.into()),
+            bytes: into_bytes(response.into()),
         });
     }
 }
@@ -958,7 +958,7 @@ Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
                     format!("<{}>", request.request_uri.clone().unwrap()),
                 ));
             }
-            to_bytes(&response.into())
+            into_bytes(response.into())
         }
 
         #[test]
