@@ -375,7 +375,11 @@ pub fn into_bytes(mut message: rsip::SipMessage) -> Vec<u8> {
     };
     headers.retain(|h| !matches!(h, rsip::Header::ContentLength(_)));
     headers.push(rsip::Header::ContentLength(length.to_string().into()));
-    message.to_string().into_bytes()
+    // Sized for a typical message up front, rather than grown by doubling while rendering.
+    let mut text = String::with_capacity(1024 + length);
+    // Writing into a String cannot fail.
+    let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{message}"));
+    text.into_bytes()
 }
 
 /// Builds a response to `request`: Via, From, To, Call-ID and CSeq copied, a To-tag added
