@@ -323,6 +323,7 @@ async fn save_batch(pool: &PgPool, batch: Vec<SaveRequest>) {
     // is a LATERAL one by key, so each row costs index probes whatever the planner guesses of
     // the batch (a join let it scan the whole table, dead versions included, for each batch);
     // an insert without a WHERE on its update always writes, so `saved` is the limit check.
+    // A live binding's refresh adds no device, so it is never refused and skips the count.
     let rows = sqlx::query(
         "WITH input AS ( \
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], \
@@ -330,8 +331,9 @@ async fn save_batch(pool: &PgPool, batch: Vec<SaveRequest>) {
                  AS t(tenant_id, extension_id, contact, source, call_id, cseq, user_agent, expires_at, node_id, at, ord)), \
          state AS MATERIALIZED ( \
              SELECT i.*, o.source AS old_source, o.user_agent AS old_user_agent, o.expires_at AS old_expires_at, \
+                    CASE WHEN o.expires_at > i.at THEN 0 ELSE \
                     (SELECT count(*) FROM sip_bindings b WHERE b.tenant_id = i.tenant_id \
-                        AND b.extension_id = i.extension_id AND b.expires_at > i.at AND b.contact <> i.contact) AS others \
+                        AND b.extension_id = i.extension_id AND b.expires_at > i.at AND b.contact <> i.contact) END AS others \
              FROM input i LEFT JOIN LATERAL ( \
                  SELECT b.source, b.user_agent, b.expires_at FROM sip_bindings b \
                  WHERE b.tenant_id = i.tenant_id AND b.extension_id = i.extension_id AND b.contact = i.contact \
@@ -391,7 +393,9 @@ async fn save_batch(pool: &PgPool, batch: Vec<SaveRequest>) {
 fn classify(binding: &Binding, now: DateTime<Utc>, row: &sqlx::postgres::PgRow) -> Result<Saved, SaveFailure> {
     let saved: bool = row.get("saved");
     let old_source: Option<String> = row.get("source");
-    if !saved && old_source.is_none() {
+    // Only a new device, or one whose binding lapsed, is ever refused: then nothing was written,
+    // whatever row was there before.
+    if !saved {
         return Err(SaveFailure::TooMany);
     }
     let old_user_agent: Option<String> = row.get("user_agent");

@@ -95,6 +95,17 @@ async fn an_extension_cannot_register_without_bound() {
     // Refreshing an existing one still works; a wildcard removal clears them all.
     let again = binding(tenant, ext, "sip:1001@10.0.0.0", "udp:x", t(7200));
     assert_eq!(location.save(&again, t(1)).await.unwrap(), Saved::Refreshed);
+    // One that lapsed is a new device again: refused while the others are live.
+    let short = binding(tenant, ext, "sip:1001@10.0.0.1", "udp:x", t(10));
+    assert_eq!(location.save(&short, t(2)).await.unwrap(), Saved::Refreshed);
+    let extra_live = binding(tenant, ext, "sip:1001@10.0.1.2", "udp:x", t(3600));
+    assert!(matches!(location.save(&extra_live, t(11)).await, Ok(Saved::Created)));
+    let revived = binding(tenant, ext, "sip:1001@10.0.0.1", "udp:x", t(3600));
+    assert!(matches!(
+        location.save(&revived, t(12)).await,
+        Err(LocationError::TooManyBindings)
+    ));
+    location.remove(tenant, ext, &extra_live.contact, t(12)).await.unwrap();
     assert_eq!(
         location.remove_all(tenant, ext, t(2)).await.unwrap().len(),
         MAX_BINDINGS_PER_EXTENSION as usize
