@@ -6,7 +6,7 @@
 
 mod api_support;
 
-use api_support::{code, gql, start_with};
+use api_support::{code, gql, key_id_of, revoke_key, start_with};
 use domain::apikey::Role;
 use gateway::api::ApiConfig;
 use serde_json::json;
@@ -189,16 +189,8 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
 
     // A revoked key stops at once.
     let victim = env.key(tenant, Role::Auditor).await;
-    let (_, me) = gql(&mut http, &victim, "{ me { keyId } }", json!({})).await;
-    let key_id = me["data"]["me"]["keyId"].as_str().unwrap().to_string();
-    let (_, body) = gql(
-        &mut http,
-        &key,
-        "mutation($k: UUID!, $id: UUID!) { revokeApiKey(idempotencyKey: $k, keyId: $id, reason: \"test\") { replayed } }",
-        json!({ "k": Uuid::new_v4(), "id": key_id }),
-    )
-    .await;
-    assert!(body["errors"].is_null(), "{body}");
+    let key_id = key_id_of(&mut http, &victim).await;
+    revoke_key(&mut http, &key, &key_id).await;
     let (status, body) = gql(&mut http, &victim, "{ me { keyId } }", json!({})).await;
     assert_eq!((status, code(&body).as_deref()), (401, Some("UNAUTHENTICATED")));
 

@@ -8,7 +8,7 @@ mod api_support;
 
 use std::time::Duration;
 
-use api_support::{code, gql, start};
+use api_support::{code, gql, key_id_of, revoke_key, start};
 use domain::apikey::Role;
 use gateway::api::key_cache::Followed;
 use serde_json::json;
@@ -40,16 +40,8 @@ async fn a_revoked_key_is_refused_although_the_node_remembered_it() {
     }
     let remembered = env.keys.len();
     assert!(remembered >= 2, "both keys are remembered ({remembered})");
-    let (_, me) = gql(&mut http, &victim, "{ me { keyId } }", json!({})).await;
-    let key_id = me["data"]["me"]["keyId"].as_str().unwrap().to_string();
-    let (_, body) = gql(
-        &mut http,
-        &admin,
-        "mutation($k: UUID!, $id: UUID!) { revokeApiKey(idempotencyKey: $k, keyId: $id, reason: \"test\") { replayed } }",
-        json!({ "k": Uuid::new_v4(), "id": key_id }),
-    )
-    .await;
-    assert!(body["errors"].is_null(), "{body}");
+    let key_id = key_id_of(&mut http, &victim).await;
+    revoke_key(&mut http, &admin, &key_id).await;
     let (status, body) = gql(&mut http, &victim, "{ me { keyId } }", json!({})).await;
     assert_eq!(
         (status, code(&body).as_deref()),
@@ -60,8 +52,7 @@ async fn a_revoked_key_is_refused_although_the_node_remembered_it() {
     // Revoked by another process: refused once the follower has read the revocation, which
     // it does on the commit's notification.
     let other = env.key(tenant, Role::Finance).await;
-    let (_, me) = gql(&mut http, &other, "{ me { keyId } }", json!({})).await;
-    let other_id = me["data"]["me"]["keyId"].as_str().unwrap().to_string();
+    let other_id = key_id_of(&mut http, &other).await;
     let (status, _) = gql(&mut http, &other, "{ me { keyId } }", json!({})).await;
     assert_eq!(status, 200);
     env.ledgerline(&[

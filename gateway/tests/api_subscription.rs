@@ -6,7 +6,9 @@
 
 mod api_support;
 
-use api_support::{gql, place_call, start, ws_close_code, ws_connect as connect, ws_next as next, ws_send};
+use api_support::{
+    key_id_of, place_call, revoke_key, start, ws_close_code, ws_connect as connect, ws_next as next, ws_send,
+};
 use chrono::Utc;
 use commands::{CommandContext, CommandHandler};
 use domain::apikey::Role;
@@ -124,27 +126,13 @@ async fn a_revoked_key_closes_its_open_subscriptions() {
     let victim = env.key(tenant, Role::Developer).await;
     let bystander = env.key(tenant, Role::Developer).await;
     let mut http = env.client();
-    let key_id = |key: String| {
-        let mut http = env.client();
-        async move {
-            let (_, me) = gql(&mut http, &key, "{ me { keyId } }", json!({})).await;
-            me["data"]["me"]["keyId"].as_str().unwrap().to_string()
-        }
-    };
-    let victim_id = key_id(victim.clone()).await;
+    let victim_id = key_id_of(&mut http, &victim).await;
 
     // Revoked through this node's API while two connections use the key and one does not.
     let mut first = subscribed(&env, &victim).await;
     let mut second = subscribed(&env, &victim).await;
     let mut other = subscribed(&env, &bystander).await;
-    let (_, body) = gql(
-        &mut http,
-        &admin,
-        "mutation($k: UUID!, $id: UUID!) { revokeApiKey(idempotencyKey: $k, keyId: $id, reason: \"leaked\") { replayed } }",
-        json!({ "k": Uuid::new_v4(), "id": victim_id }),
-    )
-    .await;
-    assert!(body["errors"].is_null(), "{body}");
+    revoke_key(&mut http, &admin, &victim_id).await;
     assert_eq!(ws_close_code(&mut first).await, Some(4403));
     assert_eq!(ws_close_code(&mut second).await, Some(4403));
 
@@ -153,7 +141,7 @@ async fn a_revoked_key_closes_its_open_subscriptions() {
     assert_eq!(next(&mut other).await.unwrap()["type"], "pong");
 
     // Revoked by another process (the CLI): closed once the key follower reads it.
-    let bystander_id = key_id(bystander.clone()).await;
+    let bystander_id = key_id_of(&mut http, &bystander).await;
     env.ledgerline(&[
         "apikey",
         "revoke",

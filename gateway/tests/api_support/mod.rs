@@ -129,6 +129,24 @@ pub async fn gql(client: &mut HttpClient, key: &str, query: &str, variables: Val
     (r.status, r.json())
 }
 
+/// The id of the key `key` (its `me.keyId`).
+pub async fn key_id_of(client: &mut HttpClient, key: &str) -> String {
+    let (_, me) = gql(client, key, "{ me { keyId } }", serde_json::json!({})).await;
+    me["data"]["me"]["keyId"].as_str().expect("me.keyId").to_string()
+}
+
+/// Revokes key `key_id` through `revokeApiKey`, called with `admin`; asserts it succeeded.
+pub async fn revoke_key(client: &mut HttpClient, admin: &str, key_id: &str) {
+    let (_, body) = gql(
+        client,
+        admin,
+        "mutation($k: UUID!, $id: UUID!) { revokeApiKey(idempotencyKey: $k, keyId: $id, reason: \"test\") { replayed } }",
+        serde_json::json!({ "k": Uuid::new_v4(), "id": key_id }),
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
+}
+
 /// The `extensions.code` of the first error, if any.
 pub fn code(body: &Value) -> Option<String> {
     body["errors"][0]["extensions"]["code"].as_str().map(str::to_string)
