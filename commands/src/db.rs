@@ -106,6 +106,47 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
         .map_err(DbError::Connect)
 }
 
+/// A connection one batching task keeps for itself, taken out of a pool once.
+///
+/// sqlx 0.8 pings every connection it takes back into a pool (a Sync round trip), so a
+/// statement run through the pool costs two round trips; a hot batcher that keeps its own
+/// connection pays one. Like the pool, the connection is pinged before use only after
+/// [`PING_AFTER_IDLE`] of silence, and after any error it is dropped and the next use takes a
+/// fresh one (an error may leave a connection mid-protocol).
+pub struct KeptConnection {
+    pool: PgPool,
+    connection: Option<(PgConnection, tokio::time::Instant)>,
+}
+
+impl KeptConnection {
+    pub fn new(pool: PgPool) -> KeptConnection {
+        KeptConnection { pool, connection: None }
+    }
+
+    /// The connection, taken from the pool if none is kept (or the kept one failed its ping).
+    pub async fn get(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        let (mut connection, last_used) = match self.connection.take() {
+            Some(kept) => kept,
+            None => (self.pool.acquire().await?.detach(), tokio::time::Instant::now()),
+        };
+        if last_used.elapsed() >= PING_AFTER_IDLE && connection.ping().await.is_err() {
+            connection = self.pool.acquire().await?.detach();
+        }
+        let (connection, _) = self.connection.insert((connection, tokio::time::Instant::now()));
+        Ok(connection)
+    }
+
+    /// Forget the connection after an error; the next [`KeptConnection::get`] opens another.
+    pub fn discard(&mut self) {
+        self.connection = None;
+    }
+
+    /// Whether a connection is kept now (for tests).
+    pub fn is_kept(&self) -> bool {
+        self.connection.is_some()
+    }
+}
+
 /// Create `database` on the server at `admin_url` unless it exists.
 pub async fn ensure_database(admin_url: &str, database: &str) -> Result<(), DbError> {
     let mut conn = PgConnection::connect_with(&connect_options(admin_url)?)

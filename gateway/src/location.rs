@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
+use commands::db::KeptConnection;
 use sqlx::{PgPool, Row};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,12 +206,20 @@ fn binding_of(row: &sqlx::postgres::PgRow) -> Binding {
     }
 }
 
+/// How many read batches may run at once, each on a connection of its own.
+const READ_CONNECTIONS: usize = 1;
+
 /// Reads: whatever is queued (up to `MAX_BATCH`) in one statement; two batches may run at
-/// once, so a lone request never waits long behind a big one.
+/// once, so a lone request never waits long behind a big one. Each runs on one of the
+/// batcher's own connections (see [`KeptConnection`]).
 async fn read_batcher(pool: PgPool, mut rx: mpsc::Receiver<ReadRequest>) {
-    let permits = Arc::new(Semaphore::new(2));
+    let (free, mut connections) = mpsc::channel::<KeptConnection>(READ_CONNECTIONS);
+    for _ in 0..READ_CONNECTIONS {
+        // The channel holds exactly this many.
+        let _ = free.try_send(KeptConnection::new(pool.clone()));
+    }
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        let Some(mut connection) = connections.recv().await else {
             return;
         };
         let Some(first) = rx.recv().await else {
@@ -223,31 +232,39 @@ async fn read_batcher(pool: PgPool, mut rx: mpsc::Receiver<ReadRequest>) {
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
+        let free = free.clone();
         tokio::spawn(async move {
-            read_batch(&pool, batch).await;
-            drop(permit);
+            read_batch(&mut connection, batch).await;
+            let _ = free.send(connection).await;
         });
     }
 }
 
-async fn read_batch(pool: &PgPool, batch: Vec<ReadRequest>) {
+async fn read_batch(connection: &mut KeptConnection, batch: Vec<ReadRequest>) {
     let tenants: Vec<Uuid> = batch.iter().map(|r| r.tenant_id).collect();
     let extensions: Vec<Uuid> = batch.iter().map(|r| r.extension_id).collect();
     let nows: Vec<DateTime<Utc>> = batch.iter().map(|r| r.now).collect();
-    let rows = sqlx::query(
-        "SELECT i.ord, b.tenant_id, b.extension_id, b.contact, b.source, b.call_id, b.cseq, b.user_agent, \
+    let rows = match connection.get().await {
+        Ok(c) => {
+            sqlx::query(
+                "SELECT i.ord, b.tenant_id, b.extension_id, b.contact, b.source, b.call_id, b.cseq, b.user_agent, \
                 b.expires_at, b.node_id \
          FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) WITH ORDINALITY AS i(tenant_id, extension_id, at, ord) \
          CROSS JOIN LATERAL (SELECT * FROM sip_bindings b WHERE b.tenant_id = i.tenant_id \
              AND b.extension_id = i.extension_id AND b.expires_at > i.at ORDER BY b.contact) b \
          ORDER BY i.ord",
-    )
-    .bind(&tenants)
-    .bind(&extensions)
-    .bind(&nows)
-    .fetch_all(pool)
-    .await;
+            )
+            .bind(&tenants)
+            .bind(&extensions)
+            .bind(&nows)
+            .fetch_all(c)
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    if rows.is_err() {
+        connection.discard();
+    }
     match rows {
         Ok(rows) => {
             let mut found: Vec<Vec<Binding>> = batch.iter().map(|_| Vec::new()).collect();
@@ -274,6 +291,7 @@ async fn read_batch(pool: &PgPool, batch: Vec<ReadRequest>) {
 /// batch (the per-extension device limit and `ON CONFLICT` both need that); a second save of
 /// an extension waits for the next batch, and so does everything after it for that extension.
 async fn save_batcher(pool: PgPool, mut rx: mpsc::Receiver<SaveRequest>) {
+    let mut connection = KeptConnection::new(pool);
     let mut pending: VecDeque<SaveRequest> = VecDeque::new();
     loop {
         if pending.is_empty() {
@@ -302,11 +320,11 @@ async fn save_batcher(pool: PgPool, mut rx: mpsc::Receiver<SaveRequest>) {
             }
         }
         pending = rest;
-        save_batch(&pool, batch).await;
+        save_batch(&mut connection, batch).await;
     }
 }
 
-async fn save_batch(pool: &PgPool, batch: Vec<SaveRequest>) {
+async fn save_batch(connection: &mut KeptConnection, batch: Vec<SaveRequest>) {
     let col = |f: fn(&SaveRequest) -> String| batch.iter().map(f).collect::<Vec<String>>();
     let tenants: Vec<Uuid> = batch.iter().map(|r| r.binding.tenant_id).collect();
     let extensions: Vec<Uuid> = batch.iter().map(|r| r.binding.extension_id).collect();
@@ -324,7 +342,8 @@ async fn save_batch(pool: &PgPool, batch: Vec<SaveRequest>) {
     // the batch (a join let it scan the whole table, dead versions included, for each batch);
     // an insert without a WHERE on its update always writes, so `saved` is the limit check.
     // A live binding's refresh adds no device, so it is never refused and skips the count.
-    let rows = sqlx::query(
+    let rows = match connection.get().await {
+        Ok(c) => sqlx::query(
         "WITH input AS ( \
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], \
                                   $7::text[], $8::timestamptz[], $9::text[], $10::timestamptz[]) WITH ORDINALITY \
@@ -361,8 +380,13 @@ async fn save_batch(pool: &PgPool, batch: Vec<SaveRequest>) {
     .bind(&nodes)
     .bind(&nows)
     .bind(MAX_BINDINGS_PER_EXTENSION)
-    .fetch_all(pool)
-    .await;
+    .fetch_all(c)
+    .await,
+        Err(e) => Err(e),
+    };
+    if rows.is_err() {
+        connection.discard();
+    }
     match rows {
         Ok(rows) if rows.len() == batch.len() => {
             for (request, row) in batch.into_iter().zip(&rows) {

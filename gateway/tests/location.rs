@@ -192,3 +192,65 @@ async fn a_burst_of_saves_and_reads_gets_each_answer_right() {
         .unwrap()
         .is_empty());
 }
+
+/// The batchers keep their own connections (sqlx pings every connection a pool takes back).
+/// When Postgres closes one, the batch on it fails, and the next batch runs on a new one.
+#[tokio::test]
+async fn the_batchers_replace_a_connection_postgres_closed() {
+    use sqlx::{Connection, PgConnection};
+    let db = TestDb::new().await.unwrap();
+    let location = Location::new(db.pool.clone());
+    let (tenant, ext) = (Uuid::new_v4(), Uuid::new_v4());
+    let b = binding(tenant, ext, "sip:1001@10.0.0.5:5060", "udp:10.0.0.5:5060", t(3600));
+    assert_eq!(location.save(&b, t(0)).await.unwrap(), Saved::Created);
+    assert_eq!(location.bindings(tenant, ext, t(1)).await.unwrap().len(), 1);
+
+    // The backends whose last statement touched sip_bindings are the batchers' two.
+    let mut admin = PgConnection::connect(&db.url).await.unwrap();
+    let kept: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND query LIKE '%sip_bindings%'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(kept.len(), 2, "one connection for reads, one for saves");
+    for pid in &kept {
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        assert!(ended);
+    }
+    // Wait (bounded) until both backends are gone, so the next statements meet closed sockets.
+    for attempt in 0.. {
+        let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+            .bind(&kept)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if alive == 0 {
+            break;
+        }
+        assert!(attempt < 500, "terminated backends still alive");
+        tokio::task::yield_now().await;
+        sqlx::query("SELECT pg_sleep(0.01)").execute(&mut admin).await.unwrap();
+    }
+
+    let mut refresh = b.clone();
+    refresh.cseq = 2;
+    assert!(matches!(
+        location.save(&refresh, t(10)).await,
+        Err(LocationError::Sql(_))
+    ));
+    assert!(matches!(
+        location.bindings(tenant, ext, t(10)).await,
+        Err(LocationError::Sql(_))
+    ));
+    // Each batcher took a new connection after its error.
+    refresh.cseq = 3;
+    assert_eq!(location.save(&refresh, t(11)).await.unwrap(), Saved::Refreshed);
+    let found = location.bindings(tenant, ext, t(12)).await.unwrap();
+    assert_eq!((found.len(), found[0].cseq), (1, 3));
+}

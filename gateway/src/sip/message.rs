@@ -12,9 +12,12 @@
 //! - a URI re-serialized by rsip may differ from the bytes sent (URI headers are dropped),
 //!   which would break the digest `uri=` check, so raw URI text is kept wherever it matters.
 //!
-//! So this module normalizes the head before rsip sees it, validates what the core relies on
-//! (one Call-ID, a CSeq matching the method, From, To, a Via with a branch), keeps the
-//! normalized header list for reading values, and never panics on any input.
+//! So this module splits and normalizes the head itself, hands rsip the start line only,
+//! validates what the core relies on (one Call-ID, a CSeq matching the method, From, To, a Via
+//! with a branch), keeps the normalized header list as the one source of truth for reading
+//! values and for rendering a parsed message again, and never panics on any input. rsip still
+//! builds every message the node composes (`build_response` and friends, rendered by
+//! [`into_bytes`]).
 
 use std::fmt;
 
@@ -77,7 +80,11 @@ impl std::error::Error for ParseError {}
 /// A parsed, validated SIP message: rsip's form plus the fields the core relies on.
 #[derive(Debug, Clone)]
 pub struct SipMessage {
-    pub raw: rsip::SipMessage,
+    /// rsip's form of the start line alone: its header list and body are empty (the fields
+    /// below hold them).
+    raw: rsip::SipMessage,
+    /// The start line as checked (a request's user part escaped, see [`check_request_line`]).
+    start_line: String,
     /// The Request-URI exactly as sent; rsip's parsed form may differ (see [`uri_user_host`]).
     pub request_uri: Option<String>,
     /// Every header field in order, with canonical (long) names and comma lists split.
@@ -189,20 +196,20 @@ impl SipMessage {
             Some(declared) => &available[..declared],
             None => available,
         };
-        let mut text = String::with_capacity(head.len() + 4);
-        text.push_str(&start_line);
-        text.push_str("\r\n");
-        for (name, value) in &headers {
-            text.push_str(name);
-            text.push_str(": ");
-            text.push_str(value);
-            text.push_str("\r\n");
+        // rsip reads the start line only. Its header tokenizer checks nothing that
+        // `normalize_head` has not (a token name, a colon, a value up to CRLF) and its typed
+        // headers were never read, so the header list above is the one source of truth.
+        let mut line = String::with_capacity(start_line.len() + 4);
+        line.push_str(&start_line);
+        line.push_str("\r\n\r\n");
+        // Request or response is known from the line itself: rsip's own guess tries the
+        // response grammar first and formats an error message for every request it sees.
+        let raw = match start_line.starts_with("SIP/") {
+            true => rsip::Response::try_from(line.as_bytes()).map(rsip::SipMessage::from),
+            false => rsip::Request::try_from(line.as_bytes()).map(rsip::SipMessage::from),
         }
-        text.push_str("\r\n");
-        let mut normalized = text.into_bytes();
-        normalized.extend_from_slice(body);
-        let raw = rsip::SipMessage::try_from(normalized.as_slice()).map_err(|e| ParseError::Rsip(e.to_string()))?;
-        let mut message = Self::validate(raw, headers, body.to_vec())?;
+        .map_err(|e| ParseError::Rsip(e.to_string()))?;
+        let mut message = Self::validate(raw, start_line, headers, body.to_vec())?;
         message.request_uri = request_uri;
         Ok(message)
     }
@@ -214,6 +221,7 @@ impl SipMessage {
 
     fn validate(
         raw: rsip::SipMessage,
+        start_line: String,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     ) -> Result<SipMessage, ParseError> {
@@ -251,6 +259,7 @@ impl SipMessage {
         };
         Ok(SipMessage {
             raw,
+            start_line,
             request_uri: None,
             headers,
             call_id,
@@ -330,9 +339,23 @@ impl SipMessage {
             .map(|value| parse_digest_credentials(value).ok_or(ParseError::BadHeader("Authorization")))
     }
 
-    /// Serializes the message (rsip's rendering, with a correct Content-Length).
+    /// Serializes the message: the start line, every header field but Content-Length as
+    /// parsed (canonical names, one field per list item), the body's real Content-Length and
+    /// the body.
     pub fn to_bytes(&self) -> Vec<u8> {
-        to_bytes(&self.raw)
+        let fields: usize = self.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        let mut out = Vec::with_capacity(self.start_line.len() + fields + 32 + self.body.len());
+        out.extend_from_slice(self.start_line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in self.headers.iter().filter(|(n, _)| n != "Content-Length") {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        out.extend_from_slice(&self.body);
+        out
     }
 }
 
@@ -1176,6 +1199,35 @@ To: <sip:a@example.com>\r\nFrom: <sip:b@example.com>\r\n\t;tag=9\r\nCall-ID: x\r
                 },
             ])
         );
+    }
+
+    #[test]
+    fn workaround_rsip_reads_the_start_line_and_the_header_list_renders_the_rest() {
+        let text =
+            "MESSAGE sip:a@example.com SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK3, SIP/2.0/TCP p;branch=z9hG4bK4\r\n\
+t: <sip:a@example.com>\r\nf: <sip:b@example.com>\r\n ;tag=1\r\ni: y\r\nCSeq: 2 MESSAGE\r\n\
+X-Odd : kept as sent\r\nl: 5\r\n\r\nhello and junk";
+        let m = parse(text);
+        assert_eq!(m.method(), Some(rsip::Method::Message));
+        // rsip saw no header and no body: the list below is the only copy.
+        assert!(rsip::message::HasHeaders::headers(&m.raw).iter().next().is_none());
+        assert!(m.raw.body().is_empty());
+        let rendered = String::from_utf8(m.to_bytes()).unwrap();
+        assert_eq!(
+            rendered,
+            "MESSAGE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK3\r\n\
+Via: SIP/2.0/TCP p;branch=z9hG4bK4\r\nTo: <sip:a@example.com>\r\nFrom: <sip:b@example.com> ;tag=1\r\n\
+Call-ID: y\r\nCSeq: 2 MESSAGE\r\nX-Odd: kept as sent\r\nContent-Length: 5\r\n\r\nhello"
+        );
+        let again = parse(&rendered);
+        assert_eq!((again.headers, again.body), (m.headers, m.body));
+        // A response's start line keeps its reason phrase.
+        let built = build_response(&parse(REGISTER), 423, "t", &[]);
+        let composed = String::from_utf8(into_bytes(built.clone().into())).unwrap();
+        let response = SipMessage::from_rsip(built.into()).unwrap();
+        assert_eq!(response.status(), Some(423));
+        assert_eq!(String::from_utf8(response.to_bytes()).unwrap(), composed);
+        assert!(composed.starts_with("SIP/2.0 423 "), "{composed}");
     }
 
     #[test]
