@@ -12,7 +12,8 @@
 //! - a URI re-serialized by rsip may differ from the bytes sent (URI headers are dropped),
 //!   which would break the digest `uri=` check, so raw URI text is kept wherever it matters.
 //!
-//! So this module splits and normalizes the head itself, hands rsip the start line only,
+//! So this module reads the start line and splits and normalizes the head itself (rsip's
+//! grammar costs microseconds a message; it is asked only about URIs of uncommon shape),
 //! validates what the core relies on (one Call-ID, a CSeq matching the method, From, To, a Via
 //! with a branch), keeps the normalized header list as the one source of truth for reading
 //! values and for rendering a parsed message again, and never panics on any input. rsip still
@@ -80,10 +81,9 @@ impl std::error::Error for ParseError {}
 /// A parsed, validated SIP message: rsip's form plus the fields the core relies on.
 #[derive(Debug, Clone)]
 pub struct SipMessage {
-    /// rsip's form of the start line alone: its header list and body are empty (the fields
-    /// below hold them).
-    raw: rsip::SipMessage,
-    /// The start line as checked (a request's user part escaped, see [`check_request_line`]).
+    /// What the start line says.
+    start: StartLine,
+    /// The start line as checked (a request's user part escaped, see [`read_start_line`]).
     start_line: String,
     /// The Request-URI exactly as sent; rsip's parsed form may differ (see [`uri_user_host`]).
     pub request_uri: Option<String>,
@@ -97,6 +97,13 @@ pub struct SipMessage {
     pub vias: Vec<Via>,
     pub max_forwards: Option<u32>,
     pub body: Vec<u8>,
+}
+
+/// A request's method or a response's status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartLine {
+    Request(rsip::Method),
+    Response(u16),
 }
 
 /// `CSeq: 4711 INVITE`.
@@ -182,7 +189,7 @@ impl SipMessage {
             true => None,
             false => start_line.split(' ').nth(1).map(str::to_string),
         };
-        let start_line = check_request_line(start_line)?;
+        let (start, start_line) = read_start_line(start_line)?;
         let available = &bytes[body_start..];
         let body = match content_length(&headers)? {
             Some(declared) if declared > available.len() => {
@@ -196,20 +203,7 @@ impl SipMessage {
             Some(declared) => &available[..declared],
             None => available,
         };
-        // rsip reads the start line only. Its header tokenizer checks nothing that
-        // `normalize_head` has not (a token name, a colon, a value up to CRLF) and its typed
-        // headers were never read, so the header list above is the one source of truth.
-        let mut line = String::with_capacity(start_line.len() + 4);
-        line.push_str(&start_line);
-        line.push_str("\r\n\r\n");
-        // Request or response is known from the line itself: rsip's own guess tries the
-        // response grammar first and formats an error message for every request it sees.
-        let raw = match start_line.starts_with("SIP/") {
-            true => rsip::Response::try_from(line.as_bytes()).map(rsip::SipMessage::from),
-            false => rsip::Request::try_from(line.as_bytes()).map(rsip::SipMessage::from),
-        }
-        .map_err(|e| ParseError::Rsip(e.to_string()))?;
-        let mut message = Self::validate(raw, start_line, headers, body.to_vec())?;
+        let mut message = Self::validate(start, start_line, headers, body.to_vec())?;
         message.request_uri = request_uri;
         Ok(message)
     }
@@ -220,21 +214,18 @@ impl SipMessage {
     }
 
     fn validate(
-        raw: rsip::SipMessage,
+        start: StartLine,
         start_line: String,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     ) -> Result<SipMessage, ParseError> {
-        if raw.version() != &rsip::Version::V2 {
-            return Err(ParseError::UnsupportedVersion);
-        }
         let call_id = single(&headers, "Call-ID")?.to_string();
         if call_id.is_empty() || call_id.contains(char::is_whitespace) {
             return Err(ParseError::BadHeader("Call-ID"));
         }
         let cseq = parse_cseq(single(&headers, "CSeq")?)?;
-        if let rsip::SipMessage::Request(request) = &raw {
-            if request.method != cseq.method {
+        if let StartLine::Request(method) = start {
+            if method != cseq.method {
                 return Err(ParseError::CSeqMethodMismatch);
             }
         }
@@ -258,7 +249,7 @@ impl SipMessage {
             None => None,
         };
         Ok(SipMessage {
-            raw,
+            start,
             start_line,
             request_uri: None,
             headers,
@@ -274,17 +265,17 @@ impl SipMessage {
 
     /// The request's method, or `None` for a response.
     pub fn method(&self) -> Option<rsip::Method> {
-        match &self.raw {
-            rsip::SipMessage::Request(request) => Some(request.method),
-            rsip::SipMessage::Response(_) => None,
+        match self.start {
+            StartLine::Request(method) => Some(method),
+            StartLine::Response(_) => None,
         }
     }
 
     /// The response's status code, or `None` for a request.
     pub fn status(&self) -> Option<u16> {
-        match &self.raw {
-            rsip::SipMessage::Request(_) => None,
-            rsip::SipMessage::Response(response) => Some(response.status_code.code()),
+        match self.start {
+            StartLine::Request(_) => None,
+            StartLine::Response(code) => Some(code),
         }
     }
 
@@ -439,9 +430,11 @@ pub fn build_response(request: &SipMessage, code: u16, to_tag: &str, extra: &[(&
 /// (RFC 3261 §17.1.1.3): same Request-URI, top Via, From, Call-ID and CSeq number as the
 /// INVITE, the To of the response, and the INVITE's Route headers.
 pub fn build_ack_for_non_2xx(invite: &SipMessage, response: &SipMessage) -> Option<SipMessage> {
-    let rsip::SipMessage::Request(request) = &invite.raw else {
+    let StartLine::Request(_) = invite.start else {
         return None;
     };
+    // The Request-URI as checked on the way in; rsip parses it only for this rare ACK.
+    let uri = rsip::Uri::try_from(invite.start_line.split(' ').nth(1)?).ok()?;
     let mut headers = rsip::Headers::default();
     headers.push(rsip::Header::Via(invite.vias.first()?.value.clone().into()));
     headers.push(rsip::Header::MaxForwards("70".to_string().into()));
@@ -454,7 +447,7 @@ pub fn build_ack_for_non_2xx(invite: &SipMessage, response: &SipMessage) -> Opti
     }
     let ack = rsip::Request {
         method: rsip::Method::Ack,
-        uri: request.uri.clone(),
+        uri,
         version: rsip::Version::V2,
         headers,
         body: Vec::new(),
@@ -681,24 +674,71 @@ fn parse_cseq(value: &str) -> Result<CSeq, ParseError> {
     Ok(CSeq { seq, method })
 }
 
-/// rsip accepts a Request-URI in `<>` and other junk (RFC 4475 `ltgtruri`), so the request
-/// line is checked here: exactly three parts separated by single spaces, and a URI that has a
-/// scheme and none of the characters that only surround URIs.
-/// The line handed to rsip has the Request-URI's user part escaped (see [`escape_user_part`]).
-fn check_request_line(start_line: &str) -> Result<String, ParseError> {
-    if start_line.starts_with("SIP/") {
-        return Ok(start_line.to_string());
+/// Reads the start line without rsip's message grammar, which tokenizes every URI with
+/// error messages formatted for each alternative it tries (a few microseconds a message).
+/// What it accepts is what rsip accepted, or narrower:
+/// - a response: `SIP/2.0`, spaces, a status code of three digits (100 to 699), a space and
+///   any reason phrase;
+/// - a request: exactly three parts separated by single spaces (rsip also takes a
+///   Request-URI in `<>` and other junk, RFC 4475 `ltgtruri`); a method rsip knows; a URI
+///   with a scheme and none of the characters that only surround URIs, of the common shape
+///   (see [`is_common_sip_uri`]) or else one rsip accepts; and `SIP/2.0`.
+///
+/// Returns the line as the node keeps it: a request's user part escaped (see
+/// [`escape_user_part`]).
+fn read_start_line(line: &str) -> Result<(StartLine, String), ParseError> {
+    if line.starts_with("SIP/") {
+        let (version, rest) = line
+            .split_once(' ')
+            .ok_or(ParseError::Rsip("malformed status line".into()))?;
+        check_version(version)?;
+        let rest = rest.trim_start_matches([' ', '\t']);
+        let code = rest
+            .get(..3)
+            .filter(|code| code.bytes().all(|b| b.is_ascii_digit()) && rest[3..].starts_with(' '))
+            .and_then(|code| code.parse::<u16>().ok())
+            .filter(|code| (100..=699).contains(code))
+            .ok_or(ParseError::Rsip("malformed status code".into()))?;
+        return Ok((StartLine::Response(code), line.to_string()));
     }
-    let parts: Vec<&str> = start_line.split(' ').collect();
+    let parts: Vec<&str> = line.split(' ').collect();
     let [method, uri, version] = parts.as_slice() else {
         return Err(ParseError::Rsip(
             "request line is not `method SP uri SP version`".into(),
         ));
     };
-    if method.is_empty() || version.is_empty() || !is_plain_uri(uri) {
+    if method.is_empty() || !method.bytes().all(is_token_byte) || !is_plain_uri(uri) {
         return Err(ParseError::Rsip("malformed request line".into()));
     }
-    Ok(format!("{method} {} {version}", escape_user_part(uri)))
+    let parsed = method
+        .parse::<rsip::Method>()
+        .map_err(|_| ParseError::Rsip(format!("unknown method {method}")))?;
+    let escaped = escape_user_part(uri);
+    if !is_common_sip_uri(uri) && rsip::Uri::try_from(escaped.as_str()).is_err() {
+        return Err(ParseError::Rsip("malformed Request-URI".into()));
+    }
+    check_version(version)?;
+    Ok((StartLine::Request(parsed), format!("{method} {escaped} {version}")))
+}
+
+/// `SIP/2.0`; another version of the same shape is unsupported, anything else malformed.
+fn check_version(version: &str) -> Result<(), ParseError> {
+    if version == "SIP/2.0" {
+        return Ok(());
+    }
+    let numbered = version
+        .strip_prefix("SIP/")
+        .and_then(|v| v.split_once('.'))
+        .is_some_and(|(major, minor)| {
+            !major.is_empty()
+                && !minor.is_empty()
+                && major.bytes().all(|b| b.is_ascii_digit())
+                && minor.bytes().all(|b| b.is_ascii_digit())
+        });
+    match numbered {
+        true => Err(ParseError::UnsupportedVersion),
+        false => Err(ParseError::Rsip("malformed SIP version".into())),
+    }
 }
 
 /// rsip cannot tokenize `;`, `=`, `&` and similar characters in a URI's user part
@@ -1069,7 +1109,84 @@ pub(crate) mod tests {
         ) {
             if is_common_sip_uri(&uri) {
                 prop_assert!(rsip::Uri::try_from(uri.as_str()).is_ok(), "rsip refuses {}", uri);
+                // The Request-URI check takes the fast path on the URI as sent, while rsip
+                // used to see its user part escaped.
+                let escaped = escape_user_part(&uri);
+                prop_assert!(rsip::Uri::try_from(escaped.as_str()).is_ok(), "rsip refuses {}", escaped);
             }
+        }
+
+        /// Every start line read here is one rsip's message grammar accepts, with the same
+        /// method or status code.
+        #[test]
+        fn every_start_line_read_here_is_one_rsip_reads_alike(
+            line in prop_oneof![
+                "(REGISTER|INVITE|ACK|BYE|OPTIONS|register|FOO|SIP/2.0|) {1,2}(sips?|tel|x):([A-Za-z0-9.;=%-]{1,10}@)?[A-Za-z0-9.-]{1,16}(:[0-9]{1,6})? {1,2}SIP/[0-9]{1,2}\\.[0-9]",
+                "SIP/[0-9]\\.[0-9][ \t]{1,3}[0-9A-Za-z]{2,4}( [A-Za-z ]{0,12})?",
+            ]
+        ) {
+            if let Ok((start, kept)) = read_start_line(&line) {
+                let framed = format!("{kept}\r\n\r\n");
+                match (start, rsip::SipMessage::try_from(framed.as_bytes())) {
+                    (StartLine::Request(method), Ok(rsip::SipMessage::Request(r))) => {
+                        prop_assert_eq!(method, r.method);
+                        prop_assert_eq!(r.version, rsip::Version::V2);
+                    }
+                    (StartLine::Response(code), Ok(rsip::SipMessage::Response(r))) => {
+                        prop_assert_eq!(code, r.status_code.code());
+                        prop_assert_eq!(r.version, rsip::Version::V2);
+                    }
+                    (start, other) => prop_assert!(false, "{:?} read as {:?}, rsip: {:?}", line, start, other),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn start_lines_are_read_strictly() {
+        let ok = [
+            ("REGISTER sip:example.com SIP/2.0", Some(rsip::Method::Register), None),
+            (
+                "INVITE sip:j.user@example.com:5070;transport=udp SIP/2.0",
+                Some(rsip::Method::Invite),
+                None,
+            ),
+            ("SIP/2.0 200 OK", None, Some(200)),
+            ("SIP/2.0  486 ", None, Some(486)),
+            ("SIP/2.0 699 Whatever it says", None, Some(699)),
+        ];
+        for (line, method, status) in ok {
+            let (start, _) = read_start_line(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            let read = match start {
+                StartLine::Request(m) => (Some(m), None),
+                StartLine::Response(code) => (None, Some(code)),
+            };
+            assert_eq!(read, (method, status), "{line}");
+        }
+        for line in ["OPTIONS sip:a@example.com SIP/1.0", "SIP/7.0 200 OK", "SIP/2.1 200 OK"] {
+            assert_eq!(
+                read_start_line(line).unwrap_err(),
+                ParseError::UnsupportedVersion,
+                "{line}"
+            );
+        }
+        for line in [
+            "SIP/2.0 20 OK",
+            "SIP/2.0 200",
+            "SIP/2.0 099 Low",
+            "SIP/2.0 2x0 OK",
+            "SIP/2.0x 200 OK",
+            "OPTIONS sip:a@example.com SIP/2.0x",
+            "OPTIONS sip:a@example.com sip/2.0",
+            "OPTIONS  sip:a@example.com SIP/2.0",
+            "OPTIONS <sip:a@example.com> SIP/2.0",
+            "NOTAMETHOD sip:a@example.com SIP/2.0",
+            "OPT(IONS sip:a@example.com SIP/2.0",
+        ] {
+            assert!(
+                matches!(read_start_line(line), Err(ParseError::Rsip(_))),
+                "{line} is malformed"
+            );
         }
     }
 
@@ -1202,16 +1319,13 @@ To: <sip:a@example.com>\r\nFrom: <sip:b@example.com>\r\n\t;tag=9\r\nCall-ID: x\r
     }
 
     #[test]
-    fn workaround_rsip_reads_the_start_line_and_the_header_list_renders_the_rest() {
+    fn workaround_the_start_line_is_read_here_and_the_header_list_renders_the_message() {
         let text =
             "MESSAGE sip:a@example.com SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK3, SIP/2.0/TCP p;branch=z9hG4bK4\r\n\
 t: <sip:a@example.com>\r\nf: <sip:b@example.com>\r\n ;tag=1\r\ni: y\r\nCSeq: 2 MESSAGE\r\n\
 X-Odd : kept as sent\r\nl: 5\r\n\r\nhello and junk";
         let m = parse(text);
         assert_eq!(m.method(), Some(rsip::Method::Message));
-        // rsip saw no header and no body: the list below is the only copy.
-        assert!(rsip::message::HasHeaders::headers(&m.raw).iter().next().is_none());
-        assert!(m.raw.body().is_empty());
         let rendered = String::from_utf8(m.to_bytes()).unwrap();
         assert_eq!(
             rendered,
