@@ -6,11 +6,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use commands::db::KeptConnection;
 use domain::digest::Ha1;
 use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -50,7 +52,20 @@ pub struct DirectoryCache {
     ttl: Duration,
     max_entries: usize,
     inner: Arc<Mutex<Inner>>,
+    /// Extension misses go to one loader task (started at the first miss), which reads
+    /// whatever misses are queued in one statement on a connection of its own: under load
+    /// every extension's entry lapses once a TTL, so these are most of the node's queries.
+    extension_loader: Arc<OnceLock<mpsc::Sender<ExtensionRequest>>>,
 }
+
+struct ExtensionRequest {
+    tenant_id: Uuid,
+    number: String,
+    reply: oneshot::Sender<Result<Option<ExtensionRecord>, Arc<sqlx::Error>>>,
+}
+
+/// Misses queued while a statement runs go in the next one, up to this many.
+const MAX_EXTENSION_BATCH: usize = 256;
 
 impl Default for DirectoryCache {
     fn default() -> Self {
@@ -64,6 +79,7 @@ impl DirectoryCache {
             ttl,
             max_entries: max_entries.max(1),
             inner: Arc::default(),
+            extension_loader: Arc::default(),
         }
     }
 
@@ -113,22 +129,27 @@ impl DirectoryCache {
                 return Ok(row.clone());
             }
         }
-        let row = sqlx::query(
-            "SELECT extension_id, number, ha1_md5, ha1_sha256, enabled FROM rm_extensions WHERE tenant_id = $1 AND number = $2",
-        )
-        .bind(tenant_id)
-        .bind(number)
-        .fetch_optional(pool)
-        .await?
-        .map(|row| ExtensionRecord {
-            extension_id: row.get("extension_id"),
-            number: row.get("number"),
-            ha1: Ha1 {
-                md5: row.get("ha1_md5"),
-                sha256: row.get("ha1_sha256"),
-            },
-            enabled: row.get("enabled"),
+        let loader = self.extension_loader.get_or_init(|| {
+            let (requests, queue) = mpsc::channel(4 * MAX_EXTENSION_BATCH);
+            tokio::spawn(extension_loader(pool.clone(), queue));
+            requests
         });
+        let (reply, answer) = oneshot::channel();
+        let request = ExtensionRequest {
+            tenant_id,
+            number: number.to_string(),
+            reply,
+        };
+        let stopped = || sqlx::Error::Protocol("the directory loader stopped".into());
+        loader.send(request).await.map_err(|_| stopped())?;
+        let row = answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(|e| match Arc::try_unwrap(e) {
+                Ok(e) => e,
+                // sqlx errors are not Clone: a batch's one error reaches each caller by its text.
+                Err(shared) => sqlx::Error::Protocol(shared.to_string()),
+            })?;
         let mut inner = self.lock();
         if inner.extensions.len() >= self.max_entries {
             inner.extensions.clear();
@@ -189,5 +210,66 @@ impl DirectoryCache {
         }
         inner.accounts.insert(tenant_id, (Instant::now(), row));
         Ok(row)
+    }
+}
+
+/// Reads queued extension misses, up to [`MAX_EXTENSION_BATCH`] at a time, each batch in one
+/// statement on the loader's own connection; stops when every cache clone is gone.
+async fn extension_loader(pool: PgPool, mut queue: mpsc::Receiver<ExtensionRequest>) {
+    let mut connection = KeptConnection::new(pool);
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_EXTENSION_BATCH {
+            match queue.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let tenants: Vec<Uuid> = batch.iter().map(|r| r.tenant_id).collect();
+        let numbers: Vec<&str> = batch.iter().map(|r| r.number.as_str()).collect();
+        let rows = match connection.get().await {
+            Ok(c) => {
+                sqlx::query(
+                    "SELECT i.ord, e.extension_id, e.number, e.ha1_md5, e.ha1_sha256, e.enabled \
+                     FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS i(tenant_id, number, ord) \
+                     JOIN LATERAL (SELECT * FROM rm_extensions e \
+                         WHERE e.tenant_id = i.tenant_id AND e.number = i.number) e ON true",
+                )
+                .bind(&tenants)
+                .bind(&numbers)
+                .fetch_all(c)
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match rows {
+            Ok(rows) => {
+                let mut found: Vec<Option<ExtensionRecord>> = batch.iter().map(|_| None).collect();
+                for row in &rows {
+                    let ord: i64 = row.get("ord");
+                    if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| found.get_mut(i)) {
+                        *slot = Some(ExtensionRecord {
+                            extension_id: row.get("extension_id"),
+                            number: row.get("number"),
+                            ha1: Ha1 {
+                                md5: row.get("ha1_md5"),
+                                sha256: row.get("ha1_sha256"),
+                            },
+                            enabled: row.get("enabled"),
+                        });
+                    }
+                }
+                for (request, record) in batch.into_iter().zip(found) {
+                    let _ = request.reply.send(Ok(record));
+                }
+            }
+            Err(e) => {
+                connection.discard();
+                let e = Arc::new(e);
+                for request in batch {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }

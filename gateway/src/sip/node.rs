@@ -442,7 +442,7 @@ impl SipNode {
                 continue;
             };
             let lingering = match entry.transaction.state() {
-                ServerState::Completed => key.method != "INVITE",
+                ServerState::Completed => key.method() != "INVITE",
                 ServerState::Confirmed | ServerState::Terminated => true,
                 ServerState::Trying | ServerState::Proceeding | ServerState::Accepted => false,
             };

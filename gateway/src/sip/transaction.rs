@@ -13,6 +13,8 @@
 
 use super::message::SipMessage;
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A point on the node's clock: the time elapsed since its epoch.
@@ -102,18 +104,38 @@ pub enum ServerState {
 
 /// What identifies a transaction (RFC 3261 §17.1.3, §17.2.3): the top Via's branch and
 /// sent-by, and the method, with ACK folded into INVITE.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TransactionKey {
-    pub branch: String,
-    pub sent_by: String,
+///
+/// The node keeps a key in its transaction map, its arrival order and its timer heap, and
+/// looks one up several times a message: so a key is shared (a clone is a reference count,
+/// not three strings) and hashed once, with the process's random keys (a peer choosing
+/// branches cannot aim at one bucket).
+#[derive(Debug, Clone)]
+pub struct TransactionKey(Arc<KeyParts>);
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct KeyParts {
+    branch: String,
+    sent_by: String,
     /// The CSeq method as text, since `rsip::Method` is not `Hash`.
-    pub method: String,
+    method: String,
+    hash: u64,
 }
 
 /// The RFC 3261 magic cookie: a branch without it comes from an RFC 2543 element.
 pub const BRANCH_COOKIE: &str = "z9hG4bK";
 
 impl TransactionKey {
+    pub fn new(branch: &str, sent_by: &str, method: &str) -> TransactionKey {
+        static KEYS: OnceLock<RandomState> = OnceLock::new();
+        let hash = KEYS.get_or_init(RandomState::new).hash_one((branch, sent_by, method));
+        TransactionKey(Arc::new(KeyParts {
+            branch: branch.to_string(),
+            sent_by: sent_by.to_string(),
+            method: method.to_string(),
+            hash,
+        }))
+    }
+
     /// The key a request or response belongs to; `None` for RFC 2543 branches, which this
     /// node does not match (it answers them statelessly or drops them).
     pub fn of(message: &SipMessage) -> Option<TransactionKey> {
@@ -126,11 +148,49 @@ impl TransactionKey {
             rsip::Method::Ack => rsip::Method::Invite,
             method => method,
         };
-        Some(TransactionKey {
-            branch: branch.to_string(),
-            sent_by: via.sent_by.to_ascii_lowercase(),
-            method: method.to_string(),
-        })
+        Some(TransactionKey::new(
+            branch,
+            &via.sent_by.to_ascii_lowercase(),
+            &method.to_string(),
+        ))
+    }
+
+    pub fn branch(&self) -> &str {
+        &self.0.branch
+    }
+
+    pub fn sent_by(&self) -> &str {
+        &self.0.sent_by
+    }
+
+    pub fn method(&self) -> &str {
+        &self.0.method
+    }
+}
+
+impl PartialEq for TransactionKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for TransactionKey {}
+
+impl PartialOrd for TransactionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TransactionKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl std::hash::Hash for TransactionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
     }
 }
 
@@ -831,5 +891,32 @@ Call-ID: call-1\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
             .unwrap()
             .replace("z9hG4bKabc", "old2543");
         assert_eq!(TransactionKey::of(&SipMessage::parse(text.as_bytes()).unwrap()), None);
+    }
+
+    #[test]
+    fn keys_are_equal_and_hash_alike_by_value_and_clones_share_one_copy() {
+        use std::collections::HashMap;
+        let invite = request("INVITE");
+        let (a, b) = (
+            TransactionKey::of(&invite).unwrap(),
+            TransactionKey::of(&invite).unwrap(),
+        );
+        assert!(!Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a, b);
+        let hasher = RandomState::new();
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+        let mut map = HashMap::new();
+        map.insert(a.clone(), 1);
+        assert_eq!(map.get(&b), Some(&1));
+        assert!(Arc::ptr_eq(&a.0, &a.clone().0));
+        // Each part counts: the sent-by is compared case-folded, the branch exactly.
+        assert_eq!((a.branch(), a.method()), ("z9hG4bKabc", "INVITE"));
+        assert_ne!(a, TransactionKey::new("z9hG4bKABC", a.sent_by(), "INVITE"));
+        assert_ne!(a, TransactionKey::new(a.branch(), "elsewhere.example.com", "INVITE"));
+        assert_eq!(a, TransactionKey::new(a.branch(), a.sent_by(), "INVITE"));
+        assert_eq!(
+            a.cmp(&TransactionKey::new(a.branch(), a.sent_by(), "INVITE")),
+            std::cmp::Ordering::Equal
+        );
     }
 }
