@@ -88,14 +88,28 @@ impl DirectoryCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The cached answer for a SIP domain, if it is fresh: `Some(None)` is a fresh "no such
+    /// tenant". Never queries.
+    pub fn cached_tenant(&self, domain: &str) -> Option<Option<TenantRow>> {
+        let key = domain.to_ascii_lowercase();
+        let inner = self.lock();
+        let (at, row) = inner.tenants.get(&key)?;
+        (at.elapsed() < self.ttl).then(|| row.clone())
+    }
+
+    /// The cached answer for an extension number, if it is fresh. Never queries.
+    pub fn cached_extension(&self, tenant_id: Uuid, number: &str) -> Option<Option<ExtensionRecord>> {
+        let inner = self.lock();
+        let (at, row) = inner.extensions.get(&(tenant_id, number.to_string()))?;
+        (at.elapsed() < self.ttl).then(|| row.clone())
+    }
+
     /// The tenant whose SIP domain this is (lower-cased), or none.
     pub async fn tenant(&self, pool: &PgPool, domain: &str) -> Result<Option<TenantRow>, sqlx::Error> {
-        let key = domain.to_ascii_lowercase();
-        if let Some((at, row)) = self.lock().tenants.get(&key) {
-            if at.elapsed() < self.ttl {
-                return Ok(row.clone());
-            }
+        if let Some(row) = self.cached_tenant(domain) {
+            return Ok(row);
         }
+        let key = domain.to_ascii_lowercase();
         let row = sqlx::query(
             "SELECT tenant_id, sip_domain, suspended, max_concurrent_calls FROM rm_tenants WHERE sip_domain = $1",
         )
@@ -123,12 +137,10 @@ impl DirectoryCache {
         tenant_id: Uuid,
         number: &str,
     ) -> Result<Option<ExtensionRecord>, sqlx::Error> {
-        let key = (tenant_id, number.to_string());
-        if let Some((at, row)) = self.lock().extensions.get(&key) {
-            if at.elapsed() < self.ttl {
-                return Ok(row.clone());
-            }
+        if let Some(row) = self.cached_extension(tenant_id, number) {
+            return Ok(row);
         }
+        let key = (tenant_id, number.to_string());
         let loader = self.extension_loader.get_or_init(|| {
             let (requests, queue) = mpsc::channel(4 * MAX_EXTENSION_BATCH);
             tokio::spawn(extension_loader(pool.clone(), queue));

@@ -296,21 +296,40 @@ impl Shell {
                 _ = shutdown.changed() => return,
             }
             while let Some(transmit) = node.poll_transmit() {
-                let protocol = match transmit.transport {
-                    Transport::Unreliable => Protocol::Udp,
-                    Transport::Reliable => Protocol::Tcp,
-                };
-                if let Err(e) = self
-                    .transports
-                    .send(protocol, transmit.destination, transmit.bytes)
-                    .await
-                {
-                    tracing::debug!(destination = %transmit.destination, error = %e, "SIP send failed");
+                self.send(transmit).await;
+            }
+            let mut ready = Vec::new();
+            loop {
+                while let Some(event) = node.poll_event() {
+                    self.on_event(epoch, event, &done_tx, &call_tx, &mut ready).await;
+                }
+                if ready.is_empty() {
+                    break;
+                }
+                // Lookups the cache answered at once: handled now, their answers sent below.
+                let at = now(epoch);
+                for done in ready.drain(..) {
+                    let random = *Uuid::new_v4().as_bytes();
+                    node.handle_register_lookup(at, done.id, done.lookup, done.bindings, random);
+                }
+                while let Some(transmit) = node.poll_transmit() {
+                    self.send(transmit).await;
                 }
             }
-            while let Some(event) = node.poll_event() {
-                self.on_event(epoch, event, &done_tx, &call_tx).await;
-            }
+        }
+    }
+
+    async fn send(&self, transmit: crate::sip::node::Transmit) {
+        let protocol = match transmit.transport {
+            Transport::Unreliable => Protocol::Udp,
+            Transport::Reliable => Protocol::Tcp,
+        };
+        if let Err(e) = self
+            .transports
+            .send(protocol, transmit.destination, transmit.bytes)
+            .await
+        {
+            tracing::debug!(destination = %transmit.destination, error = %e, "SIP send failed");
         }
     }
 
@@ -320,6 +339,7 @@ impl Shell {
         event: NodeEvent,
         done_tx: &mpsc::Sender<LookupDone>,
         call_tx: &mpsc::Sender<CallDone>,
+        ready: &mut Vec<LookupDone>,
     ) {
         match event {
             NodeEvent::RegisterLookup {
@@ -328,6 +348,18 @@ impl Shell {
                 user,
                 credentials,
             } => {
+                // A challenge needs only the directory (no bindings): when the cache holds a
+                // fresh answer, it is handled in this turn of the loop, without a task.
+                if !credentials {
+                    if let Some(lookup) = self.cached_lookup(&domain, &user) {
+                        ready.push(LookupDone {
+                            id,
+                            lookup,
+                            bindings: Vec::new(),
+                        });
+                        return;
+                    }
+                }
                 let shell = self.clone();
                 let done_tx = done_tx.clone();
                 tokio::spawn(async move {
@@ -513,6 +545,21 @@ impl Shell {
                 }
             }
         }
+    }
+
+    /// [`Shell::lookup`] for a challenge, from fresh cache entries only; `None` when the
+    /// directory must be asked.
+    fn cached_lookup(&self, domain: &str, user: &str) -> Option<Lookup> {
+        let Some(tenant) = self.directory.cached_tenant(domain)? else {
+            return Some(Lookup::UnknownDomain);
+        };
+        let extension = self.directory.cached_extension(tenant.tenant_id, user)?;
+        Some(Lookup::Tenant {
+            tenant_id: tenant.tenant_id,
+            sip_domain: tenant.sip_domain,
+            suspended: tenant.suspended,
+            extension,
+        })
     }
 
     /// Tenant by SIP domain, extension by number, and the extension's live bindings.

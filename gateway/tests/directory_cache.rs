@@ -103,3 +103,36 @@ async fn a_failed_batch_is_an_error_for_its_callers_and_the_loader_recovers() {
     add_extension(&db, tenant, "2001", true).await;
     assert!(cache.extension(&db.pool, tenant, "2001").await.unwrap().is_some());
 }
+
+/// The cache-only reads never query: they answer from fresh entries or say they cannot.
+#[tokio::test]
+async fn cached_reads_answer_only_from_fresh_entries() {
+    let db = TestDb::new().await.unwrap();
+    let tenant = Uuid::new_v4();
+    let id = add_extension(&db, tenant, "3000", true).await;
+    let cache = DirectoryCache::new(Duration::from_secs(60), 10_000);
+    assert!(cache.cached_extension(tenant, "3000").is_none());
+    assert_eq!(cache.cached_tenant("nowhere.test"), None);
+    cache.extension(&db.pool, tenant, "3000").await.unwrap();
+    cache.extension(&db.pool, tenant, "3001").await.unwrap();
+    assert!(cache.tenant(&db.pool, "nowhere.test").await.unwrap().is_none());
+    assert_eq!(
+        cache
+            .cached_extension(tenant, "3000")
+            .map(|e| e.map(|e| e.extension_id)),
+        Some(Some(id))
+    );
+    assert!(
+        matches!(cache.cached_extension(tenant, "3001"), Some(None)),
+        "a fresh miss is an answer"
+    );
+    assert_eq!(
+        cache.cached_tenant("NOWHERE.test"),
+        Some(None),
+        "domains are case-folded"
+    );
+    // With no time to live, nothing cached is fresh.
+    let lapsed = DirectoryCache::new(Duration::ZERO, 10_000);
+    lapsed.extension(&db.pool, tenant, "3000").await.unwrap();
+    assert!(lapsed.cached_extension(tenant, "3000").is_none());
+}
