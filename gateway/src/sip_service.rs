@@ -295,9 +295,7 @@ impl Shell {
                 _ = tokio::time::sleep_until(deadline) => node.handle_timeout(now(epoch)),
                 _ = shutdown.changed() => return,
             }
-            while let Some(transmit) = node.poll_transmit() {
-                self.send(transmit).await;
-            }
+            self.send_all(&mut node).await;
             let mut ready = Vec::new();
             loop {
                 while let Some(event) = node.poll_event() {
@@ -312,9 +310,27 @@ impl Shell {
                     let random = *Uuid::new_v4().as_bytes();
                     node.handle_register_lookup(at, done.id, done.lookup, done.bindings, random);
                 }
-                while let Some(transmit) = node.poll_transmit() {
-                    self.send(transmit).await;
-                }
+                self.send_all(&mut node).await;
+            }
+        }
+    }
+
+    /// Everything the node has to send: UDP datagrams together in one system call, TCP
+    /// messages on their connections.
+    async fn send_all(&self, node: &mut SipNode) {
+        let mut datagrams = Vec::new();
+        while let Some(transmit) = node.poll_transmit() {
+            match transmit.transport {
+                Transport::Unreliable => datagrams.push(transmit),
+                Transport::Reliable => self.send(transmit).await,
+            }
+        }
+        if !datagrams.is_empty() {
+            let packets: Vec<(&[u8], SocketAddr)> =
+                datagrams.iter().map(|t| (t.bytes.as_slice(), t.destination)).collect();
+            let sent = self.transports.send_udp_batch(&packets);
+            if sent < packets.len() {
+                tracing::debug!(dropped = packets.len() - sent, "UDP send buffer full");
             }
         }
     }

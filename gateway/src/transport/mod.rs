@@ -122,6 +122,14 @@ impl Transports {
         }
     }
 
+    /// Sends UDP datagrams in one `sendmmsg` (the node's answers of one turn leave
+    /// together); returns how many the kernel took. One it refuses (a full send buffer)
+    /// is dropped, as the network may drop any datagram: SIP retransmits.
+    pub fn send_udp_batch(&self, packets: &[(&[u8], SocketAddr)]) -> usize {
+        use std::os::fd::AsRawFd;
+        media::sys::send_batch(self.udp.as_raw_fd(), packets)
+    }
+
     fn connection(&self, peer: SocketAddr) -> Option<mpsc::Sender<Vec<u8>>> {
         // A poisoned lock means a task panicked while holding it: the map is still usable.
         let map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
@@ -332,6 +340,28 @@ mod tests {
         let mut buffer = [0u8; 100];
         let (n, _) = client.recv_from(&mut buffer).await.unwrap();
         assert_eq!(&buffer[..n], b"SIP/2.0 200 OK\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_udp_batch_reaches_each_destination_in_order() {
+        let (transports, _inbound) = bound().await;
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let big = vec![b'x'; 9_000];
+        let packets: Vec<(&[u8], SocketAddr)> =
+            vec![(b"one", to_a), (b"two", to_b), (big.as_slice(), to_a), (b"three", to_a)];
+        assert_eq!(transports.send_udp_batch(&packets), 4);
+        let mut buffer = vec![0u8; 65_536];
+        let mut heard = Vec::new();
+        for _ in 0..3 {
+            let (n, from) = a.recv_from(&mut buffer).await.unwrap();
+            assert_eq!(from, transports.local_addr());
+            heard.push(buffer[..n].to_vec());
+        }
+        assert_eq!(heard, vec![b"one".to_vec(), big.clone(), b"three".to_vec()]);
+        let (n, _) = b.recv_from(&mut buffer).await.unwrap();
+        assert_eq!(&buffer[..n], b"two");
     }
 
     #[tokio::test]
