@@ -140,11 +140,12 @@ impl KeptConnection {
     pub fn discard(&mut self) {
         self.connection = None;
     }
+}
 
-    /// Whether a connection is kept now (for tests).
-    pub fn is_kept(&self) -> bool {
-        self.connection.is_some()
-    }
+/// A batch's one error, for one of its callers: sqlx errors are not `Clone`, so each caller
+/// gets the error itself if it is the last holder, else its text.
+pub fn unshared(error: std::sync::Arc<sqlx::Error>) -> sqlx::Error {
+    std::sync::Arc::try_unwrap(error).unwrap_or_else(|shared| sqlx::Error::Protocol(shared.to_string()))
 }
 
 /// Create `database` on the server at `admin_url` unless it exists.

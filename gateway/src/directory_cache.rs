@@ -154,14 +154,7 @@ impl DirectoryCache {
         };
         let stopped = || sqlx::Error::Protocol("the directory loader stopped".into());
         loader.send(request).await.map_err(|_| stopped())?;
-        let row = answer
-            .await
-            .map_err(|_| stopped())?
-            .map_err(|e| match Arc::try_unwrap(e) {
-                Ok(e) => e,
-                // sqlx errors are not Clone: a batch's one error reaches each caller by its text.
-                Err(shared) => sqlx::Error::Protocol(shared.to_string()),
-            })?;
+        let row = answer.await.map_err(|_| stopped())?.map_err(commands::db::unshared)?;
         let mut inner = self.lock();
         if inner.extensions.len() >= self.max_entries {
             inner.extensions.clear();

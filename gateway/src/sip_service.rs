@@ -216,6 +216,16 @@ fn advertised(local: SocketAddr) -> String {
     SocketAddr::new(outward, local.port()).to_string()
 }
 
+/// What the registrar is told of a known tenant and the extension asked for.
+fn tenant_lookup(tenant: crate::directory_cache::TenantRow, extension: Option<registrar::ExtensionRecord>) -> Lookup {
+    Lookup::Tenant {
+        tenant_id: tenant.tenant_id,
+        sip_domain: tenant.sip_domain,
+        suspended: tenant.suspended,
+        extension,
+    }
+}
+
 /// At most this many queued messages are handled in one turn of the node's loop.
 const INBOUND_BURST: usize = 64;
 
@@ -570,12 +580,7 @@ impl Shell {
             return Some(Lookup::UnknownDomain);
         };
         let extension = self.directory.cached_extension(tenant.tenant_id, user)?;
-        Some(Lookup::Tenant {
-            tenant_id: tenant.tenant_id,
-            sip_domain: tenant.sip_domain,
-            suspended: tenant.suspended,
-            extension,
-        })
+        Some(tenant_lookup(tenant, extension))
     }
 
     /// Tenant by SIP domain, extension by number, and the extension's live bindings.
@@ -614,15 +619,7 @@ impl Shell {
                 .collect(),
             None => Vec::new(),
         };
-        Ok((
-            Lookup::Tenant {
-                tenant_id,
-                sip_domain: tenant.sip_domain,
-                suspended: tenant.suspended,
-                extension,
-            },
-            bindings,
-        ))
+        Ok((tenant_lookup(tenant, extension), bindings))
     }
 
     /// Write the bindings, then append an event for each binding the table says was

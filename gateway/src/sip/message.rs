@@ -78,7 +78,7 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// A parsed, validated SIP message: rsip's form plus the fields the core relies on.
+/// A parsed, validated SIP message: what its start line says, and the fields the core relies on.
 #[derive(Debug, Clone)]
 pub struct SipMessage {
     /// What the start line says.
@@ -185,11 +185,7 @@ impl SipMessage {
         // `find_end_of_headers` returns positions inside `bytes`, so these slices are in bounds.
         let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| ParseError::NotUtf8)?;
         let (start_line, headers) = normalize_head(head)?;
-        let request_uri = match start_line.starts_with("SIP/") {
-            true => None,
-            false => start_line.split(' ').nth(1).map(str::to_string),
-        };
-        let (start, start_line) = read_start_line(start_line)?;
+        let (start, start_line, request_uri) = read_start_line(start_line)?;
         let available = &bytes[body_start..];
         let body = match content_length(&headers)? {
             Some(declared) if declared > available.len() => {
@@ -684,9 +680,9 @@ fn parse_cseq(value: &str) -> Result<CSeq, ParseError> {
 ///   with a scheme and none of the characters that only surround URIs, of the common shape
 ///   (see [`is_common_sip_uri`]) or else one rsip accepts; and `SIP/2.0`.
 ///
-/// Returns the line as the node keeps it: a request's user part escaped (see
-/// [`escape_user_part`]).
-fn read_start_line(line: &str) -> Result<(StartLine, String), ParseError> {
+/// Returns the line as the node keeps it (a request's user part escaped, see
+/// [`escape_user_part`]) and a request's URI exactly as sent.
+fn read_start_line(line: &str) -> Result<(StartLine, String, Option<String>), ParseError> {
     if line.starts_with("SIP/") {
         let (version, rest) = line
             .split_once(' ')
@@ -699,7 +695,7 @@ fn read_start_line(line: &str) -> Result<(StartLine, String), ParseError> {
             .and_then(|code| code.parse::<u16>().ok())
             .filter(|code| (100..=699).contains(code))
             .ok_or(ParseError::Rsip("malformed status code".into()))?;
-        return Ok((StartLine::Response(code), line.to_string()));
+        return Ok((StartLine::Response(code), line.to_string(), None));
     }
     let parts: Vec<&str> = line.split(' ').collect();
     let [method, uri, version] = parts.as_slice() else {
@@ -718,7 +714,11 @@ fn read_start_line(line: &str) -> Result<(StartLine, String), ParseError> {
         return Err(ParseError::Rsip("malformed Request-URI".into()));
     }
     check_version(version)?;
-    Ok((StartLine::Request(parsed), format!("{method} {escaped} {version}")))
+    Ok((
+        StartLine::Request(parsed),
+        format!("{method} {escaped} {version}"),
+        Some(uri.to_string()),
+    ))
 }
 
 /// `SIP/2.0`; another version of the same shape is unsupported, anything else malformed.
@@ -1125,7 +1125,7 @@ pub(crate) mod tests {
                 "SIP/[0-9]\\.[0-9][ \t]{1,3}[0-9A-Za-z]{2,4}( [A-Za-z ]{0,12})?",
             ]
         ) {
-            if let Ok((start, kept)) = read_start_line(&line) {
+            if let Ok((start, kept, _)) = read_start_line(&line) {
                 let framed = format!("{kept}\r\n\r\n");
                 match (start, rsip::SipMessage::try_from(framed.as_bytes())) {
                     (StartLine::Request(method), Ok(rsip::SipMessage::Request(r))) => {
@@ -1156,7 +1156,7 @@ pub(crate) mod tests {
             ("SIP/2.0 699 Whatever it says", None, Some(699)),
         ];
         for (line, method, status) in ok {
-            let (start, _) = read_start_line(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            let (start, _, _) = read_start_line(line).unwrap_or_else(|e| panic!("{line}: {e}"));
             let read = match start {
                 StartLine::Request(m) => (Some(m), None),
                 StartLine::Response(code) => (None, Some(code)),
