@@ -62,11 +62,14 @@ pub enum LocationError {
     Stopped,
 }
 
+/// What a read batch answers each caller: called on the batcher's task, so it must not block.
+type ReadReply = Box<dyn FnOnce(Result<Vec<Binding>, LocationError>) + Send>;
+
 struct ReadRequest {
     tenant_id: Uuid,
     extension_id: Uuid,
     now: DateTime<Utc>,
-    reply: oneshot::Sender<Result<Vec<Binding>, Arc<sqlx::Error>>>,
+    reply: ReadReply,
 }
 
 struct SaveRequest {
@@ -104,14 +107,33 @@ impl Location {
         now: DateTime<Utc>,
     ) -> Result<Vec<Binding>, LocationError> {
         let (reply, answer) = oneshot::channel();
+        self.bindings_then(tenant_id, extension_id, now, move |found| {
+            let _ = reply.send(found);
+        })
+        .await;
+        answer.await.map_err(|_| LocationError::Stopped)?
+    }
+
+    /// [`Location::bindings`], with the answer handed to `then` on the read batcher's task
+    /// instead of awaited: a caller with its own queue (the SIP node's loop) takes the answer
+    /// without a task of its own in between. `then` must not block; it is always called once,
+    /// with [`LocationError::Stopped`] when the batcher is gone.
+    pub async fn bindings_then(
+        &self,
+        tenant_id: Uuid,
+        extension_id: Uuid,
+        now: DateTime<Utc>,
+        then: impl FnOnce(Result<Vec<Binding>, LocationError>) + Send + 'static,
+    ) {
         let request = ReadRequest {
             tenant_id,
             extension_id,
             now,
-            reply,
+            reply: Box::new(then),
         };
-        self.reads.send(request).await.map_err(|_| LocationError::Stopped)?;
-        answer.await.map_err(|_| LocationError::Stopped)?.map_err(shared_error)
+        if let Err(mpsc::error::SendError(request)) = self.reads.send(request).await {
+            (request.reply)(Err(LocationError::Stopped));
+        }
     }
 
     /// Insert or refresh a binding and say which it was (atomically, in the statement that
@@ -258,13 +280,13 @@ async fn read_batch(connection: &mut KeptConnection, batch: Vec<ReadRequest>) {
                 }
             }
             for (request, bindings) in batch.into_iter().zip(found) {
-                let _ = request.reply.send(Ok(bindings));
+                (request.reply)(Ok(bindings));
             }
         }
         Err(e) => {
             let e = Arc::new(e);
             for request in batch {
-                let _ = request.reply.send(Err(e.clone()));
+                (request.reply)(Err(shared_error(e.clone())));
             }
         }
     }

@@ -7,7 +7,7 @@
 use super::abuse::{AbuseConfig, AbuseGuard};
 use super::b2bua::{CallConfig, Calls};
 use super::digest::{DigestConfig, DigestVerifier};
-use super::message::{build_response, into_bytes, uri_user_host, SipMessage};
+use super::message::{build_response, into_bytes, uri_user_host, ParseError, SipMessage};
 use super::registrar::{decide_register, Binding, BindingChange, Lookup, RegisterContext, RegistrarConfig};
 use super::screening::{screen_request, NodeIdentity, Screening};
 use super::transaction::ClientTransaction;
@@ -241,11 +241,22 @@ impl SipNode {
 
     /// One datagram (or one frame cut from a stream) from `source`.
     pub fn handle_datagram(&mut self, now: Now, source: SocketAddr, transport: Transport, bytes: &[u8]) {
+        self.handle_message(now, source, transport, SipMessage::parse(bytes));
+    }
+
+    /// [`SipNode::handle_datagram`] for a message the shell parsed already (off this loop).
+    pub fn handle_message(
+        &mut self,
+        now: Now,
+        source: SocketAddr,
+        transport: Transport,
+        message: Result<SipMessage, ParseError>,
+    ) {
         if self.abuse.is_blocked(source.ip(), now.wall) {
             return;
         }
         // Unparseable input is dropped: without a valid Via there is nowhere to send a 400.
-        let Ok(message) = SipMessage::parse(bytes) else {
+        let Ok(message) = message else {
             return;
         };
         let Some(method) = message.method() else {
@@ -310,13 +321,15 @@ impl SipNode {
     }
 
     /// The directory's answer for a REGISTER announced by [`NodeEvent::RegisterLookup`].
-    /// `nonce_random` comes from the shell's CSPRNG.
+    /// `bindings_settled`: see [`RegisterContext::bindings_settled`]. `nonce_random` comes
+    /// from the shell's CSPRNG.
     pub fn handle_register_lookup(
         &mut self,
         now: Now,
         id: LookupId,
         lookup: Lookup,
         bindings: Vec<Binding>,
+        bindings_settled: bool,
         nonce_random: [u8; 16],
     ) {
         let Some(pending) = self.pending.remove(&id) else {
@@ -329,6 +342,7 @@ impl SipNode {
             now: now.wall,
             nonce_random,
             to_tag: &to_tag,
+            bindings_settled,
         };
         let outcome = decide_register(
             &pending.request,
@@ -742,7 +756,7 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
         let mut node = SipNode::new(config());
         node.handle_datagram(now(0), phone(), Transport::Unreliable, &register("z9hG4bK1", 1, None));
         let id = lookup_id(&mut node);
-        node.handle_register_lookup(now(5), id, lookup(), vec![], [1; 16]);
+        node.handle_register_lookup(now(5), id, lookup(), vec![], false, [1; 16]);
         let challenge = transmitted(&mut node);
         assert_eq!(challenge[0].status(), Some(401));
         // The phone did not hear us and retransmits: the same 401 again, and no new lookup.
@@ -761,7 +775,7 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
             &register("z9hG4bK2", 2, Some((&nonce, "pw"))),
         );
         let id = lookup_id(&mut node);
-        node.handle_register_lookup(now(605), id, lookup(), vec![], [2; 16]);
+        node.handle_register_lookup(now(605), id, lookup(), vec![], false, [2; 16]);
         assert_eq!(transmitted(&mut node)[0].status(), Some(200));
         match node.poll_event() {
             Some(NodeEvent::BindingsChanged { tenant_id, changes, .. }) => {
@@ -796,7 +810,7 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
             &register("z9hG4bKdone", 1, None),
         );
         let id = lookup_id(&mut node);
-        node.handle_register_lookup(now(2), id, lookup(), vec![], [3; 16]);
+        node.handle_register_lookup(now(2), id, lookup(), vec![], false, [3; 16]);
         assert_eq!(transmitted(&mut node)[0].status(), Some(401));
         assert_eq!(node.server_transactions(), 3);
 
@@ -830,7 +844,7 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
                 &register(&format!("z9hG4bKa{cseq}"), cseq, None),
             );
             let id = lookup_id(&mut node);
-            node.handle_register_lookup(now(round * 10), id, lookup(), vec![], [round as u8; 16]);
+            node.handle_register_lookup(now(round * 10), id, lookup(), vec![], false, [round as u8; 16]);
             let nonce = nonce(&transmitted(&mut node)[0]);
             cseq += 1;
             node.handle_datagram(
@@ -840,7 +854,14 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
                 &register(&format!("z9hG4bKb{cseq}"), cseq, Some((&nonce, "wrong"))),
             );
             let id = lookup_id(&mut node);
-            node.handle_register_lookup(now(round * 10 + 1), id, lookup(), vec![], [round as u8 + 100; 16]);
+            node.handle_register_lookup(
+                now(round * 10 + 1),
+                id,
+                lookup(),
+                vec![],
+                false,
+                [round as u8 + 100; 16],
+            );
             assert_eq!(transmitted(&mut node)[0].status(), Some(401));
             cseq += 1;
         }

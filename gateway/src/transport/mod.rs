@@ -1,7 +1,8 @@
 //! SIP transports: UDP and TCP on one address, as a tokio shell that only moves bytes.
 //!
-//! Everything a transport hears arrives on one channel as [`Inbound`]; everything to send
-//! goes through [`Transports::send`]. TCP connections are found by the peer's address,
+//! Everything a transport hears arrives on one channel as [`Inbound`], already parsed: a
+//! message is parsed on the task that heard it, so parsing runs beside the node's loop rather
+//! than in it. Everything to send goes through [`Transports::send`]. TCP connections are found by the peer's address,
 //! so a response goes back on the connection its request came in on.
 
 pub mod framing;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+use crate::sip::message::{ParseError, SipMessage};
 use framing::{Frame, Framer, MAX_MESSAGE_BYTES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,10 +35,11 @@ impl Protocol {
     }
 }
 
-/// A message heard on a transport.
+/// A message heard on a transport, as parsed (an unparseable one still reaches the node,
+/// which decides what to do about it).
 #[derive(Debug, Clone)]
 pub struct Inbound {
-    pub bytes: Vec<u8>,
+    pub message: Result<SipMessage, ParseError>,
     pub source: SocketAddr,
     pub protocol: Protocol,
 }
@@ -150,7 +153,7 @@ impl Transports {
                         continue;
                     }
                     let message = Inbound {
-                        bytes: buffer[..n].to_vec(),
+                        message: SipMessage::parse(&buffer[..n]),
                         source,
                         protocol: Protocol::Udp,
                     };
@@ -215,7 +218,7 @@ impl Transports {
                     match framer.next_frame() {
                         Ok(Some(Frame::Message(bytes))) => {
                             let message = Inbound {
-                                bytes,
+                                message: SipMessage::parse(&bytes),
                                 source: peer,
                                 protocol: Protocol::Tcp,
                             };
@@ -291,7 +294,14 @@ async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)
 mod tests {
     use super::*;
 
-    const OPTIONS: &[u8] = b"OPTIONS sip:b.test SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+    const OPTIONS: &[u8] = b"OPTIONS sip:b.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bKt1\r\n\
+        From: <sip:a@a.test>;tag=1\r\nTo: <sip:b@b.test>\r\nCall-ID: transport-test\r\nCSeq: 1 OPTIONS\r\n\
+        Content-Length: 0\r\n\r\n";
+
+    /// The Call-ID of what was heard, which must have parsed.
+    fn call_id(heard: &Inbound) -> &str {
+        &heard.message.as_ref().expect("parsed").call_id
+    }
 
     async fn bound() -> (Transports, mpsc::Receiver<Inbound>) {
         let options = TransportOptions {
@@ -331,7 +341,16 @@ mod tests {
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         client.send_to(OPTIONS, transports.local_addr()).await.unwrap();
         let heard = inbound.recv().await.unwrap();
-        assert_eq!((heard.bytes.as_slice(), heard.protocol), (OPTIONS, Protocol::Udp));
+        assert_eq!((call_id(&heard), heard.protocol), ("transport-test", Protocol::Udp));
+        client
+            .send_to(b"garbage\r\n\r\n", transports.local_addr())
+            .await
+            .unwrap();
+        let garbage = inbound.recv().await.unwrap();
+        assert!(
+            garbage.message.is_err(),
+            "an unparseable datagram reaches the node as an error"
+        );
         assert_eq!(heard.source, client.local_addr().unwrap());
         transports
             .send(Protocol::Udp, heard.source, b"SIP/2.0 200 OK\r\n\r\n".to_vec())
@@ -375,8 +394,8 @@ mod tests {
         client.write_all(OPTIONS).await.unwrap();
         let first = inbound.recv().await.unwrap();
         let second = inbound.recv().await.unwrap();
-        assert_eq!(first.bytes, OPTIONS);
-        assert_eq!(second.bytes, OPTIONS);
+        assert_eq!(call_id(&first), "transport-test");
+        assert_eq!(call_id(&second), "transport-test");
         assert_eq!(first.protocol, Protocol::Tcp);
         transports
             .send(Protocol::Tcp, first.source, b"SIP/2.0 200 OK\r\n\r\n".to_vec())
