@@ -465,43 +465,44 @@ Call-ID: reg-call\r\nCSeq: {cseq} REGISTER\r\n{contact_lines}{extra}{authorizati
         now: DateTime<Utc>,
         cseq: u32,
     ) -> RegisterOutcome {
-        registered_with(&RegistrarConfig::default(), v, contacts, extra, current, now, cseq)
+        registered_with(
+            &RegistrarConfig::default(),
+            context(now),
+            v,
+            contacts,
+            extra,
+            current,
+            cseq,
+        )
     }
 
+    /// [`registered`] with a registrar configuration and a context (its nonce randomness
+    /// taken from `cseq`).
     fn registered_with(
         config: &RegistrarConfig,
+        context: RegisterContext<'static>,
         v: &mut DigestVerifier,
         contacts: &str,
         extra: &str,
         current: &[Binding],
-        now: DateTime<Utc>,
         cseq: u32,
     ) -> RegisterOutcome {
+        let context = RegisterContext {
+            nonce_random: [cseq as u8; 16],
+            ..context
+        };
         let first = decide_register(
             &register(contacts, extra, None, cseq),
             &lookup(true, false, true),
             current,
             v,
             config,
-            RegisterContext {
-                nonce_random: [cseq as u8; 16],
-                ..context(now)
-            },
+            context,
         );
         assert_eq!(status(&first), 401);
         let nonce = nonce_of(&first);
         let request = register(contacts, extra, Some((&nonce, "pw", 1)), cseq + 1);
-        decide_register(
-            &request,
-            &lookup(true, false, true),
-            current,
-            v,
-            config,
-            RegisterContext {
-                nonce_random: [cseq as u8; 16],
-                ..context(now)
-            },
-        )
+        decide_register(&request, &lookup(true, false, true), current, v, config, context)
     }
 
     fn contact_expires(outcome: &RegisterOutcome) -> Vec<String> {
@@ -582,29 +583,18 @@ Call-ID: reg-call\r\nCSeq: {cseq} REGISTER\r\n{contact_lines}{extra}{authorizati
         );
 
         // Bindings read while a save of the extension was in flight may be stale: written.
-        let first = decide_register(
-            &register(contact, agent, None, 15),
-            &lookup(true, false, true),
-            std::slice::from_ref(&stored),
-            &mut v,
+        let unsettled = RegisterContext {
+            bindings_settled: false,
+            ..context(now)
+        };
+        let outcome = registered_with(
             &RegistrarConfig::default(),
-            RegisterContext {
-                nonce_random: [15; 16],
-                ..context(now)
-            },
-        );
-        let nonce = nonce_of(&first);
-        let outcome = decide_register(
-            &register(contact, agent, Some((&nonce, "pw", 1)), 16),
-            &lookup(true, false, true),
-            std::slice::from_ref(&stored),
+            unsettled,
             &mut v,
-            &RegistrarConfig::default(),
-            RegisterContext {
-                nonce_random: [15; 16],
-                bindings_settled: false,
-                ..context(now)
-            },
+            contact,
+            agent,
+            std::slice::from_ref(&stored),
+            15,
         );
         assert!(
             matches!(&outcome.changes[..], [BindingChange::Refreshed(_)]),
@@ -617,7 +607,15 @@ Call-ID: reg-call\r\nCSeq: {cseq} REGISTER\r\n{contact_lines}{extra}{authorizati
             quiet_refresh_percent: 0,
             ..RegistrarConfig::default()
         };
-        let outcome = registered_with(&config, &mut v, contact, agent, std::slice::from_ref(&stored), now, 13);
+        let outcome = registered_with(
+            &config,
+            context(now),
+            &mut v,
+            contact,
+            agent,
+            std::slice::from_ref(&stored),
+            13,
+        );
         assert!(matches!(&outcome.changes[..], [BindingChange::Refreshed(_)]));
     }
 
