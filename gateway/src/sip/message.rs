@@ -378,19 +378,54 @@ pub fn to_bytes(message: &rsip::SipMessage) -> Vec<u8> {
 }
 
 /// [`to_bytes`] for a message the caller no longer needs: no copy of it is made.
-pub fn into_bytes(mut message: rsip::SipMessage) -> Vec<u8> {
-    let length = message.body().len();
-    let headers = match &mut message {
-        rsip::SipMessage::Request(request) => &mut request.headers,
-        rsip::SipMessage::Response(response) => &mut response.headers,
+///
+/// Renders what rsip's `Display` would, with the body's real Content-Length, but writes the
+/// header fields this node composes straight into the buffer (rsip formats each header into
+/// a String of its own, joins them into another, and renders the body through a lossy UTF-8
+/// conversion, which would corrupt a binary body); a test compares the two.
+pub fn into_bytes(message: rsip::SipMessage) -> Vec<u8> {
+    use std::io::Write;
+    let (headers, body) = match &message {
+        rsip::SipMessage::Request(request) => (&request.headers, &request.body),
+        rsip::SipMessage::Response(response) => (&response.headers, &response.body),
     };
-    headers.retain(|h| !matches!(h, rsip::Header::ContentLength(_)));
-    headers.push(rsip::Header::ContentLength(length.to_string().into()));
-    // Sized for a typical message up front, rather than grown by doubling while rendering.
-    let mut text = String::with_capacity(1024 + length);
-    // Writing into a String cannot fail.
-    let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{message}"));
-    text.into_bytes()
+    let mut out = Vec::with_capacity(64 + 96 * headers.iter().count() + body.len());
+    // Writing into a Vec cannot fail.
+    let _ = match &message {
+        rsip::SipMessage::Request(r) => write!(out, "{} {} {}\r\n", r.method, r.uri, r.version),
+        rsip::SipMessage::Response(r) => write!(out, "{} {}\r\n", r.version, r.status_code),
+    };
+    for header in headers.iter() {
+        write_header(&mut out, header);
+    }
+    let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(body);
+    out
+}
+
+/// One header field and its CRLF, as rsip's `Display` writes it; Content-Length is left out
+/// (the caller writes the body's own).
+fn write_header(out: &mut Vec<u8>, header: &rsip::Header) {
+    use rsip::headers::UntypedHeader;
+    let (name, value): (&str, &str) = match header {
+        rsip::Header::ContentLength(_) => return,
+        rsip::Header::Via(h) => ("Via", h.value()),
+        rsip::Header::From(h) => ("From", h.value()),
+        rsip::Header::To(h) => ("To", h.value()),
+        rsip::Header::CallId(h) => ("Call-ID", h.value()),
+        rsip::Header::CSeq(h) => ("CSeq", h.value()),
+        rsip::Header::Contact(h) => ("Contact", h.value()),
+        rsip::Header::Other(name, value) => (name, value),
+        other => {
+            use std::io::Write;
+            let _ = write!(out, "{other}\r\n");
+            return;
+        }
+    };
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Builds a response to `request`: Via, From, To, Call-ID and CSeq copied, a To-tag added
@@ -1117,6 +1152,62 @@ fn parse_auth_params(text: &str) -> Option<Vec<(String, String)>> {
 pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The rendering as first written (rsip's `Display`): the oracle for [`into_bytes`].
+    fn bytes_by_display(mut message: rsip::SipMessage) -> Vec<u8> {
+        let length = message.body().len();
+        let headers = match &mut message {
+            rsip::SipMessage::Request(request) => &mut request.headers,
+            rsip::SipMessage::Response(response) => &mut response.headers,
+        };
+        headers.retain(|h| !matches!(h, rsip::Header::ContentLength(_)));
+        headers.push(rsip::Header::ContentLength(length.to_string().into()));
+        message.to_string().into_bytes()
+    }
+
+    #[test]
+    fn rendering_writes_what_rsip_displays() {
+        let request = SipMessage::parse(
+            b"INVITE sip:1001@acme.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa, \
+SIP/2.0/TCP 192.0.2.2;branch=z9hG4bKb\r\nFrom: \"A\" <sip:1000@acme.test>;tag=x\r\nTo: <sip:1001@acme.test>\r\n\
+Call-ID: c1@h\r\nCSeq: 7 INVITE\r\nMax-Forwards: 70\r\nRoute: <sip:p.test;lr>\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let extras: Vec<(&str, String)> = vec![
+            ("Contact", "<sip:1001@192.0.2.9:5060>;expires=3600".into()),
+            ("WWW-Authenticate", "Digest realm=\"acme.test\", nonce=\"n\"".into()),
+            ("Min-Expires", "60".into()),
+        ];
+        for code in [100, 180, 200, 401, 486] {
+            let mut response = build_response(&request, code, "tag1", &extras);
+            // Typed headers rsip renders itself, and a stale Content-Length to be replaced.
+            response
+                .headers
+                .push(rsip::Header::Contact("<sip:x@y>".to_string().into()));
+            response.headers.push(rsip::Header::Expires("60".to_string().into()));
+            response
+                .headers
+                .push(rsip::Header::ContentLength("99".to_string().into()));
+            if code == 200 {
+                response.body = b"v=0\r\n".to_vec();
+            }
+            let message = rsip::SipMessage::from(response);
+            assert_eq!(
+                String::from_utf8(into_bytes(message.clone())).unwrap(),
+                String::from_utf8(bytes_by_display(message)).unwrap()
+            );
+        }
+        let answer = SipMessage::parse(&into_bytes(build_response(&request, 486, "t", &[]).into())).unwrap();
+        let ack = build_ack_for_non_2xx(&request, &answer).unwrap();
+        let ack = rsip::SipMessage::try_from(ack.to_bytes().as_slice()).unwrap();
+        assert_eq!(into_bytes(ack.clone()), bytes_by_display(ack));
+
+        // A binary body goes out as it is (rsip's Display would replace invalid UTF-8).
+        let mut response = build_response(&request, 200, "t", &[]);
+        response.body = vec![0xff, 0x00, 0xfe];
+        let bytes = into_bytes(response.into());
+        assert!(bytes.ends_with(b"Content-Length: 3\r\n\r\n\xff\x00\xfe"));
+    }
 
     /// The head's end as first written (two scans, the earlier match wins): the oracle for
     /// the one-scan [`find_end_of_headers`].
