@@ -121,13 +121,18 @@ pub struct DigestVerifier {
     /// Nonces issued at or before this second that are not in `seen` were forgotten, and
     /// are answered as stale rather than trusted with a fresh nonce-count.
     forgotten_through: i64,
+    /// HMAC-SHA256 keyed with the secret, cloned for each MAC.
+    keyed: HmacSha256,
 }
 
 type HmacSha256 = Hmac<Sha256>;
 
 impl DigestVerifier {
     pub fn new(config: DigestConfig) -> DigestVerifier {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let keyed = HmacSha256::new_from_slice(&config.secret).expect("HMAC takes any key length");
         DigestVerifier {
+            keyed,
             config,
             seen: HashMap::new(),
             order: VecDeque::new(),
@@ -192,11 +197,12 @@ impl DigestVerifier {
                 return Verdict::Invalid(InvalidReason::BadOpaque);
             }
         }
-        // The dummy is computed for known users too, so both paths do the same work.
-        let dummy = Ha1::compute(&credentials.username, expected_realm, "\u{0}dummy\u{0}");
+        // The dummy is computed for known users too, so both paths do the same work (only in
+        // the algorithm used: the other would be the same work for both, and wasted).
+        let dummy = dummy_ha1(sha256, &credentials.username, expected_realm);
         let (ha1_hex, known) = match ha1 {
             Some(ha1) => (if sha256 { &ha1.sha256 } else { &ha1.md5 }, true),
-            None => (if sha256 { &dummy.sha256 } else { &dummy.md5 }, false),
+            None => (&dummy, false),
         };
         let expected = compute_response(
             sha256,
@@ -302,14 +308,25 @@ impl DigestVerifier {
     }
 
     fn hmac(&self, parts: &[&[u8]]) -> Vec<u8> {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = HmacSha256::new_from_slice(&self.config.secret).expect("HMAC takes any key length");
+        // Keyed once in `new`; a clone skips hashing the key pads again for every MAC.
+        let mut mac = self.keyed.clone();
         for part in parts {
             // Length-prefix each part so ("ab","c") and ("a","bc") differ.
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
         mac.finalize().into_bytes().to_vec()
+    }
+}
+
+/// The HA1 of a user that does not exist, in one algorithm: what [`Ha1::compute`] gives for
+/// a password nobody has.
+fn dummy_ha1(sha256: bool, username: &str, realm: &str) -> String {
+    let input = format!("{username}:{realm}:\u{0}dummy\u{0}");
+    if sha256 {
+        hex::encode(Sha256::digest(input.as_bytes()))
+    } else {
+        hex::encode(Md5::digest(input.as_bytes()))
     }
 }
 
@@ -415,6 +432,13 @@ mod tests {
     use super::*;
     use crate::sip::message::parse_digest_credentials;
     use chrono::TimeZone;
+
+    #[test]
+    fn the_dummy_ha1_is_the_full_computation_in_one_algorithm() {
+        let full = Ha1::compute("1001", "acme.test", "\u{0}dummy\u{0}");
+        assert_eq!(dummy_ha1(false, "1001", "acme.test"), full.md5);
+        assert_eq!(dummy_ha1(true, "1001", "acme.test"), full.sha256);
+    }
 
     #[test]
     fn our_answer_to_a_challenge_verifies_with_our_own_verifier() {

@@ -190,6 +190,8 @@ struct PendingLookup {
     key: TransactionKey,
     request: SipMessage,
     source: SocketAddr,
+    /// [`to_tag_for`] the request, computed once when it arrived.
+    to_tag: String,
 }
 
 /// The node's state: live server transactions, pending lookups, nonce and abuse memory.
@@ -313,7 +315,7 @@ impl SipNode {
             Screening::Respond(response) => self.respond(now, &key, response),
             Screening::Drop => {}
             Screening::Pass if method == rsip::Method::Register => {
-                self.start_register(now, key.clone(), message, source)
+                self.start_register(now, key.clone(), message, source, to_tag)
             }
             Screening::Pass => self.on_call_request(now, Some(key.clone()), source, transport, message),
         }
@@ -335,7 +337,7 @@ impl SipNode {
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
-        let to_tag = to_tag_for(&pending.request);
+        let to_tag = pending.to_tag;
         let source = pending.source.to_string();
         let context = RegisterContext {
             source: &source,
@@ -453,23 +455,38 @@ impl SipNode {
         self.server.len()
     }
 
-    fn start_register(&mut self, now: Now, key: TransactionKey, request: SipMessage, source: SocketAddr) {
+    fn start_register(
+        &mut self,
+        now: Now,
+        key: TransactionKey,
+        request: SipMessage,
+        source: SocketAddr,
+        to_tag: String,
+    ) {
         let domain = request.request_domain();
         let user = uri_user_host(&request.to.uri).and_then(|(user, _)| user);
         let (Some(domain), Some(user)) = (domain, user) else {
-            let response = build_response(&request, 400, &to_tag_for(&request), &[]);
+            let response = build_response(&request, 400, &to_tag, &[]);
             self.respond(now, &key, response);
             return;
         };
         if self.pending.len() >= self.config.max_pending_lookups {
-            let response = build_response(&request, 503, &to_tag_for(&request), &[("Retry-After", "5".into())]);
+            let response = build_response(&request, 503, &to_tag, &[("Retry-After", "5".into())]);
             self.respond(now, &key, response);
             return;
         }
         self.next_lookup += 1;
         let id = LookupId(self.next_lookup);
         let credentials = request.header("Authorization").is_some();
-        self.pending.insert(id, PendingLookup { key, request, source });
+        self.pending.insert(
+            id,
+            PendingLookup {
+                key,
+                request,
+                source,
+                to_tag,
+            },
+        );
         self.events.push_back(NodeEvent::RegisterLookup {
             id,
             domain,
