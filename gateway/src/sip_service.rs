@@ -489,7 +489,16 @@ impl Shell {
                                 saves.read_at(extension_id).map(|generation| (extension_id, generation))
                             };
                             let done_tx = done_tx.clone();
+                            let node_id = self.node_id.clone();
                             let then = move |found: Result<Vec<location::Binding>, location::LocationError>| {
+                                // A binding another node wrote is not this node's to keep
+                                // unwritten: the phone came through that node, and the row
+                                // should say it now comes through this one.
+                                let read_at = read_at.filter(|_| {
+                                    found
+                                        .as_ref()
+                                        .is_ok_and(|found| found.iter().all(|b| b.node_id == node_id))
+                                });
                                 let (lookup, bindings) = match found {
                                     Ok(found) => (lookup, registrar_bindings(found)),
                                     Err(e) => {

@@ -172,6 +172,12 @@ mod raw {
             )
         }
 
+        /// From now on, talk to `node` (from the same socket: a phone whose DNS picked
+        /// another node).
+        pub fn switch_to(&mut self, node: SocketAddr) {
+            self.node = node;
+        }
+
         pub fn local_addr(&self) -> SocketAddr {
             self.socket.local_addr().unwrap()
         }
@@ -272,6 +278,46 @@ async fn unknown_users_look_like_wrong_passwords_and_replays_are_refused() {
     let next = raw::authorization(&challenge, "1000", "pass-1000", "00000002");
     let refresh = client.send(&client.register("1000", "good", 3, Some(&next))).await;
     assert_eq!(refresh.status, 200, "{}", refresh.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_through_another_node_is_written_by_that_node() {
+    let db = TestDb::new().await.unwrap();
+    let a = start_with(&db, &["--node-id", "node-a"]);
+    tenant_with_extensions(&db, 1).await;
+    let b = start_with(&db, &["--node-id", "node-b"]);
+    let mut phone = raw::Client::new(a.sip).await;
+    let contact = phone.contact("1000");
+    let first = phone
+        .register_with_password("1000", "pass-1000", "boot-1", &contact)
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    until(&db.pool, 30, "SELECT node_id = 'node-a' FROM sip_bindings").await;
+
+    // Seconds later, from the same socket, through the other node: nothing a reader of the
+    // log can see changed, but the binding node A wrote is not node B's to keep unwritten.
+    phone.switch_to(b.sip);
+    let again = phone
+        .register_with_password("1000", "pass-1000", "boot-1b", &contact)
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(
+        contact_expiry(&again.text),
+        600,
+        "written, so granted in full: {}",
+        again.text
+    );
+    until(
+        &db.pool,
+        30,
+        "SELECT node_id = 'node-b' AND call_id = 'boot-1b' FROM sip_bindings",
+    )
+    .await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id LIKE 'registration-%'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1, "a refresh is no event, whichever node writes it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

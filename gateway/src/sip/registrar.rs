@@ -147,10 +147,11 @@ pub struct RegisterContext<'a> {
     pub nonce_random: [u8; 16],
     /// The tag for our To header.
     pub to_tag: &'a str,
-    /// The bindings given are the table's state: no save of this extension by this node was
-    /// in flight when they were read, nor has one begun since. Only then may a quiet refresh
-    /// stand on them unwritten (otherwise a save still on its way, of a binding from another
-    /// address say, would land after and win).
+    /// The bindings given are the table's state, and this node's: this node wrote them, no
+    /// save of this extension by this node was in flight when they were read, nor has one
+    /// begun since. Only then may a quiet refresh stand on them unwritten (otherwise a save
+    /// still on its way, of a binding from another address say, would land after and win;
+    /// and a binding another node wrote should now say the phone comes through this one).
     pub bindings_settled: bool,
 }
 
