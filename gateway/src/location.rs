@@ -48,7 +48,10 @@ pub const MAX_BATCH: usize = 256;
 #[derive(Clone)]
 pub struct Location {
     pool: PgPool,
-    reads: mpsc::Sender<ReadRequest>,
+    /// Unbounded: every read has a caller waiting for it, and callers bound how many they
+    /// wait for (the SIP node by its pending lookups). A bounded queue made the node's loop,
+    /// which enqueues reads itself, stop whole while the batcher caught up.
+    reads: mpsc::UnboundedSender<ReadRequest>,
     saves: mpsc::Sender<SaveRequest>,
 }
 
@@ -92,7 +95,7 @@ impl Location {
     /// Starts the two batchers (reads, saves) on the current tokio runtime; they stop when
     /// the last clone of the returned value is dropped.
     pub fn new(pool: PgPool) -> Self {
-        let (reads, read_rx) = mpsc::channel(4 * MAX_BATCH);
+        let (reads, read_rx) = mpsc::unbounded_channel();
         let (saves, save_rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(read_batcher(pool.clone(), read_rx));
         tokio::spawn(save_batcher(pool.clone(), save_rx));
@@ -109,16 +112,15 @@ impl Location {
         let (reply, answer) = oneshot::channel();
         self.bindings_then(tenant_id, extension_id, now, move |found| {
             let _ = reply.send(found);
-        })
-        .await;
+        });
         answer.await.map_err(|_| LocationError::Stopped)?
     }
 
     /// [`Location::bindings`], with the answer handed to `then` on the read batcher's task
     /// instead of awaited: a caller with its own queue (the SIP node's loop) takes the answer
     /// without a task of its own in between. `then` must not block; it is always called once,
-    /// with [`LocationError::Stopped`] when the batcher is gone.
-    pub async fn bindings_then(
+    /// with [`LocationError::Stopped`] when the batcher is gone. Never waits.
+    pub fn bindings_then(
         &self,
         tenant_id: Uuid,
         extension_id: Uuid,
@@ -131,7 +133,7 @@ impl Location {
             now,
             reply: Box::new(then),
         };
-        if let Err(mpsc::error::SendError(request)) = self.reads.send(request).await {
+        if let Err(mpsc::error::SendError(request)) = self.reads.send(request) {
             (request.reply)(Err(LocationError::Stopped));
         }
     }
@@ -228,7 +230,7 @@ fn binding_of(row: &sqlx::postgres::PgRow) -> Binding {
 /// the batcher's own connection (see [`KeptConnection`]). One at a time keeps batches large:
 /// two at once halved them (4.5 rows a statement at 8,000 REGISTERs/s, against 8.9) and cost
 /// Postgres more per registration.
-async fn read_batcher(pool: PgPool, mut rx: mpsc::Receiver<ReadRequest>) {
+async fn read_batcher(pool: PgPool, mut rx: mpsc::UnboundedReceiver<ReadRequest>) {
     let mut connection = KeptConnection::new(pool);
     loop {
         let Some(first) = rx.recv().await else {

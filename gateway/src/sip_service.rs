@@ -514,8 +514,7 @@ impl Shell {
                                 });
                             };
                             self.location
-                                .bindings_then(tenant_id, extension_id, now(epoch).wall, then)
-                                .await;
+                                .bindings_then(tenant_id, extension_id, now(epoch).wall, then);
                         }
                         _ => ready.push(LookupDone {
                             id,
