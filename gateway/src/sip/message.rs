@@ -373,25 +373,20 @@ pub fn uri_user_host(uri: &str) -> Option<(Option<String>, String)> {
 }
 
 /// Renders an rsip message, replacing any Content-Length with the body's real length.
-pub fn to_bytes(message: &rsip::SipMessage) -> Vec<u8> {
-    into_bytes(message.clone())
-}
-
-/// [`to_bytes`] for a message the caller no longer needs: no copy of it is made.
 ///
-/// Renders what rsip's `Display` would, with the body's real Content-Length, but writes the
-/// header fields this node composes straight into the buffer (rsip formats each header into
-/// a String of its own, joins them into another, and renders the body through a lossy UTF-8
-/// conversion, which would corrupt a binary body); a test compares the two.
-pub fn into_bytes(message: rsip::SipMessage) -> Vec<u8> {
+/// Renders what rsip's `Display` would, but writes the header fields this node composes
+/// straight into the buffer (rsip formats each header into a String of its own, joins them
+/// into another, and renders the body through a lossy UTF-8 conversion, which would corrupt
+/// a binary body); a test compares the two.
+pub fn to_bytes(message: &rsip::SipMessage) -> Vec<u8> {
     use std::io::Write;
-    let (headers, body) = match &message {
+    let (headers, body) = match message {
         rsip::SipMessage::Request(request) => (&request.headers, &request.body),
         rsip::SipMessage::Response(response) => (&response.headers, &response.body),
     };
     let mut out = Vec::with_capacity(64 + 96 * headers.iter().count() + body.len());
     // Writing into a Vec cannot fail.
-    let _ = match &message {
+    let _ = match message {
         rsip::SipMessage::Request(r) => write!(out, "{} {} {}\r\n", r.method, r.uri, r.version),
         rsip::SipMessage::Response(r) => write!(out, "{} {}\r\n", r.version, r.status_code),
     };
@@ -401,6 +396,11 @@ pub fn into_bytes(message: rsip::SipMessage) -> Vec<u8> {
     let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
     out.extend_from_slice(body);
     out
+}
+
+/// [`to_bytes`] for a message the caller is done with.
+pub fn into_bytes(message: rsip::SipMessage) -> Vec<u8> {
+    to_bytes(&message)
 }
 
 /// One header field and its CRLF, as rsip's `Display` writes it; Content-Length is left out
@@ -417,8 +417,7 @@ fn write_header(out: &mut Vec<u8>, header: &rsip::Header) {
         rsip::Header::Contact(h) => ("Contact", h.value()),
         rsip::Header::Other(name, value) => (name, value),
         other => {
-            use std::io::Write;
-            let _ = write!(out, "{other}\r\n");
+            let _ = std::io::Write::write_fmt(out, format_args!("{other}\r\n"));
             return;
         }
     };
@@ -1153,7 +1152,7 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The rendering as first written (rsip's `Display`): the oracle for [`into_bytes`].
+    /// The rendering as first written (rsip's `Display`): the oracle for [`to_bytes`].
     fn bytes_by_display(mut message: rsip::SipMessage) -> Vec<u8> {
         let length = message.body().len();
         let headers = match &mut message {
