@@ -8,6 +8,7 @@
 #
 # Usage: bench/sip-cpu.sh [seconds-per-step] [rate ...]    (default: 6 s; 2000 4000 6000 8000)
 # Needs: sipp, bc. KEEP=1 keeps the data directory; the node stays up only while this runs.
+# LEDGERLINE_BIN=path runs that binary (no build).
 set -u
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -18,8 +19,14 @@ RATES=${*:-2000 4000 6000 8000}
 for tool in sipp bc; do
   command -v "$tool" >/dev/null || { echo "bench/sip-cpu.sh: $tool is missing (apt-get install sip-tester bc)" >&2; exit 2; }
 done
-cargo build --release -q -p gateway || exit 2
-bin=$root/target/release/ledgerline
+# LEDGERLINE_BIN runs a given binary instead of building this checkout (to compare two
+# builds step by step in one sitting: the machine's speed drifts between sittings).
+if [ -n "${LEDGERLINE_BIN:-}" ]; then
+  bin=$LEDGERLINE_BIN
+else
+  cargo build --release -q -p gateway || exit 2
+  bin=$root/target/release/ledgerline
+fi
 tmp=$(mktemp -d); chmod 755 "$tmp"  # the embedded cluster runs as `postgres` when we are root
 upid=
 cleanup() {

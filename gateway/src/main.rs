@@ -134,6 +134,17 @@ enum BenchCommand {
     RtpRelay,
     /// GraphQL charges page (p99 and throughput) over a tenant-month of a million charges, against the same query through sqlx.
     Api(bench_api::BenchApiArgs),
+    /// CPU per digest registration in the SIP node's core (parse, transactions, registrar,
+    /// rendering), without sockets or Postgres: to compare two builds of the core.
+    #[command(name = "sip-core")]
+    SipCore {
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        passes: usize,
+    },
 }
 
 /// mimalloc instead of glibc's malloc: the SIP node and the API allocate many short-lived
@@ -228,6 +239,23 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Bench(BenchCommand::RtpRelay) => {
             say!("{}", relay_line().await?);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::SipCore { users, rounds, passes }) => {
+            let reports =
+                tokio::task::spawn_blocking(move || gateway::sip::core_bench::run(users, rounds, passes.max(1)))
+                    .await?
+                    .map_err(std::io::Error::other)?;
+            let mut micros: Vec<f64> = reports.iter().map(|r| r.micros_per_registration()).collect();
+            micros.sort_by(f64::total_cmp);
+            let median = micros[micros.len() / 2];
+            say!(
+                "sip-core: {} registrations a pass, {} passes: median {median:.2} µs per registration (min {:.2}, max {:.2})",
+                users * rounds,
+                micros.len(),
+                micros[0],
+                micros[micros.len() - 1]
+            );
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Rating) => {

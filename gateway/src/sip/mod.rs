@@ -7,6 +7,7 @@
 
 pub mod abuse;
 pub mod b2bua;
+pub mod core_bench;
 pub use b2bua::anchoring;
 pub mod digest;
 pub mod dtmf_info;
