@@ -531,7 +531,7 @@ From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n",
             CallLookup::Tenant(tenant) => tenant,
         };
         if tenant.from_trunk.is_none() {
-            let challenge = |node: &SipNode, stale: bool| {
+            let challenge = |node: &mut SipNode, stale: bool| {
                 node.verifier
                     .challenge(&tenant.sip_domain, now.wall, random, stale)
                     .header_fields(true)

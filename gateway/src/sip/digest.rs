@@ -76,10 +76,21 @@ impl Challenge {
         order
             .iter()
             .map(|algorithm| {
-                let value = format!(
-                    "Digest realm=\"{}\", nonce=\"{}\", opaque=\"{}\", algorithm={algorithm}, qop=\"auth\"{stale}",
-                    self.realm, self.nonce, self.opaque
-                );
+                let mut value = String::with_capacity(96 + self.realm.len() + self.nonce.len() + self.opaque.len());
+                for part in [
+                    "Digest realm=\"",
+                    &self.realm,
+                    "\", nonce=\"",
+                    &self.nonce,
+                    "\", opaque=\"",
+                    &self.opaque,
+                    "\", algorithm=",
+                    algorithm,
+                    ", qop=\"auth\"",
+                    stale,
+                ] {
+                    value.push_str(part);
+                }
                 (name, value)
             })
             .collect()
@@ -123,6 +134,8 @@ pub struct DigestVerifier {
     forgotten_through: i64,
     /// HMAC-SHA256 keyed with the secret, cloned for each MAC.
     keyed: HmacSha256,
+    /// The opaque of the realm asked for last (a realm's opaque never changes).
+    last_opaque: Option<(String, String)>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -137,18 +150,26 @@ impl DigestVerifier {
             seen: HashMap::new(),
             order: VecDeque::new(),
             forgotten_through: i64::MIN,
+            last_opaque: None,
         }
     }
 
     /// A fresh challenge for `realm`. `random` comes from the shell's CSPRNG, which keeps this
     /// core deterministic under test.
-    pub fn challenge(&self, realm: &str, now: DateTime<Utc>, random: [u8; 16], stale: bool) -> Challenge {
+    pub fn challenge(&mut self, realm: &str, now: DateTime<Utc>, random: [u8; 16], stale: bool) -> Challenge {
         let issued_at = now.timestamp();
         let random_hex = hex::encode(random);
         let mac = self.nonce_mac(issued_at, realm, &random_hex);
+        let mut nonce = String::with_capacity(16 + 1 + random_hex.len() + 1 + mac.len());
+        // `{issued_at:x}`: a negative time is written as its two's complement, as `format!` does.
+        nonce.push_str(&hex_u64(issued_at as u64));
+        nonce.push('.');
+        nonce.push_str(&random_hex);
+        nonce.push('.');
+        nonce.push_str(&mac);
         Challenge {
             realm: realm.to_string(),
-            nonce: format!("{issued_at:x}.{random_hex}.{mac}"),
+            nonce,
             opaque: self.opaque(realm),
             stale,
             sha256_first: self.config.prefer_sha256,
@@ -214,11 +235,7 @@ impl DigestVerifier {
             method,
             &credentials.uri,
         );
-        let matches = bool::from(
-            expected
-                .as_bytes()
-                .ct_eq(credentials.response.to_ascii_lowercase().as_bytes()),
-        );
+        let matches = eq_ignoring_case_constant_time(expected.as_bytes(), credentials.response.as_bytes());
         if !known {
             return Verdict::Invalid(InvalidReason::UnknownUser);
         }
@@ -302,9 +319,16 @@ impl DigestVerifier {
     }
 
     /// Opaque is a per-realm constant: it only proves the credentials answer our challenge.
-    fn opaque(&self, realm: &str) -> String {
+    fn opaque(&mut self, realm: &str) -> String {
+        if let Some((cached_realm, opaque)) = &self.last_opaque {
+            if cached_realm == realm {
+                return opaque.clone();
+            }
+        }
         // An HMAC-SHA256 output is 32 bytes, so the first 8 always exist.
-        hex::encode(&self.hmac(&[b"opaque", realm.as_bytes()])[..8])
+        let opaque = hex::encode(&self.hmac(&[b"opaque", realm.as_bytes()])[..8]);
+        self.last_opaque = Some((realm.to_string(), opaque.clone()));
+        opaque
     }
 
     fn hmac(&self, parts: &[&[u8]]) -> Vec<u8> {
@@ -322,12 +346,47 @@ impl DigestVerifier {
 /// The HA1 of a user that does not exist, in one algorithm: what [`Ha1::compute`] gives for
 /// a password nobody has.
 fn dummy_ha1(sha256: bool, username: &str, realm: &str) -> String {
-    let input = format!("{username}:{realm}:\u{0}dummy\u{0}");
-    if sha256 {
-        hex::encode(Sha256::digest(input.as_bytes()))
-    } else {
-        hex::encode(Md5::digest(input.as_bytes()))
+    hash_hex(sha256, &[username, ":", realm, ":\u{0}dummy\u{0}"])
+}
+
+/// The lower-case hex hash of the concatenated parts.
+fn hash_hex(sha256: bool, parts: &[&str]) -> String {
+    fn digest<D: Digest>(parts: &[&str]) -> String {
+        let mut hasher = D::new();
+        for part in parts {
+            hasher.update(part.as_bytes());
+        }
+        hex::encode(hasher.finalize())
     }
+    if sha256 {
+        digest::<Sha256>(parts)
+    } else {
+        digest::<Md5>(parts)
+    }
+}
+
+/// `n` in lower-case hex without leading zeros, as `format!("{n:x}")` writes it.
+fn hex_u64(n: u64) -> String {
+    let full = hex::encode(n.to_be_bytes());
+    let digits = full.trim_start_matches('0');
+    if digits.is_empty() {
+        "0".to_string()
+    } else {
+        digits.to_string()
+    }
+}
+
+/// Whether `expected` (lower-case hex) equals `given` read without regard to case, in time
+/// that depends only on the lengths.
+fn eq_ignoring_case_constant_time(expected: &[u8], given: &[u8]) -> bool {
+    if expected.len() != given.len() {
+        return false;
+    }
+    let difference = expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b.to_ascii_lowercase()));
+    bool::from(difference.ct_eq(&0))
 }
 
 /// `response = H(HA1:nonce:nc:cnonce:qop:H(method:uri))` in lower-case hex (RFC 7616 §3.4.1).
@@ -342,15 +401,11 @@ pub fn compute_response(
     method: &str,
     uri: &str,
 ) -> String {
-    let hash = |text: String| -> String {
-        if sha256 {
-            hex::encode(Sha256::digest(text.as_bytes()))
-        } else {
-            hex::encode(Md5::digest(text.as_bytes()))
-        }
-    };
-    let ha2 = hash(format!("{method}:{uri}"));
-    hash(format!("{ha1_hex}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"))
+    let ha2 = hash_hex(sha256, &[method, ":", uri]);
+    hash_hex(
+        sha256,
+        &[ha1_hex, ":", nonce, ":", nc, ":", cnonce, ":", qop, ":", &ha2],
+    )
 }
 
 /// The parameters of a `WWW-Authenticate`/`Proxy-Authenticate` digest challenge.
@@ -432,6 +487,21 @@ mod tests {
     use super::*;
     use crate::sip::message::parse_digest_credentials;
     use chrono::TimeZone;
+
+    #[test]
+    fn hand_written_hex_and_comparison_agree_with_the_obvious_ones() {
+        for n in [0i64, 1, 15, 16, 0x6756_1234, i64::MAX, -1, i64::MIN] {
+            assert_eq!(hex_u64(n as u64), format!("{n:x}"));
+        }
+        let expected = b"0a1b2c";
+        assert!(eq_ignoring_case_constant_time(expected, b"0a1b2c"));
+        assert!(eq_ignoring_case_constant_time(expected, b"0A1B2C"));
+        assert!(!eq_ignoring_case_constant_time(expected, b"0a1b2d"));
+        assert!(!eq_ignoring_case_constant_time(expected, b"0a1b2"));
+        assert!(!eq_ignoring_case_constant_time(expected, b""));
+        assert_eq!(hash_hex(false, &["a", ":", "b"]), hex::encode(Md5::digest(b"a:b")));
+        assert_eq!(hash_hex(true, &["a", ":", "b"]), hex::encode(Sha256::digest(b"a:b")));
+    }
 
     #[test]
     fn the_dummy_ha1_is_the_full_computation_in_one_algorithm() {
@@ -582,7 +652,7 @@ algorithm={}, qop=auth, nc={nc_text}, cnonce=\"cn0nce\", opaque=\"{}\"",
 
     #[test]
     fn challenge_offers_sha256_before_md5_with_the_rfc_8760_token() {
-        let verifier = DigestVerifier::new(config());
+        let mut verifier = DigestVerifier::new(config());
         let fields = verifier.challenge(REALM, at(0), [7; 16], true).header_fields(false);
         assert_eq!(fields.len(), 2);
         assert_eq!(fields[0].0, "WWW-Authenticate");
@@ -592,7 +662,7 @@ algorithm={}, qop=auth, nc={nc_text}, cnonce=\"cn0nce\", opaque=\"{}\"",
         let proxy = verifier.challenge(REALM, at(0), [7; 16], false).header_fields(true);
         assert_eq!(proxy[0].0, "Proxy-Authenticate");
         assert!(!proxy[0].1.contains("stale"));
-        let compatible = DigestVerifier::new(DigestConfig {
+        let mut compatible = DigestVerifier::new(DigestConfig {
             prefer_sha256: false,
             offer_sha256: true,
             ..config()

@@ -338,7 +338,7 @@ impl SipNode {
             return;
         };
         let to_tag = pending.to_tag;
-        let source = pending.source.to_string();
+        let source = address_text(pending.source);
         let context = RegisterContext {
             source: &source,
             now: now.wall,
@@ -611,6 +611,25 @@ impl SipNode {
 
 /// A To-tag derived from the request, so every retransmission and every node that answers
 /// the same request uses the same tag.
+/// `a.b.c.d:port` (or `[v6]:port`), as `SocketAddr`'s `Display` writes it; IPv4 without the
+/// formatting machinery, since every REGISTER stores its source.
+pub(super) fn address_text(address: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = address else {
+        return address.to_string();
+    };
+    let mut out = Vec::with_capacity(21);
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        super::message::write_decimal(&mut out, u64::from(octet));
+    }
+    out.push(b':');
+    super::message::write_decimal(&mut out, u64::from(v4.port()));
+    // Digits, dots and a colon.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 pub(super) fn to_tag_for(request: &SipMessage) -> String {
     let mut hash = Sha256::new();
     hash.update(request.call_id.as_bytes());
@@ -766,6 +785,20 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
         let value = response.header("WWW-Authenticate").unwrap();
         let start = value.find("nonce=\"").unwrap() + 7;
         value[start..].split('"').next().unwrap().to_string()
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for address in [
+            "127.0.0.1:5060",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.2.30.4:9",
+            "[::1]:5060",
+        ] {
+            let address: SocketAddr = address.parse().unwrap();
+            assert_eq!(address_text(address), address.to_string());
+        }
     }
 
     #[test]

@@ -186,7 +186,7 @@ pub fn decide_register(
             sip_domain, extension, ..
         } => (sip_domain, extension),
     };
-    let challenge = |verifier: &DigestVerifier, stale: bool, failed: bool| {
+    let challenge = |verifier: &mut DigestVerifier, stale: bool, failed: bool| {
         let challenge = verifier.challenge(sip_domain, context.now, context.nonce_random, stale);
         let mut outcome = reply(401, &challenge.header_fields(false));
         outcome.auth_failed = failed;
@@ -207,9 +207,9 @@ pub fn decide_register(
         outcome.auth_failed = true;
         return outcome;
     }
-    let method = request.cseq.method.to_string();
+    let method = crate::sip::message::method_name(request.cseq.method);
     let ha1 = extension.as_ref().map(|e| &e.ha1);
-    match verifier.verify(&credentials, &method, sip_domain, ha1, context.now) {
+    match verifier.verify(&credentials, method, sip_domain, ha1, context.now) {
         Verdict::Ok => {}
         Verdict::Stale => return challenge(verifier, true, false),
         Verdict::Invalid(_) => return challenge(verifier, false, true),
@@ -226,7 +226,13 @@ pub fn decide_register(
                 .iter()
                 .map(|b| {
                     let remaining = (b.expires_at - context.now).num_seconds().max(0);
-                    ("Contact", format!("<{}>;expires={remaining}", b.contact))
+                    let mut value = Vec::with_capacity(b.contact.len() + 20);
+                    value.push(b'<');
+                    value.extend_from_slice(b.contact.as_bytes());
+                    value.extend_from_slice(b">;expires=");
+                    crate::sip::message::write_decimal(&mut value, remaining.unsigned_abs());
+                    // The contact is a str, the rest ASCII.
+                    ("Contact", String::from_utf8(value).unwrap_or_default())
                 })
                 .collect();
             RegisterOutcome {

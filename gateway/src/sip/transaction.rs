@@ -126,12 +126,18 @@ pub const BRANCH_COOKIE: &str = "z9hG4bK";
 
 impl TransactionKey {
     pub fn new(branch: &str, sent_by: &str, method: &str) -> TransactionKey {
+        TransactionKey::from_parts(branch.to_string(), sent_by.to_string(), method.to_string())
+    }
+
+    fn from_parts(branch: String, sent_by: String, method: String) -> TransactionKey {
         static KEYS: OnceLock<RandomState> = OnceLock::new();
-        let hash = KEYS.get_or_init(RandomState::new).hash_one((branch, sent_by, method));
+        let hash = KEYS
+            .get_or_init(RandomState::new)
+            .hash_one((branch.as_str(), sent_by.as_str(), method.as_str()));
         TransactionKey(Arc::new(KeyParts {
-            branch: branch.to_string(),
-            sent_by: sent_by.to_string(),
-            method: method.to_string(),
+            branch,
+            sent_by,
+            method,
             hash,
         }))
     }
@@ -148,10 +154,10 @@ impl TransactionKey {
             rsip::Method::Ack => rsip::Method::Invite,
             method => method,
         };
-        Some(TransactionKey::new(
-            branch,
-            &via.sent_by.to_ascii_lowercase(),
-            &method.to_string(),
+        Some(TransactionKey::from_parts(
+            branch.to_string(),
+            via.sent_by.to_ascii_lowercase(),
+            crate::sip::message::method_name(method).to_string(),
         ))
     }
 
