@@ -250,7 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             micros.sort_by(f64::total_cmp);
             let median = micros[micros.len() / 2];
             say!(
-                "sip-core: {} registrations a pass, {} passes: median {median:.2} µs per registration (min {:.2}, max {:.2})",
+                "sip-core: {} registrations a pass, {} passes: {:.2} µs of CPU per registration at best (median {median:.2}, max {:.2})",
                 users * rounds,
                 micros.len(),
                 micros[0],

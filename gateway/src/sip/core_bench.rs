@@ -22,7 +22,7 @@ use chrono::{TimeZone, Utc};
 use domain::digest::Ha1;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
 const DOMAIN: &str = "acme.test";
@@ -31,7 +31,19 @@ const DOMAIN: &str = "acme.test";
 #[derive(Debug, Clone, Copy)]
 pub struct CoreReport {
     pub registrations: usize,
+    /// CPU time of the thread that ran the pass (time a neighbour took is not counted).
     pub elapsed: Duration,
+}
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to fill; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec.clamp(0, 999_999_999) as u32)
 }
 
 impl CoreReport {
@@ -259,7 +271,7 @@ pub fn run(users: usize, rounds: usize, passes: usize) -> Result<Vec<CoreReport>
     for _ in 0..passes {
         let mut node = SipNode::new(config());
         let mut codes = Vec::with_capacity(expected.len());
-        let started = Instant::now();
+        let started = thread_cpu_time();
         for step in &steps {
             feed(&mut node, step, &lookups, &mut codes);
             if let Step::Lookup { .. } = step {
@@ -267,7 +279,7 @@ pub fn run(users: usize, rounds: usize, passes: usize) -> Result<Vec<CoreReport>
                 while node.poll_event().is_some() {}
             }
         }
-        let elapsed = started.elapsed();
+        let elapsed = thread_cpu_time().saturating_sub(started);
         if codes != expected {
             return Err("a timed pass answered differently from the recording".into());
         }

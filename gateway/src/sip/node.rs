@@ -12,7 +12,7 @@ use super::registrar::{decide_register, Binding, BindingChange, Lookup, Register
 use super::screening::{screen_request, NodeIdentity, Screening};
 use super::transaction::ClientTransaction;
 use super::transaction::{
-    Instant, ServerState, ServerTransaction, Timers, TransactionEvent, TransactionKey, Transport,
+    Instant, KeyMap, ServerState, ServerTransaction, Timers, TransactionEvent, TransactionKey, Transport,
 };
 use chrono::{DateTime, Utc};
 use domain::call::{CallEvent, Direction};
@@ -199,8 +199,8 @@ pub struct SipNode {
     pub(super) config: NodeConfig,
     pub(super) verifier: DigestVerifier,
     pub(super) abuse: AbuseGuard,
-    pub(super) server: HashMap<TransactionKey, ServerEntry>,
-    pub(super) client: HashMap<TransactionKey, ClientEntry>,
+    pub(super) server: KeyMap<ServerEntry>,
+    pub(super) client: KeyMap<ClientEntry>,
     pending: HashMap<LookupId, PendingLookup>,
     pub(super) next_lookup: u64,
     pub(super) transmits: VecDeque<Transmit>,
@@ -228,8 +228,8 @@ impl SipNode {
             verifier: DigestVerifier::new(config.digest.clone()),
             abuse: AbuseGuard::new(config.abuse.clone()),
             config,
-            server: HashMap::new(),
-            client: HashMap::new(),
+            server: KeyMap::default(),
+            client: KeyMap::default(),
             calls: Calls::default(),
             finished: VecDeque::new(),
             timers: TimerQueue::default(),
@@ -638,7 +638,7 @@ pub(super) fn to_tag_for(request: &SipMessage) -> String {
     hash.update(b"\0");
     hash.update(request.branch().unwrap_or("").as_bytes());
     // A SHA-256 digest is 32 bytes, so the first 6 always exist.
-    hex::encode(&hash.finalize()[..6])
+    super::digest::hex_lower(&hash.finalize()[..6])
 }
 
 #[cfg(test)]
