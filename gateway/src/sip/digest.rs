@@ -126,9 +126,11 @@ pub enum InvalidReason {
 pub struct DigestVerifier {
     config: DigestConfig,
     /// nonce -> (issued_at, highest nc accepted).
-    seen: HashMap<String, (i64, u32)>,
+    /// Keyed by the nonce's MAC (its first 128 bits): unique to each nonce this node family
+    /// signed, and already uniformly random, so it is its own hash and no String is kept.
+    seen: HashMap<u128, (i64, u32), std::hash::BuildHasherDefault<MacHasher>>,
     /// First-use order, to evict the oldest when full.
-    order: VecDeque<String>,
+    order: VecDeque<u128>,
     /// Nonces issued at or before this second that are not in `seen` were forgotten, and
     /// are answered as stale rather than trusted with a fresh nonce-count.
     forgotten_through: i64,
@@ -147,7 +149,7 @@ impl DigestVerifier {
         DigestVerifier {
             keyed,
             config,
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             order: VecDeque::new(),
             forgotten_through: i64::MIN,
             last_opaque: None,
@@ -210,7 +212,7 @@ impl DigestVerifier {
         if !qop.eq_ignore_ascii_case("auth") {
             return Verdict::Invalid(InvalidReason::UnsupportedQop);
         }
-        let Some(issued_at) = self.check_nonce(&credentials.nonce, expected_realm) else {
+        let Some((issued_at, nonce_key)) = self.check_nonce(&credentials.nonce, expected_realm) else {
             return Verdict::Invalid(InvalidReason::BadNonce);
         };
         if let Some(opaque) = &credentials.opaque {
@@ -245,12 +247,12 @@ impl DigestVerifier {
         if now.timestamp().saturating_sub(issued_at) > self.config.nonce_lifetime_secs {
             return Verdict::Stale;
         }
-        self.accept_nonce_count(&credentials.nonce, issued_at, nc, now)
+        self.accept_nonce_count(nonce_key, issued_at, nc, now)
     }
 
     /// Refuses a nonce-count not above the last one accepted for this nonce (a replay).
-    fn accept_nonce_count(&mut self, nonce: &str, issued_at: i64, nc: u32, now: DateTime<Utc>) -> Verdict {
-        match self.seen.get_mut(nonce) {
+    fn accept_nonce_count(&mut self, nonce: u128, issued_at: i64, nc: u32, now: DateTime<Utc>) -> Verdict {
+        match self.seen.get_mut(&nonce) {
             Some((_, last)) => {
                 if nc <= *last {
                     return Verdict::Invalid(InvalidReason::Replayed);
@@ -263,8 +265,8 @@ impl DigestVerifier {
                     return Verdict::Stale;
                 }
                 self.make_room(now);
-                self.seen.insert(nonce.to_string(), (issued_at, nc));
-                self.order.push_back(nonce.to_string());
+                self.seen.insert(nonce, (issued_at, nc));
+                self.order.push_back(nonce);
                 Verdict::Ok
             }
         }
@@ -297,25 +299,33 @@ impl DigestVerifier {
         }
     }
 
-    /// The issue time of a nonce this node family signed for `realm`, or `None`.
-    fn check_nonce(&self, nonce: &str, realm: &str) -> Option<i64> {
+    /// The issue time of a nonce this node family signed for `realm`, and the key its
+    /// nonce-count is remembered under (the MAC's first 128 bits), or `None`.
+    fn check_nonce(&self, nonce: &str, realm: &str) -> Option<(i64, u128)> {
         let mut parts = nonce.split('.');
         let (issued_hex, random_hex, mac) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() || issued_hex.len() > 16 {
             return None;
         }
         let issued_at = i64::from_str_radix(issued_hex, 16).ok()?;
-        let expected = self.nonce_mac(issued_at, realm, random_hex);
-        bool::from(expected.as_bytes().ct_eq(mac.as_bytes())).then_some(issued_at)
+        let expected = self.nonce_mac_bytes(issued_at, realm, random_hex);
+        let matches = bool::from(hex_lower(&expected).as_bytes().ct_eq(mac.as_bytes()));
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&expected[..16]);
+        matches.then_some((issued_at, u128::from_be_bytes(key)))
     }
 
     fn nonce_mac(&self, issued_at: i64, realm: &str, random_hex: &str) -> String {
-        hex_lower(&self.hmac(&[
+        hex_lower(&self.nonce_mac_bytes(issued_at, realm, random_hex))
+    }
+
+    fn nonce_mac_bytes(&self, issued_at: i64, realm: &str, random_hex: &str) -> [u8; 32] {
+        self.hmac(&[
             b"nonce",
             &issued_at.to_be_bytes(),
             realm.as_bytes(),
             random_hex.as_bytes(),
-        ]))
+        ])
     }
 
     /// Opaque is a per-realm constant: it only proves the credentials answer our challenge.
@@ -331,7 +341,7 @@ impl DigestVerifier {
         opaque
     }
 
-    fn hmac(&self, parts: &[&[u8]]) -> Vec<u8> {
+    fn hmac(&self, parts: &[&[u8]]) -> [u8; 32] {
         // Keyed once in `new`; a clone skips hashing the key pads again for every MAC.
         let mut mac = self.keyed.clone();
         for part in parts {
@@ -339,7 +349,27 @@ impl DigestVerifier {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
-        mac.finalize().into_bytes().to_vec()
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// Passes on a [`DigestVerifier`] key (MAC bits, uniformly random) as its own hash.
+#[derive(Default)]
+struct MacHasher(u64);
+
+impl std::hash::Hasher for MacHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64 ^ (value >> 64) as u64;
     }
 }
 
