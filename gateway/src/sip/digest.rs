@@ -748,6 +748,19 @@ algorithm={}, qop=auth, nc={nc_text}, cnonce=\"cn0nce\", opaque=\"{}\"",
             verifier.verify(&next, "REGISTER", REALM, Some(&ha1()), at(3)),
             Verdict::Ok
         );
+        // The same nonce spelled with a leading zero is the same nonce: its count goes on.
+        let mut respelled = challenge.clone();
+        respelled.nonce = format!("0{}", challenge.nonce);
+        let again = answer(&respelled, "s3cret", true, 2);
+        assert_eq!(
+            verifier.verify(&again, "REGISTER", REALM, Some(&ha1()), at(4)),
+            Verdict::Invalid(InvalidReason::Replayed)
+        );
+        let after = answer(&respelled, "s3cret", true, 3);
+        assert_eq!(
+            verifier.verify(&after, "REGISTER", REALM, Some(&ha1()), at(5)),
+            Verdict::Ok
+        );
     }
 
     #[test]
