@@ -128,7 +128,7 @@ pub struct DigestVerifier {
     /// nonce -> (issued_at, highest nc accepted).
     /// Keyed by the nonce's MAC (its first 128 bits): unique to each nonce this node family
     /// signed, and already uniformly random, so it is its own hash and no String is kept.
-    seen: HashMap<u128, (i64, u32), std::hash::BuildHasherDefault<MacHasher>>,
+    seen: super::PrehashedMap<u128, (i64, u32)>,
     /// First-use order, to evict the oldest when full.
     order: VecDeque<u128>,
     /// Nonces issued at or before this second that are not in `seen` were forgotten, and
@@ -350,26 +350,6 @@ impl DigestVerifier {
             mac.update(part);
         }
         mac.finalize().into_bytes().into()
-    }
-}
-
-/// Passes on a [`DigestVerifier`] key (MAC bits, uniformly random) as its own hash.
-#[derive(Default)]
-struct MacHasher(u64);
-
-impl std::hash::Hasher for MacHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u128(&mut self, value: u128) {
-        self.0 = value as u64 ^ (value >> 64) as u64;
     }
 }
 

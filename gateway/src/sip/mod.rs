@@ -21,3 +21,31 @@ pub mod transaction;
 
 #[cfg(test)]
 mod torture;
+
+/// A map whose keys are already uniformly random 64 or 128 bits (a keyed SipHash, a MAC): the
+/// key is its own hash, not hashed again.
+pub type PrehashedMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Prehashed>>;
+
+/// Passes on the `u64` (or folded `u128`) its key writes; other writes are mixed in all the same.
+#[derive(Default)]
+pub struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64 ^ (value >> 64) as u64;
+    }
+}

@@ -196,28 +196,7 @@ impl Ord for TransactionKey {
 
 /// The maps keyed by [`TransactionKey`]: the key carries its hash (SipHash under the process's
 /// random keys), so the map takes it as it is rather than hash those eight bytes again.
-pub type KeyMap<V> = std::collections::HashMap<TransactionKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
-
-/// Passes on the one `u64` a [`TransactionKey`] writes.
-#[derive(Default)]
-pub struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `TransactionKey`; anything else is mixed in all the same.
-        for byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
+pub type KeyMap<V> = super::PrehashedMap<TransactionKey, V>;
 
 impl std::hash::Hash for TransactionKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
