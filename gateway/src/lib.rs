@@ -2,6 +2,7 @@
 //! without the binary.
 
 pub mod api;
+pub mod binding_cache;
 pub mod call_directory;
 pub mod directory_cache;
 pub mod finance;

@@ -54,6 +54,11 @@ pub struct SipArgs {
     /// suspension or disabled extension takes effect within this (plus the projection's lag).
     #[arg(long, env = "LEDGERLINE_SIP_DIRECTORY_TTL_MS", default_value_t = 2000)]
     pub sip_directory_ttl_ms: u64,
+    /// How long (ms) the SIP node answers an unchanged REGISTER from the bindings it last
+    /// read, instead of reading the location table again; every change to the table, by
+    /// any node, is announced to every node, which then reads afresh. 0 reads every time.
+    #[arg(long, env = "LEDGERLINE_SIP_LOCATION_CACHE_MS", default_value_t = 30_000)]
+    pub sip_location_cache_ms: u64,
     /// Block a source address after this many failed authentications within the window.
     #[arg(long, env = "LEDGERLINE_SIP_BLOCK_AFTER", default_value_t = 10)]
     pub sip_block_after: usize,
@@ -95,6 +100,7 @@ fn sip_config(node_id: &str, args: &SipArgs) -> SipConfig {
         advertise: args.sip_advertise.clone(),
         no_answer: std::time::Duration::from_secs(args.sip_no_answer_secs.max(1)),
         directory_ttl: std::time::Duration::from_millis(args.sip_directory_ttl_ms),
+        location_cache_ttl: std::time::Duration::from_millis(args.sip_location_cache_ms),
         registrar: RegistrarConfig::default(),
         abuse: AbuseConfig {
             max_failures: args.sip_block_after.max(1),

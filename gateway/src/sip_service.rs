@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use crate::binding_cache::{BindingCache, CacheConfig};
 use crate::call_directory::CallBilling;
 use crate::directory_cache::DirectoryCache;
 use crate::location::{self, Location, Saved};
@@ -50,6 +51,9 @@ pub struct SipConfig {
     pub no_answer: Duration,
     /// How long the node trusts a directory answer (tenant, extension) before asking again.
     pub directory_ttl: Duration,
+    /// How long the node answers an unchanged REGISTER from the bindings it last read
+    /// instead of reading them again (see `binding_cache`); zero reads every time.
+    pub location_cache_ttl: Duration,
     pub registrar: RegistrarConfig,
     pub abuse: AbuseConfig,
     /// The media node's control address: every call's media is anchored there. `None`:
@@ -183,6 +187,13 @@ impl SipService {
             saves: Arc::default(),
             transports,
             location: Location::new(pool.clone()),
+            bindings: BindingCache::start(
+                pool.clone(),
+                CacheConfig {
+                    ttl: chrono::Duration::from_std(config.location_cache_ttl).unwrap_or(chrono::Duration::zero()),
+                    max_entries: 200_000,
+                },
+            ),
             pool,
             writer,
             calls,
@@ -209,6 +220,8 @@ struct Shell {
     udp_out: mpsc::Sender<Vec<crate::sip::node::Transmit>>,
     saves: Arc<Mutex<SaveTracker>>,
     location: Location,
+    /// The bindings last read, while the table is known not to have changed since.
+    bindings: BindingCache,
     pool: PgPool,
     writer: BatchingWriter,
     /// Call events, in order, to the batching writer.
@@ -410,11 +423,12 @@ impl Shell {
                 if ready.is_empty() {
                     break;
                 }
-                // Lookups the cache answered at once: handled now, their answers sent below.
+                // Lookups the caches answered at once: handled now, their answers sent below.
                 let at = now(epoch);
                 for done in ready.drain(..) {
                     let random = *Uuid::new_v4().as_bytes();
-                    node.handle_register_lookup(at, done.id, done.lookup, done.bindings, false, random);
+                    let settled = self.settled(&done);
+                    node.handle_register_lookup(at, done.id, done.lookup, done.bindings, settled, random);
                 }
                 self.send_all(&mut node).await;
             }
@@ -484,6 +498,21 @@ impl Shell {
                             ..
                         } if credentials => {
                             let (tenant_id, extension_id) = (*tenant_id, extension.extension_id);
+                            let at = now(epoch).wall;
+                            // Bindings this node read, unchanged since (the cache's entry
+                            // holds only bindings this node wrote, read with no save of
+                            // theirs in flight): no read at all.
+                            if let Some((bindings, generation)) = self.bindings.get(extension_id, at) {
+                                ready.push(LookupDone {
+                                    id,
+                                    lookup,
+                                    bindings,
+                                    read_at: Some((extension_id, generation)),
+                                });
+                                return;
+                            }
+                            let ticket = self.bindings.begin_read(extension_id);
+                            let cache = self.bindings.clone();
                             let read_at = {
                                 let saves = self.saves.lock().unwrap_or_else(|p| p.into_inner());
                                 saves.read_at(extension_id).map(|generation| (extension_id, generation))
@@ -506,6 +535,10 @@ impl Shell {
                                         (Lookup::UnknownDomain, Vec::new())
                                     }
                                 };
+                                if let Some(ticket) = ticket {
+                                    let kept = read_at.map(|(_, generation)| (bindings.as_slice(), generation));
+                                    cache.fill(ticket, kept, at);
+                                }
                                 let _ = done_tx.send(LookupDone {
                                     id,
                                     lookup,
@@ -513,8 +546,7 @@ impl Shell {
                                     read_at,
                                 });
                             };
-                            self.location
-                                .bindings_then(tenant_id, extension_id, now(epoch).wall, then);
+                            self.location.bindings_then(tenant_id, extension_id, at, then);
                         }
                         _ => ready.push(LookupDone {
                             id,
@@ -551,6 +583,8 @@ impl Shell {
                 extension_id,
                 changes,
             } => {
+                // What this node remembers of the extension is about to be out of date.
+                self.bindings.forget(extension_id);
                 self.saves.lock().unwrap_or_else(|p| p.into_inner()).begin(extension_id);
                 let shell = self.clone();
                 tokio::spawn(async move {

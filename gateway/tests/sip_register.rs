@@ -320,6 +320,83 @@ async fn a_refresh_through_another_node_is_written_by_that_node() {
     assert_eq!(events, 1, "a refresh is no event, whichever node writes it");
 }
 
+/// A node answers an unchanged refresh from the bindings it last read (no read at all), and
+/// forgets them when another node changes the table: a phone that moves to node B and back
+/// is written again by node A, not answered from A's memory of its own old binding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_forgets_the_bindings_another_node_changed() {
+    let db = TestDb::new().await.unwrap();
+    // A's directory answers outlive the test: a directory miss reads the bindings afresh,
+    // which would hide a node that never forgets them.
+    let a = start_with(&db, &["--node-id", "node-a", "--sip-directory-ttl-ms", "120000"]);
+    tenant_with_extensions(&db, 1).await;
+    let b = start_with(&db, &["--node-id", "node-b"]);
+    let mut phone = raw::Client::new(a.sip).await;
+    let contact = phone.contact("1000");
+    let first = phone
+        .register_with_password("1000", "pass-1000", "boot-1", &contact)
+        .await;
+    assert_eq!(contact_expiry(&first.text), 600, "{}", first.text);
+    // The save's event is written after its row: then the save is over.
+    until(
+        &db.pool,
+        30,
+        "SELECT count(*) = 1 FROM events WHERE event_type = 'DeviceRegistered'",
+    )
+    .await;
+    // Quiet refreshes through A: the first reads the table, the next stand on what it read.
+    for call_id in ["boot-1a", "boot-1b", "boot-1c"] {
+        let quiet = phone
+            .register_with_password("1000", "pass-1000", call_id, &contact)
+            .await;
+        assert!(contact_expiry(&quiet.text) < 600, "a quiet refresh: {}", quiet.text);
+    }
+
+    phone.switch_to(b.sip);
+    let moved = phone
+        .register_with_password("1000", "pass-1000", "boot-2", &contact)
+        .await;
+    assert_eq!(contact_expiry(&moved.text), 600, "{}", moved.text);
+    until(
+        &db.pool,
+        30,
+        "SELECT node_id = 'node-b' AND call_id = 'boot-2' FROM sip_bindings",
+    )
+    .await;
+
+    // Back through A: once A has heard of B's save (a notice from Postgres, in flight for
+    // a moment after the commit), A reads the table again and writes the binding as its own.
+    // Without the notice A would answer from its memory until the entry's 30 s ran out.
+    phone.switch_to(a.sip);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let back = phone
+            .register_with_password("1000", "pass-1000", &format!("boot-3-{attempt}"), &contact)
+            .await;
+        assert_eq!(back.status, 200, "{}", back.text);
+        if contact_expiry(&back.text) == 600 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node A still answers from what it read before node B's save"
+        );
+    }
+    until(
+        &db.pool,
+        30,
+        &format!("SELECT node_id = 'node-a' AND call_id = 'boot-3-{attempt}' FROM sip_bindings"),
+    )
+    .await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id LIKE 'registration-%'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1, "moving between nodes from the same socket is no event");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_phone_refreshes_silently_and_a_moved_one_is_an_event() {
     let db = TestDb::new().await.unwrap();
