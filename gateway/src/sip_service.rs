@@ -25,7 +25,7 @@ use crate::location::{self, Location, Saved};
 use crate::sip::abuse::AbuseConfig;
 use crate::sip::b2bua::{Authorization, CallConfig, CallLookup};
 use crate::sip::digest::DigestConfig;
-use crate::sip::node::{LookupId, NodeConfig, NodeEvent, Now, SipNode};
+use crate::sip::node::{LookupId, NodeConfig, NodeEvent, Now, SaveOutcome, SipNode};
 use crate::sip::registrar::{self, BindingChange, Lookup, RegistrarConfig, RemovalReason};
 use crate::sip::screening::NodeIdentity;
 use crate::sip::transaction::{Timers, Transport};
@@ -373,6 +373,9 @@ impl Shell {
         // which `max_pending_lookups` bounds; the location batcher sends here without waiting.
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<LookupDone>();
         let (call_tx, mut call_rx) = mpsc::channel::<CallDone>(4096);
+        // Unbounded for the same reason: one answer per save, and saves are bounded by the
+        // node's pending REGISTERs.
+        let (saved_tx, mut saved_rx) = mpsc::unbounded_channel::<(LookupId, SaveOutcome)>();
         loop {
             let deadline = node
                 .poll_timeout()
@@ -397,6 +400,12 @@ impl Shell {
                         node.handle_register_lookup(at, done.id, done.lookup, done.bindings, settled, random);
                     });
                 }
+                Some(saved) = saved_rx.recv() => {
+                    let at = now(epoch);
+                    burst(saved, || saved_rx.try_recv().ok(), |(id, outcome)| {
+                        node.handle_bindings_saved(at, id, outcome);
+                    });
+                }
                 Some(done) = call_rx.recv() => match done {
                     CallDone::Lookup(id, lookup) => {
                         let random = *Uuid::new_v4().as_bytes();
@@ -418,7 +427,8 @@ impl Shell {
             let mut ready = Vec::new();
             loop {
                 while let Some(event) = node.poll_event() {
-                    self.on_event(epoch, event, &done_tx, &call_tx, &mut ready).await;
+                    self.on_event(epoch, event, (&done_tx, &saved_tx), &call_tx, &mut ready)
+                        .await;
                 }
                 if ready.is_empty() {
                     break;
@@ -475,7 +485,10 @@ impl Shell {
         &self,
         epoch: tokio::time::Instant,
         event: NodeEvent,
-        done_tx: &mpsc::UnboundedSender<LookupDone>,
+        (done_tx, saved_tx): (
+            &mpsc::UnboundedSender<LookupDone>,
+            &mpsc::UnboundedSender<(LookupId, SaveOutcome)>,
+        ),
         call_tx: &mpsc::Sender<CallDone>,
         ready: &mut Vec<LookupDone>,
     ) {
@@ -579,6 +592,7 @@ impl Shell {
                 });
             }
             NodeEvent::BindingsChanged {
+                id,
                 tenant_id,
                 extension_id,
                 changes,
@@ -587,11 +601,24 @@ impl Shell {
                 self.bindings.forget(extension_id);
                 self.saves.lock().unwrap_or_else(|p| p.into_inner()).begin(extension_id);
                 let shell = self.clone();
+                let saved_tx = saved_tx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = shell.apply(tenant_id, extension_id, changes, now(epoch).wall).await {
-                        tracing::warn!(error = %e, %extension_id, "saving bindings failed");
-                    }
+                    let at = now(epoch).wall;
+                    let (events, stored) = shell.store(tenant_id, extension_id, changes, at).await;
                     shell.saves.lock().unwrap_or_else(|p| p.into_inner()).end(extension_id);
+                    let outcome = match stored {
+                        Ok(()) => SaveOutcome::Saved,
+                        Err(location::LocationError::TooManyBindings) => SaveOutcome::TooManyBindings,
+                        Err(e) => {
+                            tracing::warn!(error = %e, %extension_id, "saving bindings failed");
+                            SaveOutcome::Failed
+                        }
+                    };
+                    // The phone's answer leaves now; the events of what was stored follow.
+                    let _ = saved_tx.send((id, outcome));
+                    if let Err(e) = shell.record(tenant_id, extension_id, events, at).await {
+                        tracing::warn!(error = %e, %extension_id, "recording registration events failed");
+                    }
                 });
             }
             NodeEvent::CallLookup {
@@ -797,14 +824,29 @@ impl Shell {
     /// Write the bindings, then append an event for each binding the table says was
     /// created, changed or removed: the table's answer is atomic across SIP nodes, so two
     /// nodes handling the same device never record it twice.
-    async fn apply(
+    /// Writes a REGISTER's binding changes to the location table, in order, stopping at the
+    /// first failure; returns the events of the changes stored (whatever came after) and
+    /// whether all were.
+    async fn store(
         &self,
         tenant_id: Uuid,
         extension_id: Uuid,
         changes: Vec<BindingChange>,
         at: DateTime<Utc>,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> (Vec<RegistrationEvent>, Result<(), location::LocationError>) {
         let mut events = Vec::new();
+        let stored = self.store_into(&mut events, tenant_id, extension_id, changes, at).await;
+        (events, stored)
+    }
+
+    async fn store_into(
+        &self,
+        events: &mut Vec<RegistrationEvent>,
+        tenant_id: Uuid,
+        extension_id: Uuid,
+        changes: Vec<BindingChange>,
+        at: DateTime<Utc>,
+    ) -> Result<(), location::LocationError> {
         for change in changes {
             let binding = match change {
                 BindingChange::Created(b) | BindingChange::Refreshed(b) | BindingChange::Changed { after: b, .. } => b,
@@ -854,6 +896,17 @@ impl Shell {
                 Saved::Refreshed => {}
             }
         }
+        Ok(())
+    }
+
+    /// Appends a REGISTER's registration events to the extension's stream.
+    async fn record(
+        &self,
+        tenant_id: Uuid,
+        extension_id: Uuid,
+        events: Vec<RegistrationEvent>,
+        at: DateTime<Utc>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if events.is_empty() {
             return Ok(());
         }

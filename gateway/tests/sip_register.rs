@@ -397,6 +397,49 @@ async fn a_node_forgets_the_bindings_another_node_changed() {
     assert_eq!(events, 1, "moving between nodes from the same socket is no event");
 }
 
+/// A REGISTER is answered once its binding is stored: when the table refuses the write, the
+/// phone gets 500 with Retry-After (and tries again), not a 200 for a binding that is not
+/// there; a 200 means the row is already in the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_is_answered_only_once_its_binding_is_stored() {
+    let db = TestDb::new().await.unwrap();
+    let node = start(&db);
+    tenant_with_extensions(&db, 1).await;
+    sqlx::query("ALTER TABLE sip_bindings ADD CONSTRAINT test_refuses CHECK (call_id <> 'refused')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let phone = raw::Client::new(node.sip).await;
+    let contact = phone.contact("1000");
+    let refused = phone
+        .register_with_password("1000", "pass-1000", "refused", &contact)
+        .await;
+    assert_eq!(refused.status, 500, "{}", refused.text);
+    assert!(refused.text.contains("\r\nRetry-After: 5\r\n"), "{}", refused.text);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sip_bindings")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+
+    let accepted = phone
+        .register_with_password("1000", "pass-1000", "accepted", &contact)
+        .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text);
+    // No waiting: the answer came after the save.
+    let call_id: String = sqlx::query_scalar("SELECT call_id FROM sip_bindings")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(call_id, "accepted");
+    until(
+        &db.pool,
+        30,
+        "SELECT count(*) = 1 FROM events WHERE event_type = 'DeviceRegistered'",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_phone_refreshes_silently_and_a_moved_one_is_an_event() {
     let db = TestDb::new().await.unwrap();

@@ -14,7 +14,7 @@
 
 use super::digest::{answer_challenge, DigestConfig};
 use super::message::SipMessage;
-use super::node::{NodeConfig, NodeEvent, Now, SipNode};
+use super::node::{NodeConfig, NodeEvent, Now, SaveOutcome, SipNode};
 use super::registrar::{Binding, BindingChange, ExtensionRecord, Lookup, RegistrarConfig};
 use super::screening::NodeIdentity;
 use super::transaction::{Timers, Transport};
@@ -145,8 +145,14 @@ fn random(n: usize) -> [u8; 16] {
 }
 
 /// Drives one input through the node; pushes the status codes it sent and returns the
-/// last datagram.
-fn feed(node: &mut SipNode, step: &Step, lookups: &[Lookup], codes: &mut Vec<u16>) -> Option<Vec<u8>> {
+/// last datagram. Every save the node asks for succeeds at once; its changes go to `saved`.
+fn feed(
+    node: &mut SipNode,
+    step: &Step,
+    lookups: &[Lookup],
+    codes: &mut Vec<u16>,
+    saved: &mut Vec<BindingChange>,
+) -> Option<Vec<u8>> {
     match step {
         Step::Datagram { at, bytes } => {
             node.handle_message(*at, phone(), Transport::Unreliable, SipMessage::parse(bytes));
@@ -162,6 +168,12 @@ fn feed(node: &mut SipNode, step: &Step, lookups: &[Lookup], codes: &mut Vec<u16
                 _ => return None,
             };
             node.handle_register_lookup(*at, id, lookups[*user].clone(), bindings.clone(), true, *random);
+            while let Some(event) = node.poll_event() {
+                if let NodeEvent::BindingsChanged { id, changes, .. } = event {
+                    node.handle_bindings_saved(*at, id, SaveOutcome::Saved);
+                    saved.extend(changes);
+                }
+            }
         }
     }
     let mut last = None;
@@ -194,7 +206,7 @@ fn record(users: usize, rounds: usize, lookups: &[Lookup]) -> (Vec<Step>, Vec<u1
                 at: at(call),
                 bytes: register(user, call, 1, None),
             };
-            feed(&mut node, &first, lookups, &mut codes);
+            feed(&mut node, &first, lookups, &mut codes, &mut Vec::new());
             steps.push(first);
             let ask = Step::Lookup {
                 at: at(call),
@@ -202,7 +214,7 @@ fn record(users: usize, rounds: usize, lookups: &[Lookup]) -> (Vec<Step>, Vec<u1
                 bindings: Vec::new(),
                 random: random(2 * call),
             };
-            let challenge = feed(&mut node, &ask, lookups, &mut codes)
+            let challenge = feed(&mut node, &ask, lookups, &mut codes, &mut Vec::new())
                 .and_then(|bytes| SipMessage::parse(&bytes).ok())
                 .and_then(|message| message.header("WWW-Authenticate").map(str::to_string));
             steps.push(ask);
@@ -220,7 +232,7 @@ fn record(users: usize, rounds: usize, lookups: &[Lookup]) -> (Vec<Step>, Vec<u1
                 at: at(call),
                 bytes: register(user, call, 2, authorization.as_deref()),
             };
-            feed(&mut node, &second, lookups, &mut codes);
+            feed(&mut node, &second, lookups, &mut codes, &mut Vec::new());
             steps.push(second);
             let answer = Step::Lookup {
                 at: at(call),
@@ -228,26 +240,21 @@ fn record(users: usize, rounds: usize, lookups: &[Lookup]) -> (Vec<Step>, Vec<u1
                 bindings: table.get(&user).cloned().unwrap_or_default(),
                 random: random(2 * call + 1),
             };
-            feed(&mut node, &answer, lookups, &mut codes);
+            let mut saved = Vec::new();
+            feed(&mut node, &answer, lookups, &mut codes, &mut saved);
             steps.push(answer);
-            while let Some(event) = node.poll_event() {
-                if let NodeEvent::BindingsChanged { changes, .. } = event {
-                    let bindings = table.entry(user).or_default();
-                    for change in changes {
-                        match change {
-                            BindingChange::Created(b) | BindingChange::Refreshed(b) => {
-                                bindings.retain(|old| old.contact != b.contact);
-                                bindings.push(b);
-                            }
-                            BindingChange::Changed { after, .. } => {
-                                bindings.retain(|old| old.contact != after.contact);
-                                bindings.push(after);
-                            }
-                            BindingChange::Removed { binding, .. } => {
-                                bindings.retain(|old| old.contact != binding.contact)
-                            }
-                        }
+            let bindings = table.entry(user).or_default();
+            for change in saved {
+                match change {
+                    BindingChange::Created(b) | BindingChange::Refreshed(b) => {
+                        bindings.retain(|old| old.contact != b.contact);
+                        bindings.push(b);
                     }
+                    BindingChange::Changed { after, .. } => {
+                        bindings.retain(|old| old.contact != after.contact);
+                        bindings.push(after);
+                    }
+                    BindingChange::Removed { binding, .. } => bindings.retain(|old| old.contact != binding.contact),
                 }
             }
         }
@@ -272,12 +279,10 @@ pub fn run(users: usize, rounds: usize, passes: usize) -> Result<Vec<CoreReport>
         let mut node = SipNode::new(config());
         let mut codes = Vec::with_capacity(expected.len());
         let started = thread_cpu_time();
+        let mut saved = Vec::new();
         for step in &steps {
-            feed(&mut node, step, &lookups, &mut codes);
-            if let Step::Lookup { .. } = step {
-                // What the shell would take: the bindings to save.
-                while node.poll_event().is_some() {}
-            }
+            feed(&mut node, step, &lookups, &mut codes, &mut saved);
+            saved.clear();
         }
         let elapsed = thread_cpu_time().saturating_sub(started);
         if codes != expected {

@@ -32,7 +32,8 @@ pub struct NodeConfig {
     pub identity: NodeIdentity,
     /// Above this many live server transactions, new requests get 503.
     pub max_server_transactions: usize,
-    /// Above this many REGISTERs waiting for the directory, new ones get 503.
+    /// Above this many REGISTERs waiting for the directory, new ones get 503. As many
+    /// again may wait for their bindings to be saved.
     pub max_pending_lookups: usize,
     pub calls: CallConfig,
 }
@@ -53,9 +54,20 @@ pub struct Transmit {
     pub bytes: Vec<u8>,
 }
 
-/// Names a REGISTER waiting for its directory lookup.
+/// Names a REGISTER waiting for its directory lookup (or for its bindings to be saved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LookupId(pub u64);
+
+/// How the save announced by [`NodeEvent::BindingsChanged`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveOutcome {
+    /// Every change is in the location table: the REGISTER gets its 200.
+    Saved,
+    /// The table refused a new device: the extension has as many as it may (403).
+    TooManyBindings,
+    /// The table could not be written (500 with Retry-After; the phone tries again).
+    Failed,
+}
 
 /// What the node tells its shell.
 #[derive(Debug, Clone)]
@@ -70,8 +82,11 @@ pub enum NodeEvent {
         user: String,
         credentials: bool,
     },
-    /// Write these to the location table; publish those whose `is_event()` is true.
+    /// Write these to the location table, then call [`SipNode::handle_bindings_saved`] with
+    /// `id`; publish those whose `is_event()` is true. The REGISTER is answered only then:
+    /// a phone is never told it is registered when its binding was not stored.
     BindingsChanged {
+        id: LookupId,
         tenant_id: Uuid,
         extension_id: Uuid,
         changes: Vec<BindingChange>,
@@ -202,6 +217,8 @@ pub struct SipNode {
     pub(super) server: KeyMap<ServerEntry>,
     pub(super) client: KeyMap<ClientEntry>,
     pending: HashMap<LookupId, PendingLookup>,
+    /// REGISTERs decided, waiting for their bindings to be saved, with their 200.
+    saving: HashMap<LookupId, (PendingLookup, rsip::Response)>,
     pub(super) next_lookup: u64,
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<NodeEvent>,
@@ -235,6 +252,7 @@ impl SipNode {
             timers: TimerQueue::default(),
             server_order: VecDeque::new(),
             pending: HashMap::new(),
+            saving: HashMap::new(),
             next_lookup: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -337,13 +355,12 @@ impl SipNode {
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
-        let to_tag = pending.to_tag;
         let source = address_text(pending.source);
         let context = RegisterContext {
             source: &source,
             now: now.wall,
             nonce_random,
-            to_tag: &to_tag,
+            to_tag: &pending.to_tag,
             bindings_settled,
         };
         let outcome = decide_register(
@@ -367,13 +384,37 @@ impl SipNode {
             } = &lookup
             {
                 self.events.push_back(NodeEvent::BindingsChanged {
+                    id,
                     tenant_id: *tenant_id,
                     extension_id: extension.extension_id,
                     changes: outcome.changes,
                 });
+                // Answered once saved; past the bound (a shell whose saves stopped
+                // answering), answered now, as the save may still land.
+                if self.saving.len() < self.config.max_pending_lookups {
+                    self.saving.insert(id, (pending, outcome.response));
+                    return;
+                }
             }
         }
         self.respond(now, &pending.key, outcome.response);
+        self.flush(&pending.key);
+    }
+
+    /// The end of the save announced by [`NodeEvent::BindingsChanged`] `id`: the REGISTER's
+    /// answer leaves now (200 when saved).
+    pub fn handle_bindings_saved(&mut self, now: Now, id: LookupId, outcome: SaveOutcome) {
+        let Some((pending, ok)) = self.saving.remove(&id) else {
+            return;
+        };
+        let response = match outcome {
+            SaveOutcome::Saved => ok,
+            SaveOutcome::TooManyBindings => build_response(&pending.request, 403, &pending.to_tag, &[]),
+            SaveOutcome::Failed => {
+                build_response(&pending.request, 500, &pending.to_tag, &[("Retry-After", "5".into())])
+            }
+        };
+        self.respond(now, &pending.key, response);
         self.flush(&pending.key);
     }
 
@@ -826,17 +867,35 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
         );
         let id = lookup_id(&mut node);
         node.handle_register_lookup(now(605), id, lookup(), vec![], false, [2; 16]);
-        assert_eq!(transmitted(&mut node)[0].status(), Some(200));
+        assert!(node.poll_transmit().is_none(), "no answer before the binding is saved");
         match node.poll_event() {
-            Some(NodeEvent::BindingsChanged { tenant_id, changes, .. }) => {
+            Some(NodeEvent::BindingsChanged {
+                id: save,
+                tenant_id,
+                changes,
+                ..
+            }) => {
+                assert_eq!(save, id);
                 assert_eq!(tenant_id, Uuid::from_u128(1));
                 assert!(matches!(&changes[..], [BindingChange::Created(_)]));
             }
             other => panic!("expected binding changes, got {other:?}"),
         }
+        // A retransmission while the save runs is absorbed, unanswered.
+        node.handle_datagram(
+            now(700),
+            phone(),
+            Transport::Unreliable,
+            &register("z9hG4bK2", 2, Some((&nonce, "pw"))),
+        );
+        assert!(node.poll_transmit().is_none() && node.poll_event().is_none());
+        node.handle_bindings_saved(now(710), id, SaveOutcome::Saved);
+        assert_eq!(transmitted(&mut node)[0].status(), Some(200));
+        node.handle_bindings_saved(now(711), id, SaveOutcome::Saved);
+        assert!(node.poll_transmit().is_none(), "a save ends once");
         // Timer J ends both transactions 64*T1 after their final responses.
         assert_eq!(node.server_transactions(), 2);
-        node.handle_timeout(now(605 + 32_000));
+        node.handle_timeout(now(710 + 32_000));
         assert_eq!(node.server_transactions(), 0);
         assert_eq!(node.poll_timeout(), None);
     }
@@ -880,6 +939,45 @@ Call-ID: node-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:1001@192.0.2.10>\r\n
         assert!(node.poll_event().is_none());
         assert_eq!(transmitted(&mut node)[0].status(), Some(503));
         assert_eq!(node.server_transactions(), 3);
+    }
+
+    /// Registers with a fresh nonce and returns the save the node asks for.
+    fn register_until_saved(node: &mut SipNode, branch: &str, at: u64) -> LookupId {
+        node.handle_datagram(
+            now(at),
+            phone(),
+            Transport::Unreliable,
+            &register(&format!("{branch}a"), 1, None),
+        );
+        let id = lookup_id(node);
+        node.handle_register_lookup(now(at), id, lookup(), vec![], false, [at as u8; 16]);
+        let nonce = nonce(&transmitted(node)[0]);
+        node.handle_datagram(
+            now(at + 1),
+            phone(),
+            Transport::Unreliable,
+            &register(&format!("{branch}b"), 2, Some((&nonce, "pw"))),
+        );
+        let id = lookup_id(node);
+        node.handle_register_lookup(now(at + 1), id, lookup(), vec![], false, [at as u8 + 1; 16]);
+        assert!(node.poll_transmit().is_none());
+        match node.poll_event() {
+            Some(NodeEvent::BindingsChanged { id: save, .. }) => save,
+            other => panic!("expected binding changes, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_register_whose_save_fails_is_not_told_it_is_registered() {
+        let mut node = SipNode::new(config());
+        let full = register_until_saved(&mut node, "z9hG4bKf", 0);
+        node.handle_bindings_saved(now(10), full, SaveOutcome::TooManyBindings);
+        assert_eq!(transmitted(&mut node)[0].status(), Some(403));
+        let failed = register_until_saved(&mut node, "z9hG4bKg", 20);
+        node.handle_bindings_saved(now(30), failed, SaveOutcome::Failed);
+        let answer = transmitted(&mut node).remove(0);
+        assert_eq!(answer.status(), Some(500));
+        assert_eq!(answer.header("Retry-After"), Some("5"));
     }
 
     #[test]
