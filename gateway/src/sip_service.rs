@@ -821,12 +821,11 @@ impl Shell {
         Ok((tenant_lookup(tenant, extension), bindings))
     }
 
-    /// Write the bindings, then append an event for each binding the table says was
-    /// created, changed or removed: the table's answer is atomic across SIP nodes, so two
-    /// nodes handling the same device never record it twice.
     /// Writes a REGISTER's binding changes to the location table, in order, stopping at the
     /// first failure; returns the events of the changes stored (whatever came after) and
-    /// whether all were.
+    /// whether all were. An event is made for each binding the table says was created,
+    /// changed or removed: the table's answer is atomic across SIP nodes, so two nodes
+    /// handling the same device never record it twice.
     async fn store(
         &self,
         tenant_id: Uuid,
