@@ -221,15 +221,12 @@ impl BindingCache {
     /// Whether changes are heard; either way, everything kept so far is forgotten (while
     /// nothing was heard, or from before the listener knew, anything may have changed).
     pub fn set_listening(&self, listening: bool) {
-        self.state().listening = listening;
-        self.forget_all();
+        {
+            let mut state = self.state();
+            state.listening = listening;
+            state.forget_all();
+        }
         self.shared.status.send_modify(|s| s.listening = listening);
-    }
-
-    fn forget_all(&self) {
-        let mut state = self.state();
-        state.entries.clear();
-        state.entries.shrink_to(1024);
     }
 
     /// A notice on [`CHANNEL`].
@@ -240,7 +237,7 @@ impl BindingCache {
         match payload.parse::<Uuid>() {
             Ok(extension_id) => self.forget(extension_id),
             // `*`, or anything not understood: it may concern any extension.
-            Err(_) => self.forget_all(),
+            Err(_) => self.state().forget_all(),
         }
         self.shared.status.send_modify(|s| s.notices += 1);
     }
@@ -262,6 +259,13 @@ impl BindingCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl State {
+    fn forget_all(&mut self) {
+        self.entries.clear();
+        self.entries.shrink_to(1024);
     }
 }
 

@@ -61,13 +61,9 @@ async fn sipp_registers_extensions_with_digest_and_refreshes_stay_silent() {
         "SELECT count(*) = 11 FROM events WHERE event_type = 'DeviceRegistered'",
     )
     .await;
-    let registration_events: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id LIKE 'registration-%'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
     assert_eq!(
-        registration_events, 12,
+        registration_events(&db).await,
+        12,
         "11 devices, 1 change, and nothing for the refresh"
     );
     // The live view of registered devices follows the log, with the phones' User-Agent.
@@ -313,11 +309,11 @@ async fn a_refresh_through_another_node_is_written_by_that_node() {
         "SELECT node_id = 'node-b' AND call_id = 'boot-1b' FROM sip_bindings",
     )
     .await;
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id LIKE 'registration-%'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(events, 1, "a refresh is no event, whichever node writes it");
+    assert_eq!(
+        registration_events(&db).await,
+        1,
+        "a refresh is no event, whichever node writes it"
+    );
 }
 
 /// A node answers an unchanged refresh from the bindings it last read (no read at all), and
@@ -390,11 +386,11 @@ async fn a_node_forgets_the_bindings_another_node_changed() {
         &format!("SELECT node_id = 'node-a' AND call_id = 'boot-3-{attempt}' FROM sip_bindings"),
     )
     .await;
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id LIKE 'registration-%'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(events, 1, "moving between nodes from the same socket is no event");
+    assert_eq!(
+        registration_events(&db).await,
+        1,
+        "moving between nodes from the same socket is no event"
+    );
 }
 
 /// A REGISTER is answered once its binding is stored: when the table refuses the write, the
@@ -550,6 +546,14 @@ async fn repeated_failures_block_the_source_and_the_block_is_an_event() {
             .is_none(),
         "a blocked source is not answered"
     );
+}
+
+/// How many events the registration streams hold.
+async fn registration_events(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id LIKE 'registration-%'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
 }
 
 /// The `expires` parameter of the one Contact in a 200 to a REGISTER.
